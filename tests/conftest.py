@@ -1,0 +1,83 @@
+"""Shared test helpers: a copy of the workflow in a temporary directory, and a tiny config for it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+CHATGLM3_DIR = FIXTURES / "chatglm3-6b"
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
+
+
+def tiny_config() -> dict:
+    """The default config shrunk so that the whole pipeline runs in about a minute on 2 cores."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["corpus"]["builtin"]["num_stories"] = 400
+    config["corpus"]["split"]["val_size"] = 40
+    config["tokenizer"]["vocab_size"] = 400
+    config["model_config"].update(block_size=64, n_layer=1, n_head=2, n_embd=32, head_size=16, intermediate_size=64)
+    config["train"].update(global_batch_size=4, micro_batch_size=4, max_seq_length=64, max_tokens=4 * 64 * 12,
+                           lr_warmup_steps=2, log_interval=2, save_interval=4)
+    config["eval"].update(interval=6, max_iters=2)
+    config["evaluate"].update(max_tokens=2000)
+    config["sample"].update(prompts=["从前，有一个叫莉莉的小女孩"], num_samples=1, max_new_tokens=20)
+    return config
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A fresh working copy of the workflow (no Data/, results/, .snakemake/)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def write_config(workdir: Path, config: dict, name: str = "config/config.yaml") -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real snakemake command line in workdir, with the test interpreter's environment."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """{rule: job count} that a dry run would execute (empty when there is nothing to do)."""
+    result = snakemake(workdir, "--dry-run", "--quiet", "rules", *args)
+    jobs = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def load_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    return copy_workflow(tmp_path / "wf")

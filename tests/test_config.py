@@ -1,0 +1,132 @@
+"""Stage hashes and config checks (storylm/config.py), without running any stage."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from conftest import CHATGLM3_DIR, REPO
+from storylm import config as storylm_config
+from storylm.config import ConfigError
+
+SCHEMA = str(REPO / "config" / "schema.yaml")
+
+
+def default_config() -> dict:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, SCHEMA)
+    return config
+
+
+def changed(config: dict, dotted: str, value) -> dict:
+    config = copy.deepcopy(config)
+    *parents, key = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[key] = value
+    return config
+
+
+def changed_stages(before: dict, after: dict) -> set[str]:
+    a, b = storylm_config.stage_hashes(before), storylm_config.stage_hashes(after)
+    return {stage for stage in a if a[stage] != b[stage]}
+
+
+def test_key_order_does_not_change_hashes():
+    config = default_config()
+    reordered = {key: config[key] for key in reversed(list(config))}
+    reordered["model_config"] = dict(reversed(list(config["model_config"].items())))
+    assert storylm_config.stage_hashes(reordered) == storylm_config.stage_hashes(config)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("sample.temperature", 0.5, {"sample"}),
+        ("sample.prompts", ["在森林里"], {"sample"}),
+        ("evaluate.batch_size", 4, {"evaluate"}),
+        ("model_config.n_layer", 3, {"pretrain", "evaluate", "sample"}),
+        ("optimizer.init_args", {"lr": 0.001, "weight_decay": 0.1, "betas": [0.9, 0.95]},
+         {"pretrain", "evaluate", "sample"}),
+        ("shards.chunk_bytes", "8MB", {"shards", "pretrain", "evaluate", "sample"}),
+        ("tokenizer.vocab_size", 1024, {"tokenizer", "shards", "pretrain", "evaluate", "sample"}),
+        ("corpus.split.val_size", 200, {"corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample"}),
+        ("corpus.builtin.seed", 5, {"corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample"}),
+        # Settings of sources that are not in use, and encoding batch sizes, change nothing.
+        ("corpus.hf.repo_id", "someone/else", set()),
+        ("corpus.text_field", "story_zh", set()),
+        ("shards.batch_size", 7, set()),
+    ],
+)
+def test_a_setting_invalidates_its_stage_and_downstream_only(key, value, expected):
+    config = default_config()
+    assert changed_stages(config, changed(config, key, value)) == expected
+
+
+def test_switching_back_gives_the_earlier_hashes():
+    config = default_config()
+    there = changed(config, "model_config.n_layer", 4)
+    back = changed(there, "model_config.n_layer", config["model_config"]["n_layer"])
+    assert storylm_config.stage_hashes(back) == storylm_config.stage_hashes(config)
+
+
+def test_pretrained_tokenizer_is_hashed_by_content(tmp_path):
+    config = changed(default_config(), "tokenizer.kind", "pretrained")
+    copy_a, copy_b = tmp_path / "a", tmp_path / "b"
+    for folder in (copy_a, copy_b):
+        folder.mkdir()
+        for f in CHATGLM3_DIR.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+    a = storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_a)))
+    b = storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b)))
+    assert a == b
+    (copy_b / "tokenizer_config.json").write_text('{"tokenizer_class": "ChatGLMTokenizer", "add_bos_token": false}')
+    assert storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b)))["tokenizer"] != a["tokenizer"]
+
+
+def test_stage_record_names_its_inputs():
+    record = storylm_config.stage_record(default_config(), "shards")
+    assert set(record["inputs"]) == {"corpus", "tokenizer"}
+    assert record["config"] == {"chunk_bytes": "16MB"}
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("model_config.vocab_size", 100, "model_config.vocab_size"),
+        ("model_config.padded_vocab_size", 1000, "model_config.padded_vocab_size"),
+        ("model_config.n_layers", 2, "model_config.n_layers"),
+        ("corpus.split.val_size", 6000, "corpus.split.val_size"),
+        ("corpus.split.val_size", 12.5, "corpus.split.val_size"),
+        ("train.max_seq_length", 1024, "train.max_seq_length"),
+        ("train.global_batch_size", 24, "train.global_batch_size"),
+        ("tokenizer.kind", "pretrained", "tokenizer.path"),
+    ],
+)
+def test_check_names_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        storylm_config.check(changed(default_config(), key, value))
+
+
+def test_vocab_smaller_than_a_pretrained_tokenizer_is_an_error():
+    config = changed(default_config(), "tokenizer.kind", "pretrained")
+    config = changed(config, "tokenizer.path", str(CHATGLM3_DIR))
+    config["model_config"]["vocab_size"] = 64000
+    with pytest.raises(ConfigError, match="64789"):
+        storylm_config.check(config)
+    config["model_config"]["vocab_size"] = 64798
+    storylm_config.check(config)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("sample.prompts", []), ("model_config.n_layer", "two"), ("corpus.sources", "hf"), ("sample.top_p", 0)],
+)
+def test_schema_rejects(key, value):
+    config = changed(default_config(), key, value)
+    with pytest.raises(Exception):
+        validate(config, SCHEMA)

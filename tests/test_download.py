@@ -1,0 +1,343 @@
+"""storylm.download against local stand-ins of the hub and of a file server (see hubserver.py)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hubserver import (REPO_ROOT, closed_port_url, corpus_config, hf_env, jsonl_bytes, real_row,  # noqa: F401
+                       server, small_tinystories_archive, tinystories_rows)
+from storylm import download
+from storylm.corpus import build_corpus
+from storylm.download import DownloadError, fetch, manifest_files
+
+REPO = "adam89/TinyStoriesChinese"
+ARCHIVE = "TinyStories_all_data_zh.tar.gz"
+MEMBERS = ["data00_zh.jsonl", "data01_zh.jsonl", "data02_zh.jsonl"]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def hub(hf_env):
+    """The fake hub holding a small TinyStories_all_data_zh.tar.gz (and a README not to download)."""
+    hf_env.archive, hf_env.rows = small_tinystories_archive()
+    hf_env.add_dataset_file(REPO, ARCHIVE, hf_env.archive)
+    hf_env.add_dataset_file(REPO, "README.md", b"# TinyStoriesChinese\n")
+    return hf_env
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """A cut connection loses the chunk being read; small chunks let a 3 KB file show resumption."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 512)
+    monkeypatch.setattr(download, "CHUNK_BYTES", 512)
+
+
+@pytest.fixture(autouse=True)
+def no_retry_wait(monkeypatch):
+    monkeypatch.setattr(download, "RETRY_WAIT_S", 0)
+
+
+def hf_config(**overrides):
+    return corpus_config(source="hf", text_field="story_zh", **overrides)
+
+
+def url_config(server, data=None, **entry):
+    url = server.add_file(ARCHIVE, data) if data is not None else f"{server.url}/files/{ARCHIVE}"
+    return corpus_config(source="url", text_field="story_zh", url={"files": [{"url": url, **entry}]})
+
+
+# ---------------------------------------------------------------------------
+# hf
+
+
+def test_hf_fetch_then_corpus_reads_story_zh(hub, tmp_path):
+    raw = tmp_path / "raw"
+    files = fetch(hf_config(), raw)
+    assert [f.name for f in files] == MEMBERS
+    assert all(f.is_relative_to(raw / "hf" / REPO / "TinyStories_all_data_zh") for f in files)
+
+    manifest = json.loads((raw / "manifest.json").read_text())
+    assert manifest["downloads"][0]["sha256"] == sha256(hub.archive)
+    assert manifest["downloads"][0]["path"] == f"hf/{REPO}/{ARCHIVE}"
+    assert manifest_files(raw) == files
+    assert not hub.gets("README")  # allow_patterns kept it out
+    assert all(r.authorization is None for r in hub.requests)
+
+    stats = build_corpus(hf_config(split={"val_size": 6}), files, tmp_path / "corpus")
+    assert (stats["train"]["stories"], stats["val"]["stories"]) == (54, 6)
+    texts = [json.loads(line)["text"] for name in ("train", "val")
+             for line in (tmp_path / "corpus" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert real_row()["story_zh"].strip() in texts
+
+
+def test_hf_second_fetch_downloads_nothing(hub, tmp_path):
+    files = fetch(hf_config(), tmp_path)
+    extracted_at = files[0].stat().st_mtime_ns
+    fetch(hf_config(), tmp_path)
+    assert len(hub.gets("/cdn/")) == 1
+    assert len([r for r in hub.requests if "/resolve/" in r.path]) == 1  # the 2nd run asks only for the file list
+    assert files[0].stat().st_mtime_ns == extracted_at  # and does not extract again
+
+
+def test_hf_token_from_environment_is_sent(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    fetch(hf_config(), tmp_path)
+    hub_requests = [r for r in hub.requests if "/api/" in r.path or "/resolve/" in r.path]
+    assert hub_requests and all(r.authorization == "Bearer hf_test_token" for r in hub_requests)
+
+
+def test_hf_checksum_mismatch(hub, tmp_path):
+    hub.fault(ARCHIVE, "corrupt")
+    with pytest.raises(DownloadError) as error:
+        fetch(hf_config(), tmp_path)
+    assert "sha256 mismatch" in str(error.value) and ARCHIVE in str(error.value)
+    assert not (tmp_path / "hf" / REPO / ARCHIVE).exists()  # a wrong file is not left to be trusted
+    hub.fault(ARCHIVE)
+    assert len(fetch(hf_config(), tmp_path)) == 3
+
+
+def test_hf_interrupted_transfer_resumes(hub, tmp_path, small_chunks):
+    hub.fault(ARCHIVE, "interrupt_once")
+    files = fetch(hf_config(), tmp_path)
+    assert len(files) == 3
+    cdn = hub.gets("/cdn/")
+    assert len(cdn) == 2 and cdn[0].range is None and cdn[1].range == "bytes=1024-"
+    assert (tmp_path / "hf" / REPO / ARCHIVE).read_bytes() == hub.archive
+
+
+def test_hf_truncated_transfer_fails_then_rerun_completes(hub, tmp_path, small_chunks):
+    hub.fault(ARCHIVE, "truncate")
+    with pytest.raises(DownloadError) as error:
+        fetch(hf_config(), tmp_path)
+    assert "in 3 attempts" in str(error.value) and "Run again to resume" in str(error.value)
+    assert not (tmp_path / "hf" / REPO / ARCHIVE).exists()  # no half file under the final name
+    hub.fault(ARCHIVE)
+    before = len(hub.gets("/cdn/"))
+    assert len(fetch(hf_config(), tmp_path)) == 3
+    assert hub.gets("/cdn/")[before].range.startswith("bytes=")  # resumed, not restarted
+    assert (tmp_path / "hf" / REPO / ARCHIVE).read_bytes() == hub.archive
+
+
+def test_hf_sizes_from_config(hub, tmp_path):
+    with pytest.raises(DownloadError, match=r"corpus.hf.sizes: .* 12 bytes, but the hub lists"):
+        fetch(hf_config(hf={"sizes": {ARCHIVE: 12}}), tmp_path)
+    with pytest.raises(DownloadError, match=r"corpus.hf.sizes: \['other.tar.gz'\]"):
+        fetch(hf_config(hf={"sizes": {"other.tar.gz": 12}}), tmp_path)
+    assert not hub.gets("/cdn/")  # checked before downloading
+    assert len(fetch(hf_config(hf={"sizes": {ARCHIVE: len(hub.archive)}}), tmp_path)) == 3
+
+
+def test_hf_patterns_matching_nothing(hub, tmp_path):
+    with pytest.raises(DownloadError, match=r"corpus.hf.allow_patterns: \['\*.parquet'\] match none .*README.md"):
+        fetch(hf_config(hf={"allow_patterns": ["*.parquet"]}), tmp_path)
+
+
+def test_hf_unknown_repo_and_revision(hub, tmp_path):
+    with pytest.raises(DownloadError, match="dataset nobody/nothing .*RepositoryNotFoundError"):
+        fetch(hf_config(hf={"repo_id": "nobody/nothing"}), tmp_path)
+    with pytest.raises(DownloadError, match=r"revision v9.*RevisionNotFoundError"):
+        fetch(hf_config(hf={"revision": "v9"}), tmp_path)
+
+
+def test_hf_offline_fails_fast_with_a_useful_message(tmp_path, monkeypatch):
+    endpoint = closed_port_url()
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as error:
+        fetch(hf_config(), tmp_path)
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    for expected in (REPO, "revision main", f"{endpoint}/api/datasets/{REPO}/revision/main",
+                     "Connection refused", "source: local", "paths:"):
+        assert expected in message
+
+
+# ---------------------------------------------------------------------------
+# url
+
+
+def test_url_fetch_checks_sha256_and_never_downloads_twice(server, tmp_path):
+    data, _ = small_tinystories_archive()
+    cfg = url_config(server, data, sha256=sha256(data))
+    files = fetch(cfg, tmp_path)
+    assert [f.name for f in files] == MEMBERS
+    assert (tmp_path / "url" / ARCHIVE).read_bytes() == data
+    assert not (tmp_path / "url" / f"{ARCHIVE}.part").exists()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["downloads"] == [{"path": f"url/{ARCHIVE}", "size": len(data), "sha256": sha256(data),
+                                      "origin": cfg["url"]["files"][0]["url"]}]
+    fetch(cfg, tmp_path)
+    assert len(server.gets("/files/")) == 1
+
+
+def test_url_cached_file_that_fails_its_check_is_fetched_again(server, tmp_path):
+    data, _ = small_tinystories_archive()
+    cfg = url_config(server, data, sha256=sha256(data))
+    (tmp_path / "url").mkdir()
+    (tmp_path / "url" / ARCHIVE).write_bytes(data[:-1] + b"x")
+    fetch(cfg, tmp_path)
+    assert len(server.gets("/files/")) == 1 and (tmp_path / "url" / ARCHIVE).read_bytes() == data
+
+
+def test_url_checksum_mismatch(server, tmp_path):
+    data, _ = small_tinystories_archive()
+    cfg = url_config(server, data, sha256="0" * 64)
+    with pytest.raises(DownloadError) as error:
+        fetch(cfg, tmp_path)
+    assert "sha256 mismatch, expected " + "0" * 64 in str(error.value) and "corpus.url.files[0]" in str(error.value)
+    assert list((tmp_path / "url").iterdir()) == []  # neither a final file nor a .part
+
+
+def test_url_size_is_checked_without_sha256(server, tmp_path):
+    data, _ = small_tinystories_archive()
+    with pytest.raises(DownloadError, match=f"size mismatch, expected {len(data) + 1} bytes, got {len(data)}"):
+        fetch(url_config(server, data, size=len(data) + 1), tmp_path)
+    assert len(fetch(url_config(server, data, size=len(data)), tmp_path)) == 3
+
+
+def test_url_interrupted_transfer_resumes_with_range(server, tmp_path, small_chunks):
+    data, _ = small_tinystories_archive()
+    cfg = url_config(server, data, sha256=sha256(data))
+    server.fault(ARCHIVE, "interrupt_once")
+    assert len(fetch(cfg, tmp_path)) == 3
+    assert [r.range for r in server.gets("/files/")] == [None, "bytes=1024-"]
+    assert (tmp_path / "url" / ARCHIVE).read_bytes() == data
+
+
+def test_url_without_range_support_restarts(server, tmp_path, small_chunks):
+    data, _ = small_tinystories_archive()
+    cfg = url_config(server, data, sha256=sha256(data))
+    server.fault(ARCHIVE, "interrupt_once", "no_range")
+    assert len(fetch(cfg, tmp_path)) == 3
+    assert (tmp_path / "url" / ARCHIVE).read_bytes() == data  # the 200 answer replaced the part
+
+
+def test_url_truncated_transfer_fails_then_rerun_completes(server, tmp_path, small_chunks):
+    data, _ = small_tinystories_archive()
+    cfg = url_config(server, data, sha256=sha256(data))
+    server.fault(ARCHIVE, "truncate")
+    with pytest.raises(DownloadError) as error:
+        fetch(cfg, tmp_path)
+    part = tmp_path / "url" / f"{ARCHIVE}.part"
+    assert "in 3 attempts" in str(error.value) and str(part) in str(error.value)
+    assert not (tmp_path / "url" / ARCHIVE).exists() and 0 < part.stat().st_size < len(data)
+    server.fault(ARCHIVE)
+    kept = part.stat().st_size
+    assert len(fetch(cfg, tmp_path)) == 3
+    assert server.gets("/files/")[-1].range == f"bytes={kept}-"
+    assert (tmp_path / "url" / ARCHIVE).read_bytes() == data and not part.exists()
+
+
+def test_url_http_error(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch(url_config(server), tmp_path)
+
+
+def test_url_offline_fails_fast(tmp_path):
+    url = f"{closed_port_url()}/{ARCHIVE}"
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as error:
+        fetch(corpus_config(source="url", url={"files": [{"url": url}]}), tmp_path)
+    assert time.monotonic() - start < 10
+    assert url in str(error.value) and "source: local" in str(error.value)
+
+
+def test_malicious_archive_is_refused(server, tmp_path):
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("../../escape.jsonl")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"{}\n"))
+    data = buffer.getvalue()
+    with pytest.raises(DownloadError, match=r"refusing to extract member '../../escape.jsonl'"):
+        fetch(url_config(server, data, sha256=sha256(data)), tmp_path / "raw")
+    assert not (tmp_path / "escape.jsonl").exists()
+    assert not (tmp_path / "raw" / "url" / "TinyStories_all_data_zh").exists()
+
+
+# ---------------------------------------------------------------------------
+# local
+
+
+def test_local_files_folders_and_include(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / ".cache").mkdir()
+    (data / "a.jsonl").write_bytes(jsonl_bytes(tinystories_rows(2)))
+    (data / "sub" / "b.txt").write_text("一个故事。\n", encoding="utf-8")
+    (data / "README.md").write_text("not a story")
+    (data / ".cache" / "c.jsonl").write_text("{}")
+    single = tmp_path / "single.json"
+    single.write_text("[]")
+    monkeypatch.chdir(tmp_path)
+    files = fetch(corpus_config(source="local", local={"paths": ["data", str(single)]}), tmp_path / "raw")
+    assert files == sorted([data / "a.jsonl", data / "sub" / "b.txt", single])
+    only_jsonl = fetch(corpus_config(source="local", local={"paths": ["data"]}, include=["*.jsonl"]), tmp_path / "raw")
+    assert only_jsonl == [data / "a.jsonl"]
+
+
+def test_local_missing_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DownloadError, match=r"corpus.local.paths: nowhere/stories.jsonl does not exist"):
+        fetch(corpus_config(source="local", local={"paths": ["nowhere/stories.jsonl"]}), tmp_path / "raw")
+
+
+def test_local_archive_is_extracted_once_into_raw_dir(tmp_path, monkeypatch):
+    archive = tmp_path / "mine" / ARCHIVE
+    archive.parent.mkdir()
+    archive.write_bytes(small_tinystories_archive()[0])
+    calls = []
+    real_extract = download.safe_extract
+    monkeypatch.setattr(download, "safe_extract", lambda *a: calls.append(a) or real_extract(*a))
+    cfg = corpus_config(source="local", local={"paths": [str(archive)]})
+    files = fetch(cfg, tmp_path / "raw")
+    assert fetch(cfg, tmp_path / "raw") == files and len(calls) == 1
+    assert all(f.is_relative_to(tmp_path / "raw" / "extracted") for f in files)  # the user's folder is untouched
+    assert sorted(p.name for p in archive.parent.iterdir()) == [ARCHIVE]
+
+
+def test_include_matching_nothing(tmp_path):
+    (tmp_path / "a.csv").write_text("x")
+    with pytest.raises(DownloadError, match=r"corpus.include: .* matches none of the 1 files: \['a.csv'\]"):
+        fetch(corpus_config(source="local", local={"paths": [str(tmp_path / "a.csv")]}), tmp_path / "raw")
+
+
+# ---------------------------------------------------------------------------
+# command line
+
+
+def run_cli(module, *args, env=None):
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "workflow"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=environment,
+                          cwd=REPO_ROOT, timeout=60)
+
+
+def test_cli_download_then_corpus(hub, tmp_path):
+    cfg = json.dumps(hf_config(split={"val_size": 0.1}))
+    done = run_cli("storylm.download", "--config", cfg, "--out", str(tmp_path / "raw"), env={"HF_ENDPOINT": hub.url})
+    assert done.returncode == 0, done.stderr
+    done = run_cli("storylm.corpus", "--config", cfg, "--out", str(tmp_path / "corpus"), "--raw", str(tmp_path / "raw"))
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "corpus" / "stats.json").read_text())
+    assert (stats["train"]["stories"], stats["val"]["stories"]) == (54, 6)
+
+
+def test_cli_offline_is_one_clear_message(tmp_path):
+    done = run_cli("storylm.download", "--config", json.dumps(hf_config()), "--out", str(tmp_path),
+                   env={"HF_ENDPOINT": closed_port_url()})
+    assert done.returncode == 1
+    assert "download failed: Could not get the file list of dataset adam89/TinyStoriesChinese" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,45 @@
+# Stage 4: render the litgpt pretrain YAML, then run `litgpt pretrain --config` on it.
+#
+# Only the final checkpoint is declared as output: litgpt's step-* checkpoints beside it are
+# not Snakemake's to delete when a job fails, and `resume: auto` continues from the latest.
+
+
+rule pretrain_config:
+    input:
+        shards=rules.shards.output.stats,
+        tokenizer=rules.tokenizer.output.config,
+    output:
+        config=f"{DIRS['pretrain']}/pretrain.yaml",
+    params:
+        record=record("pretrain"),
+        shards=DIRS["shards"],
+        tokenizer=DIRS["tokenizer"],
+        out_dir=DIRS["pretrain"],
+    log:
+        f"logs/pretrain_config/{HASHES['pretrain']}.log",
+    conda:
+        ENV
+    shell:
+        "python -m storylm.pretrain render --record {params.record:q} --shards {params.shards}"
+        " --tokenizer {params.tokenizer} --out-dir {params.out_dir} --output {output.config} > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        config=rules.pretrain_config.output.config,
+        shards=rules.shards.output.stats,
+    output:
+        checkpoint=f"{DIRS['pretrain']}/final/lit_model.pth",
+    threads: 4
+    resources:
+        gpu=config["devices"],
+        tasks=config["devices"],
+        nodes=config["num_nodes"],
+    log:
+        log_path("pretrain"),
+    benchmark:
+        benchmark_path("pretrain")
+    conda:
+        ENV
+    shell:
+        "python -m storylm.pretrain run --config {input.config} > {log} 2>&1"

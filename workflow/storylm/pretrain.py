@@ -1,0 +1,187 @@
+"""The pretrain stage: render a litgpt pretrain YAML, then run `litgpt pretrain --config` on it.
+
+`render` writes a complete config a user can rerun by hand from the repository root:
+`litgpt pretrain --config results/pretrain/<hash>/pretrain.yaml`.
+
+`run` launches litgpt as a command (litgpt parses its own sys.argv) with `resume: auto`,
+so a rerun after an interruption continues from the latest `step-*` checkpoint. Before
+launching it sets aside a latest checkpoint that cannot be loaded (a half-written file
+from a kill during saving), so litgpt falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from storylm.config import write_stage_record
+
+CHECKPOINT_NAME = "lit_model.pth"
+
+
+def train_max_tokens(train: dict, train_tokens: int) -> int:
+    """The token budget: max_tokens when given, else epochs over the train shards."""
+    if train.get("max_tokens"):
+        return int(train["max_tokens"])
+    return int(train["epochs"] * train_tokens)
+
+
+def render(stage_config: dict, shards_dir: Path, tokenizer_dir: Path, out_dir: Path) -> dict:
+    """The litgpt pretrain config for this stage's settings; every path relative to the repository root."""
+    shard_stats = json.loads((shards_dir / "stats.json").read_text())
+    train = {key: value for key, value in stage_config["train"].items() if key != "epochs" and value is not None}
+    train["max_tokens"] = train_max_tokens(stage_config["train"], shard_stats["train_tokens"])
+    check_val_size(shard_stats["val_tokens"], train, stage_config)
+    model_config = stage_config["model_config"]
+    litgpt_config = {
+        "model_name": model_config["name"],
+        "model_config": model_config,
+        "out_dir": str(out_dir),
+        "precision": stage_config["precision"],
+        "resume": "auto",
+        "data": {
+            "class_path": "litgpt.data.LitData",
+            "init_args": {
+                "data_path": str(shards_dir),
+                "split_names": ["train", "val"],
+                "seed": stage_config["seed"],
+                "num_workers": stage_config["data_workers"],
+            },
+        },
+        "train": train,
+        "eval": stage_config["eval"],
+        "optimizer": stage_config["optimizer"],
+        "devices": stage_config["devices"],
+        "num_nodes": stage_config["num_nodes"],
+        "tokenizer_dir": str(tokenizer_dir),
+        "logger_name": stage_config["logger_name"],
+        "seed": stage_config["seed"],
+    }
+    if stage_config["logger_name"] == "wandb":
+        litgpt_config["log"] = {"project": stage_config["wandb_project"]}
+    return litgpt_config
+
+
+def check_val_size(val_tokens: int, train: dict, stage_config: dict) -> None:
+    """litgpt's validation needs at least one full batch of windows in the val shards."""
+    needed = train["micro_batch_size"] * (train["max_seq_length"] + 1)
+    if val_tokens < needed:
+        raise SystemExit(
+            f"corpus.split.val_size: the val split has {val_tokens} tokens, fewer than one validation batch"
+            f" (train.micro_batch_size {train['micro_batch_size']} x (train.max_seq_length"
+            f" {train['max_seq_length']} + 1) = {needed}); hold out more stories"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Running litgpt with resume
+
+
+def step_checkpoints(out_dir: Path) -> list[Path]:
+    """step-* checkpoints, latest first (the order litgpt's resume: auto picks them in)."""
+    found = [p for p in out_dir.glob(f"step-*/{CHECKPOINT_NAME}") if p.parent.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.parent.name.split("-")[1]), reverse=True)
+
+
+def checkpoint_loads(path: Path) -> bool:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception:  # noqa: BLE001 - any failure to read means the file cannot be resumed from
+        return False
+    return isinstance(state, dict) and "model" in state and "iter_num" in state
+
+
+def set_aside_corrupt_checkpoints(out_dir: Path) -> list[Path]:
+    """Rename unloadable latest checkpoints to corrupt-step-*, so resume falls back to the previous one."""
+    moved = []
+    for checkpoint in step_checkpoints(out_dir):
+        if checkpoint_loads(checkpoint):
+            break
+        target = checkpoint.parent.with_name(f"corrupt-{checkpoint.parent.name}-{int(time.time())}")
+        checkpoint.parent.rename(target)
+        print(f"WARNING: {checkpoint} cannot be loaded (interrupted while saving?); moved it to {target} and"
+              " resuming from the previous checkpoint instead", file=sys.stderr, flush=True)
+        moved.append(target)
+    return moved
+
+
+def litgpt_env(out_dir: Path) -> dict:
+    env = dict(os.environ)
+    # wandb without an API key would prompt for one; log offline instead (sync later with `wandb sync`).
+    if not env.get("WANDB_API_KEY") and "WANDB_MODE" not in env:
+        env["WANDB_MODE"] = "offline"
+    env.setdefault("WANDB_DIR", str(out_dir))
+    return env
+
+
+def launch_command(config_path: Path, tasks: int) -> list[str]:
+    """litgpt pretrain, under srun when Slurm gave this job several tasks (Lightning wants one process per device)."""
+    command = ["litgpt", "pretrain", "--config", str(config_path)]
+    in_slurm_batch = "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" not in os.environ
+    if tasks > 1 and in_slurm_batch:
+        command = ["srun", f"--ntasks={tasks}", "--kill-on-bad-exit=1", *command]
+    return command
+
+
+def run(config_path: Path, log_path: Path | None = None) -> int:
+    """Run litgpt pretrain on a rendered config; returns its exit code. Signals are passed on to litgpt."""
+    litgpt_config = yaml.safe_load(config_path.read_text())
+    out_dir = Path(litgpt_config["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_corrupt_checkpoints(out_dir)
+    resume_from = step_checkpoints(out_dir)
+    print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
+          flush=True)
+    tasks = litgpt_config["devices"] * litgpt_config["num_nodes"]
+    command = launch_command(config_path, tasks)
+    process = subprocess.Popen(command, env=litgpt_env(out_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, bufsize=1, start_new_session=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda s, _frame: process.send_signal(s))
+    # The train log is kept beside the checkpoints and appended to, so a resumed run's log continues.
+    log = open(log_path or out_dir / "train.log", "a", encoding="utf-8")
+    with log:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            log.write(line)
+            log.flush()
+    return process.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    render_parser = commands.add_parser("render", help="write the litgpt pretrain YAML")
+    render_parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    render_parser.add_argument("--shards", type=Path, required=True)
+    render_parser.add_argument("--tokenizer", type=Path, required=True)
+    render_parser.add_argument("--out-dir", type=Path, required=True, help="litgpt out_dir of this run")
+    render_parser.add_argument("--output", type=Path, required=True, help="the YAML file to write")
+    run_parser = commands.add_parser("run", help="run litgpt pretrain on a rendered YAML, resuming if possible")
+    run_parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    if args.command == "render":
+        record = json.loads(args.record)
+        litgpt_config = render(record["config"], args.shards, args.tokenizer, args.out_dir)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
+                  f" with:\n#   litgpt pretrain --config {args.output}\n")
+        args.output.write_text(header + yaml.safe_dump(litgpt_config, sort_keys=False, allow_unicode=True))
+        write_stage_record(args.record, args.out_dir)
+    else:
+        sys.exit(run(args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The shards stage: tokenize each story (EOS appended) into litdata shards.
+
+`train/` and `val/` are written by `litdata.optimize(..., item_loader=TokensLoader())`, the
+layout `litgpt.data.LitData(split_names=("train", "val"))` streams as is.
+
+Workers get byte ranges of the corpus JSONL rather than the texts themselves, so the
+main process never holds the corpus in memory, and each worker encodes a whole batch
+with one call of the tokenizer backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from storylm.config import write_stage_record
+from storylm.jsonl import iter_texts
+
+_TOKENIZERS: dict[str, object] = {}  # one tokenizer per worker process, loaded on first use
+
+
+def line_batches(path: Path, batch_size: int) -> list[tuple[str, int, int]]:
+    """(path, start byte, end byte) ranges that each hold batch_size lines (the last fewer)."""
+    ranges, start, lines, offset = [], 0, 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            offset += len(line)
+            lines += 1
+            if lines == batch_size:
+                ranges.append((str(path), start, offset))
+                start, lines = offset, 0
+    if lines:
+        ranges.append((str(path), start, offset))
+    return ranges
+
+
+def read_range(path: str, start: int, end: int) -> list[str]:
+    with open(path, "rb") as f:
+        f.seek(start)
+        chunk = f.read(end - start).decode("utf-8")
+    return [json.loads(line)["text"] for line in chunk.splitlines() if line.strip()]
+
+
+def tokenize_range(item: tuple[str, int, int], tokenizer_dir: str):
+    """litdata worker function: yields one int32 tensor of token ids per story."""
+    from litgpt import Tokenizer
+
+    from storylm.tokenizer import encode_batch
+
+    if tokenizer_dir not in _TOKENIZERS:
+        _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir)
+    tokenizer = _TOKENIZERS[tokenizer_dir]
+    for ids in encode_batch(tokenizer, read_range(*item), eos=True):
+        yield torch.tensor(ids, dtype=torch.int32)
+
+
+def optimize_split(jsonl: Path, tokenizer_dir: Path, out_dir: Path, chunk_bytes: str, batch_size: int,
+                   workers: int) -> None:
+    from litdata import TokensLoader, optimize
+
+    inputs = line_batches(jsonl, batch_size)
+    optimize(
+        fn=partial(tokenize_range, tokenizer_dir=str(tokenizer_dir)),
+        inputs=inputs,
+        output_dir=str(out_dir),
+        chunk_bytes=chunk_bytes,
+        item_loader=TokensLoader(),
+        num_workers=max(1, min(workers, len(inputs))),
+        reorder_files=False,
+        keep_data_ordered=True,  # each worker takes a contiguous block, so the token stream keeps corpus order
+        start_method="fork",
+        verbose=False,
+    )
+
+
+def split_token_count(split_dir: Path) -> int:
+    """Total tokens in a split, from litdata's index (each TokensLoader chunk records its length as dim)."""
+    index = json.loads((split_dir / "index.json").read_text())
+    return sum(chunk["dim"] for chunk in index["chunks"])
+
+
+def build(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, chunk_bytes: str, batch_size: int,
+          workers: int) -> dict:
+    stats = {"workers": workers}
+    for split in ("train", "val"):
+        optimize_split(corpus_dir / f"{split}.jsonl", tokenizer_dir, out_dir / split, chunk_bytes, batch_size,
+                       workers)
+        stats[f"{split}_tokens"] = split_token_count(out_dir / split)
+        stories = characters = 0
+        for text in iter_texts(corpus_dir / f"{split}.jsonl"):
+            stories += 1
+            characters += len(text)
+        stats[f"{split}_stories"] = stories
+        stats[f"{split}_characters"] = characters
+        # EOS tokens are counted: predicting the end of a story is part of the model's job.
+        stats[f"{split}_tokens_per_character"] = stats[f"{split}_tokens"] / max(characters, 1)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--tokenizer", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch-size", type=int, default=1024, help="stories per tokenizer call")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    record = json.loads(args.record)
+    stats = build(args.corpus, args.tokenizer, args.out, record["config"]["chunk_bytes"], args.batch_size,
+                  args.workers)
+    (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_stage_record(args.record, args.out)
+    print(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The tokenizer stage: train a byte-level BPE tokenizer, or take a pretrained one as it is.
+
+Either way the result is a directory that litgpt.Tokenizer loads, so pretraining,
+evaluation and sampling all go through litgpt's own tokenizer code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from litgpt import Tokenizer
+
+from storylm.config import SPECIAL_TOKENS, TOKENIZER_FILES, write_stage_record
+from storylm.jsonl import iter_texts
+
+UNK, BOS, EOS = SPECIAL_TOKENS
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: Path) -> None:
+    """Byte-level BPE: every byte is in the alphabet, so no text is ever unknown."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    bpe = HFTokenizer(models.BPE(unk_token=UNK))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bpe.save(str(out_dir / "tokenizer.json"))
+    # What litgpt.Tokenizer reads to find BOS/EOS; stories get EOS appended, never BOS.
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": UNK,
+        "add_bos_token": False,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def copy_pretrained(src: Path, out_dir: Path) -> None:
+    """Copy the files litgpt.Tokenizer reads, unchanged, so the stage folder is self-contained."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    if not any(name in copied for name in ("tokenizer.json", "tokenizer.model")):
+        raise FileNotFoundError(f"tokenizer.path: {src} holds neither tokenizer.json nor tokenizer.model")
+    for name in copied:
+        shutil.copy2(src / name, out_dir / name)
+
+
+def encode_batch(tokenizer: Tokenizer, texts: list[str], eos: bool = True) -> list[list[int]]:
+    """litgpt.Tokenizer.encode for many texts at once through the backend's batch call.
+
+    Applies exactly litgpt's BOS/EOS rules so shards match what litgpt itself would produce.
+    """
+    if tokenizer.backend == "huggingface":
+        encoded = [e.ids for e in tokenizer.processor.encode_batch(texts, add_special_tokens=False)]
+    else:
+        encoded = tokenizer.processor.encode(texts)
+    return [_apply_special_tokens(tokenizer, ids, eos) for ids in encoded]
+
+
+def _apply_special_tokens(tokenizer: Tokenizer, ids: list[int], eos: bool) -> list[int]:
+    if tokenizer.use_bos:
+        if not ids or ids[0] != tokenizer.bos_id:
+            ids = [tokenizer.bos_id] + ids
+    elif ids and ids[0] == tokenizer.bos_id:
+        ids = ids[1:]
+    if eos and (not ids or ids[-1] != tokenizer.eos_id):
+        ids = ids + [tokenizer.eos_id]
+    return ids
+
+
+def unk_id(tokenizer: Tokenizer) -> int | None:
+    if tokenizer.backend == "sentencepiece":
+        return tokenizer.processor.unk_id()
+    return tokenizer.processor.token_to_id(UNK)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tokenizer_stats(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 1024) -> dict:
+    """Characters per token and unknown-token rate on the given texts (EOS not counted)."""
+    unknown = unk_id(tokenizer)
+    chars = tokens = unknown_tokens = stories = 0
+    for batch in batched(texts, batch_size):
+        for text, ids in zip(batch, encode_batch(tokenizer, batch, eos=False)):
+            stories += 1
+            chars += len(text)
+            tokens += len(ids)
+            unknown_tokens += sum(1 for i in ids if i == unknown)
+    return {
+        "backend": tokenizer.backend,
+        "vocab_size": tokenizer.vocab_size,
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+        "use_bos": tokenizer.use_bos,
+        "val_stories": stories,
+        "val_characters": chars,
+        "val_tokens": tokens,
+        "characters_per_token": chars / tokens if tokens else None,
+        "unknown_token_rate": unknown_tokens / tokens if tokens else None,
+    }
+
+
+def build(stage_config: dict, corpus_dir: Path | None, source_dir: Path | None, out_dir: Path) -> dict:
+    if stage_config["kind"] == "train":
+        train_bpe(iter_texts(corpus_dir / "train.jsonl"), stage_config["vocab_size"], stage_config["min_frequency"],
+                  out_dir)
+    else:
+        copy_pretrained(source_dir, out_dir)
+    tokenizer = Tokenizer(out_dir)
+    stats = tokenizer_stats(tokenizer, iter_texts(corpus_dir / "val.jsonl")) if corpus_dir else {}
+    stats.setdefault("vocab_size", tokenizer.vocab_size)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    parser.add_argument("--corpus", type=Path, help="corpus stage folder (train.jsonl, val.jsonl)")
+    parser.add_argument("--pretrained", type=Path, help="pretrained tokenizer directory (kind: pretrained)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    record = json.loads(args.record)
+    stats = build(record["config"], args.corpus, args.pretrained, args.out)
+    (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_stage_record(args.record, args.out)
+    print(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    main()
