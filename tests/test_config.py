@@ -59,7 +59,7 @@ def test_key_order_does_not_change_hashes():
         # Settings of sources that are not in use, and encoding batch sizes, change nothing.
         ("corpus.hf.repo_id", "someone/else", set()),
         ("corpus.text_field", "story_zh", set()),
-        ("shards.batch_size", 7, set()),
+        ("logger_name", "tensorboard", {"pretrain", "evaluate", "sample"}),
     ],
 )
 def test_a_setting_invalidates_its_stage_and_downstream_only(key, value, expected):

@@ -10,6 +10,11 @@ STORYLM_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, STORYLM_PATH)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (STORYLM_PATH, os.environ.get("PYTHONPATH")) if p)
 
+
+envvars:
+    "PYTHONPATH",
+
+
 from storylm import config as storylm_config  # noqa: E402
 
 try:
@@ -20,6 +25,8 @@ except storylm_config.ConfigError as error:
 HASHES = storylm_config.stage_hashes(config)
 HASHES_JSON = json.dumps({stage: HASHES[stage] for stage in storylm_config.STAGE_ORDER if stage != "download"
                           or config["corpus"]["source"] != "builtin"})
+# The sampled stories' lineage: what their header names (evaluation settings do not touch them).
+SAMPLE_LINEAGE_JSON = json.dumps({stage: HASHES[stage] for stage in ("corpus", "tokenizer", "shards", "pretrain", "sample")})
 
 # Each stage's folder is named by the hash of the settings it depends on (see storylm/config.py).
 DIRS = {
@@ -44,6 +51,21 @@ ENV = "../../envs/storylm.yaml"
 def record(stage):
     """The stage's settings and input hashes, as the JSON its command writes to <folder>/config.json."""
     return json.dumps(storylm_config.stage_record(config, stage))
+
+
+def settings(stage):
+    """Only the settings the stage depends on, so a change elsewhere never reruns it."""
+    return json.dumps(storylm_config.stage_configs(config)[stage])
+
+
+def input_dir(name, up=1):
+    """Param function: the folder holding the named input file (or its parent, with up=2)."""
+    return lambda wildcards, input: str(Path(input[name]).parents[up - 1])
+
+
+def output_dir(name):
+    """Param function: the folder holding the named output file."""
+    return lambda wildcards, output: str(Path(output[name]).parent)
 
 
 def log_path(stage):

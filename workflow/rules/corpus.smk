@@ -5,8 +5,8 @@ rule download:
     output:
         manifest=f"{DIRS['download']}/manifest.json",
     params:
-        corpus=json.dumps(config["corpus"]),
-        out=DIRS["download"],
+        corpus=settings("download"),
+        out=output_dir("manifest"),
     log:
         log_path("download"),
     conda:
@@ -23,10 +23,10 @@ rule corpus:
         val=f"{DIRS['corpus']}/val.jsonl",
         stats=f"{DIRS['corpus']}/stats.json",
     params:
-        corpus=json.dumps(config["corpus"]),
+        corpus=settings("corpus"),
         record=record("corpus"),
-        raw=[] if config["corpus"]["source"] == "builtin" else ["--raw", DIRS["download"]],
-        out=DIRS["corpus"],
+        raw=lambda wildcards, input: ["--raw", str(Path(input.manifest).parent)] if input.manifest else [],
+        out=output_dir("stats"),
     log:
         log_path("corpus"),
     benchmark:

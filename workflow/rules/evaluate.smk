@@ -10,11 +10,11 @@ rule evaluate:
         plot=f"{DIRS['evaluate']}/loss.png",
     params:
         record=record("evaluate"),
-        checkpoint_dir=f"{DIRS['pretrain']}/final",
-        train_log=f"{DIRS['pretrain']}/train.log",
-        shards=DIRS["shards"],
+        checkpoint_dir=input_dir("checkpoint"),
+        run_dir=input_dir("checkpoint", up=2),
+        shards=input_dir("shards"),
         seq_length=config["train"]["max_seq_length"],
-        out=DIRS["evaluate"],
+        out=output_dir("metrics"),
     log:
         log_path("evaluate"),
     benchmark:
@@ -23,5 +23,5 @@ rule evaluate:
         ENV
     shell:
         "python -m storylm.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
-        " --shards {params.shards} --train-log {params.train_log} --seq-length {params.seq_length}"
+        " --shards {params.shards} --train-log {params.run_dir}/train.log --seq-length {params.seq_length}"
         " --out {params.out} > {log} 2>&1"

@@ -12,9 +12,9 @@ rule pretrain_config:
         config=f"{DIRS['pretrain']}/pretrain.yaml",
     params:
         record=record("pretrain"),
-        shards=DIRS["shards"],
-        tokenizer=DIRS["tokenizer"],
-        out_dir=DIRS["pretrain"],
+        shards=input_dir("shards"),
+        tokenizer=input_dir("tokenizer"),
+        out_dir=output_dir("config"),
     log:
         f"logs/pretrain_config/{HASHES['pretrain']}.log",
     conda:

@@ -13,8 +13,8 @@ rule report:
         plot=REPORT["plot"],
     params:
         hashes=HASHES_JSON,
-        samples_dir=DIRS["sample"],
-        evaluate_dir=DIRS["evaluate"],
+        samples_dir=input_dir("samples"),
+        evaluate_dir=input_dir("metrics"),
     log:
         "logs/report.log",
     conda:

@@ -10,9 +10,9 @@ rule sample:
         consistency=f"{DIRS['sample']}/consistency.json",
     params:
         record=record("sample"),
-        hashes=HASHES_JSON,
-        checkpoint_dir=f"{DIRS['pretrain']}/final",
-        out=DIRS["sample"],
+        hashes=SAMPLE_LINEAGE_JSON,
+        checkpoint_dir=input_dir("checkpoint"),
+        out=output_dir("samples"),
     log:
         log_path("sample"),
     benchmark:

@@ -12,10 +12,9 @@ rule shards:
         val_index=f"{DIRS['shards']}/val/index.json",
     params:
         record=record("shards"),
-        corpus=DIRS["corpus"],
-        tokenizer=DIRS["tokenizer"],
-        batch_size=config["shards"]["batch_size"],
-        out=DIRS["shards"],
+        corpus=input_dir("train"),
+        tokenizer=input_dir("tokenizer"),
+        out=output_dir("stats"),
     threads: 16
     log:
         log_path("shards"),
@@ -25,4 +24,4 @@ rule shards:
         ENV
     shell:
         "python -m storylm.shards --record {params.record:q} --corpus {params.corpus} --tokenizer {params.tokenizer}"
-        " --batch-size {params.batch_size} --workers {threads} --out {params.out} > {log} 2>&1"
+        " --workers {threads} --out {params.out} > {log} 2>&1"

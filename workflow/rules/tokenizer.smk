@@ -18,9 +18,9 @@ rule tokenizer:
         stats=f"{DIRS['tokenizer']}/stats.json",
     params:
         record=record("tokenizer"),
-        corpus=DIRS["corpus"],
+        corpus=input_dir("train"),
         pretrained=["--pretrained", PRETRAINED_TOKENIZER] if PRETRAINED_TOKENIZER else [],
-        out=DIRS["tokenizer"],
+        out=output_dir("stats"),
     log:
         log_path("tokenizer"),
     benchmark:

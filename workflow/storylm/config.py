@@ -50,12 +50,12 @@ def file_sha256(path: Path) -> str:
 
 def check(config: dict) -> None:
     """Raise ConfigError naming the key for values that cannot work together."""
+    if config["tokenizer"]["kind"] == "pretrained" and not config["tokenizer"].get("path"):
+        raise ConfigError("tokenizer.path: required when tokenizer.kind is 'pretrained'")
     _check_model_keys(config)
     _check_vocab(config)
     _check_split(config)
     _check_train(config)
-    if config["tokenizer"]["kind"] == "pretrained" and not config["tokenizer"].get("path"):
-        raise ConfigError("tokenizer.path: required when tokenizer.kind is 'pretrained'")
     if config["corpus"]["source"] == "url" and not config["corpus"]["url"]["files"]:
         raise ConfigError("corpus.url.files: empty, but corpus.source is 'url'")
     if config["corpus"]["source"] == "local" and not config["corpus"]["local"]["paths"]:
@@ -158,7 +158,7 @@ def _download_fingerprint(corpus: dict) -> dict:
     source = corpus["source"]
     if source == "builtin":
         return {"source": source}
-    fingerprint = {"source": source, source: corpus[source]}
+    fingerprint = {"source": source, source: corpus[source], "include": corpus["include"]}
     if source == "local":
         fingerprint["local_files"] = _local_files_fingerprint(corpus["local"]["paths"])
     return fingerprint

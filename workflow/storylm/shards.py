@@ -11,7 +11,11 @@ with one call of the tokenizer backend.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -63,18 +67,39 @@ def optimize_split(jsonl: Path, tokenizer_dir: Path, out_dir: Path, chunk_bytes:
     from litdata import TokensLoader, optimize
 
     inputs = line_batches(jsonl, batch_size)
-    optimize(
-        fn=partial(tokenize_range, tokenizer_dir=str(tokenizer_dir)),
-        inputs=inputs,
-        output_dir=str(out_dir),
-        chunk_bytes=chunk_bytes,
-        item_loader=TokensLoader(),
-        num_workers=max(1, min(workers, len(inputs))),
-        reorder_files=False,
-        keep_data_ordered=True,  # each worker takes a contiguous block, so the token stream keeps corpus order
-        start_method="fork",
-        verbose=False,
-    )
+    if out_dir.exists():  # left by an interrupted run of this stage; litdata refuses a non-empty output
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # litdata stages chunks in a cache folder shared by every process of the user (~/.lightning/chunks);
+    # two optimize runs at once would mix their chunks there, so each run gets its own.
+    with tempfile.TemporaryDirectory(prefix=".litdata-", dir=out_dir.parent) as cache:
+        with _environ(DATA_OPTIMIZER_CACHE_FOLDER=f"{cache}/chunks", DATA_OPTIMIZER_DATA_CACHE_FOLDER=f"{cache}/data"):
+            optimize(
+                fn=partial(tokenize_range, tokenizer_dir=str(tokenizer_dir)),
+                inputs=inputs,
+                output_dir=str(out_dir),
+                chunk_bytes=chunk_bytes,
+                item_loader=TokensLoader(),
+                num_workers=max(1, min(workers, len(inputs))),
+                reorder_files=False,
+                keep_data_ordered=True,  # each worker takes a contiguous block: the token stream keeps corpus order
+                start_method="fork",
+                verbose=False,
+            )
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def split_token_count(split_dir: Path) -> int:

@@ -1,0 +1,186 @@
+"""The real snakemake over a tiny config: every stage, then what reruns when the config changes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import dry_run_jobs, load_json, snakemake, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+STAGE_FOLDERS = ("Data/corpus", "Data/tokenizer", "Data/shards", "results/pretrain", "results/evaluate",
+                 "results/sample")
+
+
+def only_folder(workdir, parent):
+    folders = [p for p in (workdir / parent).iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+def stage_mtimes(workdir):
+    return {p: p.stat().st_mtime_ns for parent in STAGE_FOLDERS[:3] for p in (workdir / parent).rglob("*")
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    from conftest import copy_workflow
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("pipeline") / "wf")
+    config = tiny_config()
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "2", "results/samples.txt")
+    return workdir, config
+
+
+def test_every_stage_writes_its_hash_folder_with_its_config(pipeline_run):
+    workdir, _ = pipeline_run
+    metrics = load_json(workdir / "results/metrics.json")
+    for parent in STAGE_FOLDERS:
+        folder = only_folder(workdir, parent)
+        record = load_json(folder / "config.json")
+        stage = parent.split("/")[1]
+        assert record["hash"] == folder.name == metrics["stage_hashes"][stage]
+    assert set(load_json(only_folder(workdir, "Data/shards") / "config.json")["inputs"]) == {"corpus", "tokenizer"}
+
+
+def test_outputs_are_what_a_person_reads(pipeline_run):
+    workdir, config = pipeline_run
+    samples = (workdir / "results/samples.txt").read_text(encoding="utf-8")
+    metrics = load_json(workdir / "results/metrics.json")
+    assert samples.startswith("# Stories sampled by the storylm pipeline")
+    assert f"pretrain={metrics['stage_hashes']['pretrain']}" in samples
+    for prompt in config["sample"]["prompts"]:
+        assert f"Prompt: {prompt}" in samples
+    assert samples.count("--- story") == len(config["sample"]["prompts"]) * config["sample"]["num_samples"]
+    for key in ("val_loss_nats_per_token", "val_perplexity", "val_bits_per_character", "sample_consistency"):
+        assert key in metrics
+    assert 0 < metrics["val_bits_per_character"] < 16
+    assert metrics["val_perplexity"] == pytest.approx(2.718281828 ** metrics["val_loss_nats_per_token"])
+    assert 0 <= metrics["sample_consistency"]["consistent_fraction"] <= 1
+    # 12 optimizer steps of 4 x 64 tokens, as train.max_tokens asks.
+    assert metrics["train_steps"] == config["train"]["max_tokens"] // (4 * 64)
+    assert (workdir / "results/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = only_folder(workdir, "results/pretrain")
+    assert sorted(p.name for p in run.glob("step-*")) == ["step-00000004", "step-00000008", "step-00000012"]
+    tokenizer_stats = load_json(only_folder(workdir, "Data/tokenizer") / "stats.json")
+    assert tokenizer_stats["characters_per_token"] > 0.3 and tokenizer_stats["unknown_token_rate"] == 0
+
+
+def test_the_rendered_litgpt_config_is_complete(pipeline_run):
+    import yaml
+
+    workdir, config = pipeline_run
+    rendered = yaml.safe_load((only_folder(workdir, "results/pretrain") / "pretrain.yaml").read_text())
+    assert rendered["resume"] == "auto"
+    assert rendered["data"]["class_path"] == "litgpt.data.LitData"
+    assert rendered["model_config"]["vocab_size"] == config["tokenizer"]["vocab_size"]
+    for key, value in config["train"].items():
+        if value is not None and key != "epochs":
+            assert rendered["train"][key] == value, key
+    assert rendered["optimizer"] == config["optimizer"]
+    # litgpt's own parser accepts it: the same file a user reruns by hand.
+    from litgpt.pretrain import setup
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_function_arguments(setup)
+    parser.parse_path(str(only_folder(workdir, "results/pretrain") / "pretrain.yaml"))
+
+
+def test_same_checkpoint_settings_and_seed_give_the_same_stories(pipeline_run, tmp_path):
+    workdir, _ = pipeline_run
+    sample_dir = only_folder(workdir, "results/sample")
+    record = (sample_dir / "config.json").read_text()
+    run = only_folder(workdir, "results/pretrain")
+    subprocess.run([sys.executable, "-m", "storylm.sample", "--record", record, "--hashes", "{}",
+                    "--checkpoint", str(run / "final"), "--out", str(tmp_path)], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(workdir / "workflow")})
+    again = [s["text"] for s in load_json(tmp_path / "samples.json")]
+    assert again == [s["text"] for s in load_json(sample_dir / "samples.json")]
+
+
+def test_reruns_follow_the_config(pipeline_run):
+    workdir, config = pipeline_run
+    # Nothing changed: nothing to do.
+    assert dry_run_jobs(workdir) == {}
+
+    # A sampling setting reruns sampling and the final copy only.
+    hotter = copy.deepcopy(config)
+    hotter["sample"]["temperature"] = 1.2
+    write_config(workdir, hotter)
+    assert dry_run_jobs(workdir) == {"sample": 1, "report": 1, "all": 1}
+
+    # A model setting reruns pretraining and what reads it, not corpus, tokenizer or shards.
+    wider = copy.deepcopy(config)
+    wider["model_config"]["n_embd"] = 64
+    wider["model_config"]["head_size"] = 32
+    write_config(workdir, wider)
+    assert dry_run_jobs(workdir) == {"pretrain_config": 1, "pretrain": 1, "evaluate": 1, "sample": 1, "report": 1,
+                                     "all": 1}
+
+    # Run the sampling change for real, then switch back: the earlier folders are reused.
+    write_config(workdir, hotter)
+    snakemake(workdir, "--cores", "2")
+    assert len(list((workdir / "results/sample").iterdir())) == 2
+    write_config(workdir, config)
+    assert dry_run_jobs(workdir) == {"report": 1, "all": 1}
+    snakemake(workdir, "--cores", "2")
+    assert dry_run_jobs(workdir) == {}
+
+
+def test_key_order_in_yaml_changes_nothing(pipeline_run):
+    workdir, config = pipeline_run
+    reordered = {key: config[key] for key in reversed(list(config))}
+    write_config(workdir, reordered)
+    try:
+        assert dry_run_jobs(workdir) == {}
+    finally:
+        write_config(workdir, config)
+
+
+def test_a_failing_stage_leaves_earlier_outputs_untouched(pipeline_run):
+    workdir, config = pipeline_run
+    before = stage_mtimes(workdir)
+    # A validation batch larger than the whole val split: the pretrain config stage refuses it.
+    broken = copy.deepcopy(config)
+    broken["train"].update(micro_batch_size=256, global_batch_size=256)
+    write_config(workdir, broken)
+    try:
+        result = snakemake(workdir, "--cores", "2", check=False)
+        assert result.returncode != 0
+        logs = "".join(p.read_text() for p in (workdir / "logs/pretrain_config").glob("*.log"))
+        assert "corpus.split.val_size" in logs and "fewer than one validation batch" in logs
+        assert stage_mtimes(workdir) == before
+    finally:
+        write_config(workdir, config)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda c: c["model_config"].update(vocab_size=100), "model_config.vocab_size"),
+        (lambda c: c["corpus"]["split"].update(val_size=400), "corpus.split.val_size"),
+        (lambda c: c["sample"].update(prompts=[]), "prompts"),
+        (lambda c: c["train"].update(warmup=3), "warmup"),
+        (lambda c: c["model_config"].update(n_layer="two"), "n_layer"),
+    ],
+)
+def test_an_invalid_config_stops_before_any_job(tmp_path, change, key):
+    from conftest import copy_workflow
+
+    workdir = copy_workflow(tmp_path / "wf")
+    config = tiny_config()
+    change(config)
+    write_config(workdir, config)
+    result = snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+    assert not (workdir / "Data").exists() and not (workdir / "results").exists()
