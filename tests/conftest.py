@@ -74,6 +74,21 @@ def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
     return jobs
 
 
+def with_defaults(config: dict) -> dict:
+    """The config as the workflow sees it: validated, with the schema's defaults filled in."""
+    from snakemake.utils import validate
+
+    config = json.loads(json.dumps(config))
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    return config
+
+
+def stage_hashes(config: dict) -> dict[str, str]:
+    from storylm.config import stage_hashes as hashes
+
+    return hashes(with_defaults(config))
+
+
 def load_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

@@ -10,7 +10,10 @@
 
 Both train for --steps optimizer steps (the token budget is set to exactly that many) and log
 every step. Steady-state tokens/s comes from the times at which the step lines arrive, leaving
-out the first --skip steps (torch.compile, data loader start-up). Peak GPU memory is litgpt's
+out the first --skip steps (torch.compile, data loader start-up); avg_tok_s is the whole
+training loop from litgpt's own "Total tokens" and "Training Time". wall_s includes start-up
+and torch.compile: the first run compiles with a cold inductor cache, the second may reuse
+it. Peak GPU memory is litgpt's
 own "Memory Used" (torch.cuda.max_memory_allocated of the training process) and, where
 nvidia-smi exists, the most memory the device showed in use while the run lasted.
 
@@ -43,7 +46,10 @@ import yaml  # noqa: E402
 
 STEP_LINE = re.compile(r"^Epoch \d+ \| iter (?P<iter>\d+) step (?P<step>\d+) \| loss train: (?P<loss>[\d.naninf]+)")
 MEMORY_LINE = re.compile(r"Memory Used\s*:\s*(?P<gb>[\d.]+) GB")
-TOKS_LINE = re.compile(r"Tok/sec\s*:\s*(?P<toks>[\d.]+) tok/s")
+# litgpt 0.5.13 prints "Tok/sec" as total tokens / time.perf_counter() at the start (not the elapsed
+# time), so its figure is meaningless; the average is recomputed from these two lines instead.
+TOTAL_TOKENS_LINE = re.compile(r"Total tokens\s*:\s*(?P<tokens>[\d,]+)")
+TRAIN_TIME_LINE = re.compile(r"Training Time\s*:\s*(?P<seconds>[\d.]+) s")
 PARAMS_LINE = re.compile(r"Total parameters: (?P<n>[\d,]+)")
 
 # --smoke: the same run shrunk so a CPU does it in a minute or two.
@@ -152,8 +158,8 @@ def reference_yaml(config: dict, shards: Path, work: Path) -> Path:
             "max_norm": train["max_norm"],
             "min_lr": train["min_lr"],
         },
-        "eval": {"interval": config["eval"]["interval"], "max_new_tokens": None, "max_iters": config["eval"]["max_iters"],
-                 "initial_validation": False, "final_validation": False},
+        "eval": {"interval": config["eval"]["interval"], "max_new_tokens": None,
+                 "max_iters": config["eval"]["max_iters"], "initial_validation": False, "final_validation": False},
         "optimizer": config["optimizer"],
         "devices": "auto",
         "num_nodes": 1,
@@ -219,7 +225,7 @@ def run_timed(name: str, command: list[str], work: Path, timeout: float) -> dict
             for line in process.stdout:
                 lines.append((time.perf_counter() - start, line.rstrip("\n")))
                 log.write(line)
-                if STEP_LINE.match(line) or "Memory" in line or "Tok/sec" in line or "Error" in line:
+                if STEP_LINE.match(line) or re.search(r"Memory Used|Training Time|Total param|Error", line):
                     print(f"  [{lines[-1][0]:7.1f} s] {line.rstrip()}", flush=True)
             returncode = process.wait()
         finally:
@@ -233,32 +239,37 @@ def measure(result: dict, tokens_per_iter: int, skip: int) -> dict:
     steps = [(t, int(m["iter"]), int(m["step"])) for t, line in result["lines"] if (m := STEP_LINE.match(line))]
     summary = {"run": result["name"], "exit": result["returncode"], "wall_s": result["wall_s"],
                "steps": steps[-1][2] if steps else 0, "steady_steps": 0, "steady_tok_s": None,
-               "litgpt_tok_s": None, "peak_alloc_gb": None, "nvidia_smi_peak_gib": None, "parameters": None}
+               "avg_tok_s": None, "peak_alloc_gb": None, "nvidia_smi_peak_gib": None, "parameters": None}
     measured = [s for s in steps if s[2] >= skip]
     if len(measured) >= 2:
         (t0, iter0, step0), (t1, iter1, step1) = measured[0], measured[-1]
         summary["steady_steps"] = step1 - step0
         summary["steady_tok_s"] = (iter1 - iter0) * tokens_per_iter / (t1 - t0) if t1 > t0 else None
+    total_tokens = train_seconds = None
     for _, line in result["lines"]:
         if m := MEMORY_LINE.search(line):
             summary["peak_alloc_gb"] = float(m["gb"])
-        if m := TOKS_LINE.search(line):
-            summary["litgpt_tok_s"] = float(m["toks"])
+        if m := TOTAL_TOKENS_LINE.search(line):
+            total_tokens = int(m["tokens"].replace(",", ""))
+        if m := TRAIN_TIME_LINE.search(line):
+            train_seconds = float(m["seconds"])
         if m := PARAMS_LINE.search(line):
             summary["parameters"] = int(m["n"].replace(",", ""))
+    if total_tokens and train_seconds:
+        summary["avg_tok_s"] = total_tokens / train_seconds  # the whole run, first steps (compile) included
     if result["nvidia_smi_peak_mib"] is not None:
         summary["nvidia_smi_peak_gib"] = result["nvidia_smi_peak_mib"] / 1024
     return summary
 
 
 def print_table(rows: list[dict]) -> None:
-    columns = ["run", "exit", "parameters", "steps", "steady_steps", "steady_tok_s", "litgpt_tok_s", "peak_alloc_gb",
+    columns = ["run", "exit", "parameters", "steps", "steady_steps", "steady_tok_s", "avg_tok_s", "peak_alloc_gb",
                "nvidia_smi_peak_gib", "wall_s"]
 
     def fmt(key, value):
         if value is None:
             return "n/a"
-        if key in ("steady_tok_s", "litgpt_tok_s", "parameters"):
+        if key in ("steady_tok_s", "avg_tok_s", "parameters"):
             return f"{value:,.0f}"
         if isinstance(value, float):
             return f"{value:.2f}"
@@ -314,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     config = microstories_config(args)
     tokens_per_iter = config["train"]["micro_batch_size"] * config["train"]["max_seq_length"]
     commands = {
-        "pipeline": [sys.executable, "-m", "storylm.pretrain", "run", "--config", str(pipeline_yaml(config, shards, work))],
+        "pipeline": [sys.executable, "-m", "storylm.pretrain", "run", "--config",
+                     str(pipeline_yaml(config, shards, work))],
         "reference": ["litgpt", "pretrain", "--config", str(reference_yaml(config, shards, work))],
     }
     rows = []
@@ -328,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n# {device_line()}; model {config['model_config']['name']}"
           f" ({'smoke sizes' if args.smoke else 'real sizes'}), precision {config['precision']},"
           f" micro batch {train['micro_batch_size']} x seq {train['max_seq_length']},"
-          f" global batch {train['global_batch_size']}; {args.steps} steps, tokens/s over steps {args.skip}..{args.steps}")
+          f" global batch {train['global_batch_size']}; {args.steps} steps,"
+          f" tokens/s over steps {args.skip}..{args.steps}")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from storylm import litgpt_log
-from storylm.checkpoint import load_model
+from storylm.checkpoint import load_model, parameter_count
 from storylm.config import write_stage_record
 
 
@@ -28,8 +28,9 @@ def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens:
                                shuffle=False)
     loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=0, drop_last=False)
     total_nats, total_tokens = 0.0, 0
+    device = next(model.parameters()).device
     for batch in loader:
-        batch = batch.long()
+        batch = batch.long().to(device)
         logits = model(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
         total_nats += loss.item()
@@ -78,7 +79,7 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
         "val_bits_per_character": loss * tokens_per_char / math.log(2),
         "val_tokens_scored": tokens,
         "val_tokens_per_character": tokens_per_char,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameter_count(model),
         "train_steps": int(train["step"].max()) if len(train) else 0,
         "train_iters": int(train["iter"].max()) if len(train) else 0,
         "final_train_loss_nats_per_token": float(train["loss"].iloc[-1]) if len(train) else None,

@@ -25,9 +25,9 @@ def story_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 @torch.inference_mode()
 def sample_story(model, tokenizer, prompt: str, settings: dict, seed: int) -> str:
-    prompt_ids = tokenizer.encode(prompt)
+    prompt_ids = tokenizer.encode(prompt, device=next(model.parameters()).device)
     max_returned = min(len(prompt_ids) + settings["max_new_tokens"], model.config.block_size)
-    model.set_kv_cache(batch_size=1, max_seq_length=max_returned)
+    model.set_kv_cache(batch_size=1, max_seq_length=max_returned, device=prompt_ids.device)
     torch.manual_seed(seed)
     ids = generate(model, prompt_ids, max_returned, temperature=settings["temperature"], top_k=settings["top_k"],
                    top_p=settings["top_p"], eos_id=tokenizer.eos_id)

@@ -1,0 +1,143 @@
+"""Training that survives interruption: kill litgpt mid-run, rerun, and it continues from its latest checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_workflow, load_json, snakemake, stage_hashes, tiny_config, write_config
+from storylm import litgpt_log
+from storylm.pretrain import set_aside_corrupt_checkpoints, step_checkpoints
+
+pytestmark = pytest.mark.slow
+
+STEPS = 60
+SAVE_INTERVAL = 5
+
+
+def resumable_config(seed: int) -> dict:
+    config = tiny_config()
+    config["seed"] = seed  # a pretrain hash of its own per case; corpus, tokenizer and shards are shared
+    config["train"].update(max_tokens=STEPS * 4 * 64, save_interval=SAVE_INTERVAL, log_interval=1)
+    config["eval"].update(interval=1000, final_validation=False)
+    return config
+
+
+@pytest.fixture(scope="module")
+def shared_workdir(tmp_path_factory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("resume") / "wf")
+    write_config(workdir, resumable_config(0))
+    snakemake(workdir, "--cores", "2", "--until", "pretrain_config")
+    return workdir
+
+
+def start_pipeline(workdir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def litgpt_pids(run: Path) -> list[int]:
+    """The litgpt processes training this run (the pipeline launches them with the config's relative path)."""
+    pattern = f"litgpt pretrain --config results/pretrain/{run.name}/pretrain.yaml"
+    result = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+    return [int(pid) for pid in result.stdout.split()]
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_dir(workdir: Path, config: dict) -> Path:
+    return workdir / "results" / "pretrain" / stage_hashes(config)["pretrain"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_an_interrupted_run_resumes_from_its_latest_checkpoint(shared_workdir, signum):
+    workdir = shared_workdir
+    config = resumable_config(seed=int(signum))
+    write_config(workdir, config)
+    out = run_dir(workdir, config)
+
+    pipeline = start_pipeline(workdir)
+    try:
+        wait_for(lambda: (out / "step-00000010" / "lit_model.pth").exists() and litgpt_pids(out),
+                 timeout=300, what="the second checkpoint")
+        time.sleep(0.5)  # let training go on past the checkpoint
+        for pid in litgpt_pids(out):
+            os.kill(pid, signum)
+        output, _ = pipeline.communicate(timeout=120)
+    finally:
+        pipeline.kill()
+    assert pipeline.returncode != 0, output
+    assert not (out / "final" / "lit_model.pth").exists()
+    saved = step_checkpoints(out)
+    assert saved, "Snakemake's cleanup of the failed job deleted the step checkpoints"
+    latest = int(saved[0].parent.name.split("-")[1])
+    assert latest < STEPS
+
+    if signum == signal.SIGKILL:
+        # A kill while saving leaves a half-written file: the rerun must fall back to the previous checkpoint.
+        saved[0].write_bytes(saved[0].read_bytes()[:1000])
+        latest -= SAVE_INTERVAL
+
+    snakemake(workdir, "--cores", "2")
+    log = out / "train.log"
+    resumed = litgpt_log.resumed_from(log)
+    assert resumed and resumed[-1].endswith(f"step-{latest:08d}/lit_model.pth")
+    train, _ = litgpt_log.parse(log)
+    text = log.read_text()
+    after_resume = text[text.rindex("Resuming training from"):]
+    first_step_after = int(after_resume.split(" step ", 1)[1].split()[0])
+    assert first_step_after == latest + 1, "the step count was reset"
+    assert train["step"].max() == STEPS
+    assert (out / "final" / "lit_model.pth").exists()
+    assert load_json(workdir / "results" / "metrics.json")["resumed_from"][-1] == resumed[-1]
+    if signum == signal.SIGKILL:
+        assert "cannot be loaded" in (workdir / "logs" / "pretrain" / f"{out.name}.log").read_text()
+        assert list(out.glob("corrupt-step-*"))
+
+
+def test_another_config_never_resumes_from_these_checkpoints(shared_workdir):
+    workdir = shared_workdir
+    config = resumable_config(seed=99)
+    config["model_config"]["n_embd"] = 64
+    config["model_config"]["head_size"] = 32
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "2", "--until", "pretrain_config")
+    import yaml
+
+    rendered = yaml.safe_load((run_dir(workdir, config) / "pretrain.yaml").read_text())
+    assert Path(rendered["out_dir"]) == run_dir(workdir, config).relative_to(workdir)
+    assert not step_checkpoints(run_dir(workdir, config))
+
+
+def test_corrupt_latest_checkpoints_are_set_aside(tmp_path):
+    import torch
+
+    for step, good in ((5, True), (10, True), (15, False), (20, False)):
+        folder = tmp_path / f"step-{step:08d}"
+        folder.mkdir()
+        if good:
+            torch.save({"model": {}, "iter_num": step, "step_count": step}, folder / "lit_model.pth")
+        else:
+            (folder / "lit_model.pth").write_bytes(b"PK\x03\x04 half a zip")
+    moved = set_aside_corrupt_checkpoints(tmp_path)
+    assert len(moved) == 2 and all(p.name.startswith("corrupt-step-") for p in moved)
+    assert [p.parent.name for p in step_checkpoints(tmp_path)] == ["step-00000010", "step-00000005"]
+    # litgpt's own resume: auto picks the same one.
+    from litgpt.utils import find_resume_path
+
+    assert find_resume_path("auto", tmp_path).parent.name == "step-00000010"
