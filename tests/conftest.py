@@ -93,6 +93,19 @@ def load_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One local run of the whole pipeline on tiny_config(), shared by the tests that read it.
+
+    Tests that change its config put the original back before they end.
+    """
+    workdir = copy_workflow(tmp_path_factory.mktemp("pipeline") / "wf")
+    config = tiny_config()
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "2", "results/samples.txt")
+    return workdir, config
+
+
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     return copy_workflow(tmp_path / "wf")

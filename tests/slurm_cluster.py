@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -93,7 +94,8 @@ def cluster_status() -> tuple[SlurmCluster | None, str]:
     except subprocess.TimeoutExpired:
         return None, "sinfo timed out; is slurmctld running? (`bash .ci/slurm.sh status`)"
     if res.returncode != 0:
-        return None, f"sinfo failed ({res.stderr.strip() or res.returncode}); run `bash .ci/slurm.sh start`"
+        why = (res.stderr.strip().splitlines() or [f"exit code {res.returncode}"])[-1]
+        return None, f"sinfo failed ({why}); run `bash .ci/slurm.sh start`"
     nodes, partitions, default = [], [], None
     cpus = gpus = 0
     usable = False
@@ -233,9 +235,9 @@ class SnakemakeRun:
     def stop(self) -> None:
         """Interrupt snakemake (it cancels its Slurm jobs), then cancel what is left."""
         if self.proc.poll() is None:
-            self.proc.send_signal(2)  # SIGINT: snakemake cancels its jobs
+            self.proc.send_signal(signal.SIGINT)  # snakemake cancels its jobs (SIGTERM would wait for them)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -292,6 +294,9 @@ def run_snakemake(
         proc = subprocess.Popen(
             cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=snakemake_env(),
+            # SIGINT makes snakemake cancel its Slurm jobs; a shell that started
+            # pytest in the background may have set it to "ignore"
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     run = SnakemakeRun(cmd=cmd, workdir=workdir, log=log, proc=proc)
     if not background:

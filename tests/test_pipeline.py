@@ -30,14 +30,8 @@ def stage_mtimes(workdir):
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory):
-    from conftest import copy_workflow
-
-    workdir = copy_workflow(tmp_path_factory.mktemp("pipeline") / "wf")
-    config = tiny_config()
-    write_config(workdir, config)
-    snakemake(workdir, "--cores", "2", "results/samples.txt")
-    return workdir, config
+def pipeline_run(tiny_local_run):
+    return tiny_local_run
 
 
 def test_every_stage_writes_its_hash_folder_with_its_config(pipeline_run):
@@ -109,6 +103,13 @@ def test_same_checkpoint_settings_and_seed_give_the_same_stories(pipeline_run, t
 
 def test_reruns_follow_the_config(pipeline_run):
     workdir, config = pipeline_run
+    try:
+        check_reruns(workdir, config)
+    finally:
+        write_config(workdir, config)
+
+
+def check_reruns(workdir, config):
     # Nothing changed: nothing to do.
     assert dry_run_jobs(workdir) == {}
 
@@ -127,10 +128,12 @@ def test_reruns_follow_the_config(pipeline_run):
                                      "all": 1}
 
     # Run the sampling change for real, then switch back: the earlier folders are reused.
-    write_config(workdir, hotter)
-    snakemake(workdir, "--cores", "2")
-    assert len(list((workdir / "results/sample").iterdir())) == 2
-    write_config(workdir, config)
+    try:
+        write_config(workdir, hotter)
+        snakemake(workdir, "--cores", "2")
+        assert len(list((workdir / "results/sample").iterdir())) == 2
+    finally:
+        write_config(workdir, config)
     assert dry_run_jobs(workdir) == {"report": 1, "all": 1}
     snakemake(workdir, "--cores", "2")
     assert dry_run_jobs(workdir) == {}

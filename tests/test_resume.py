@@ -68,6 +68,8 @@ def run_dir(workdir: Path, config: dict) -> Path:
 def test_an_interrupted_run_resumes_from_its_latest_checkpoint(shared_workdir, signum):
     workdir = shared_workdir
     config = resumable_config(seed=int(signum))
+    if signum == signal.SIGTERM:
+        config["logger_name"] = "tensorboard"  # each logger must survive a resume (wandb: test_microstories)
     write_config(workdir, config)
     out = run_dir(workdir, config)
 
@@ -105,6 +107,10 @@ def test_an_interrupted_run_resumes_from_its_latest_checkpoint(shared_workdir, s
     assert train["step"].max() == STEPS
     assert (out / "final" / "lit_model.pth").exists()
     assert load_json(workdir / "results" / "metrics.json")["resumed_from"][-1] == resumed[-1]
+    if signum == signal.SIGTERM:
+        assert len(list(out.glob("logs/tensorboard/version_*/events.out.tfevents.*"))) == 2
+    else:
+        assert len(list(out.glob("logs/csv/version_*/metrics.csv"))) == 2
     if signum == signal.SIGKILL:
         assert "cannot be loaded" in (workdir / "logs" / "pretrain" / f"{out.name}.log").read_text()
         assert list(out.glob("corrupt-step-*"))

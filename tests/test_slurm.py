@@ -31,8 +31,8 @@ except ImportError:  # ... or tests is a package
         scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
     )
 
-# The resource block of the real `pretrain` rule, with D = train.devices (GPUs per
-# node) and M = train.num_nodes. Lightning wants one Slurm task per GPU
+# The resource block of the real `pretrain` rule, with D = config["devices"] (GPUs per
+# node) and M = config["num_nodes"]. Lightning wants one Slurm task per GPU
 # (ntasks-per-node == devices, nnodes == num_nodes), started by srun.
 PRETRAIN_RESOURCES = """\
         gres=f"gpu:{DEVICES}",                         # GPUs per node: sbatch --gres=gpu:D
@@ -240,41 +240,3 @@ def test_every_job_goes_through_slurm(slurm_cluster, tmp_path):
         assert r["cuda_visible_devices"] == ",".join(map(str, range(devices))), r
         if devices > 1:
             assert r["slurm_ntasks"] == str(devices) and r["slurm_ntasks_per_node"] == str(devices), r
-
-
-@pytest.mark.slurm
-def test_scancelled_job_is_rerun_by_the_same_command(slurm_cluster, tmp_path):
-    if slurm_cluster.gpus < 1:
-        pytest.skip("the cluster has no (fake) GPU")
-    wf = make_workflow(tmp_path)
-    hold = wf / "hold"
-    hold.touch()
-    args = ("--config", "devices=1", f"hold={hold}")
-
-    first = run_snakemake(wf, *args, overrides=_overrides(slurm_cluster), background=True)
-    try:
-        job = first.wait_for_submission("pretrain", timeout=180)
-        wait_for_job_state(job.slurm_jobid, ["RUNNING"], timeout=120)
-        wait_until(lambda: (wf / "results" / "pretrain.json").exists(), 60, what="partial output")
-        info = scontrol_show_job(job.slurm_jobid)
-        assert info.get("TresPerNode") == "gres:gpu:1", info  # the 1-GPU job asked for its GPU
-        scancel(job.slurm_jobid)
-        rc = first.wait(timeout=240)
-    finally:
-        first.stop()
-    assert rc != 0, first.describe()
-    assert job_state(job.slurm_jobid) == "CANCELLED"
-    assert "CANCELLED" in first.output, first.describe()
-    first_rules = [j.rule for j in first.submitted()]
-    assert first_rules == ["prep", "pretrain"], first.describe()
-
-    hold.unlink()
-    second = run_snakemake(wf, *args, overrides=_overrides(slurm_cluster))
-    second.check()
-    again = second.submitted()
-    assert [j.rule for j in again] == ["pretrain", "report"], second.describe()  # prep is kept
-    assert again[0].slurm_jobid != job.slurm_jobid
-    ranks = json.loads((wf / "results" / "pretrain.json").read_text())
-    assert [r["slurm_job_id"] for r in ranks] == [again[0].slurm_jobid]
-    # the cancelled job's log stays next to the new one
-    assert {p.name for p in slurm_logs(wf)["pretrain"]} == {f"{job.slurm_jobid}.log", f"{again[0].slurm_jobid}.log"}

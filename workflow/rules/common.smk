@@ -68,6 +68,21 @@ def output_dir(name):
     return lambda wildcards, output: str(Path(output[name]).parent)
 
 
+# Lightning wants one process per device: D = devices per node, M = num_nodes. On Slurm the job
+# asks for D GPUs and D tasks per node on M nodes, and (when D x M > 1) the command itself starts
+# the D x M processes with srun; elsewhere Lightning starts them. See docs/slurm.md.
+DEVICES, NODES = config["devices"], config["num_nodes"]
+MULTI_PROCESS = DEVICES * NODES > 1
+
+
+def srun_args(wildcards, threads, resources):
+    """Param function of pretrain: how the pretrain wrapper launches litgpt under srun."""
+    if not MULTI_PROCESS:
+        return ""
+    return (f"--srun-args '--nodes={NODES} --ntasks-per-node={DEVICES} --cpus-per-task={threads}"
+            f" --gres={resources.gres}'")
+
+
 def log_path(stage):
     return f"logs/{stage}/{HASHES[stage]}.log"
 

@@ -30,11 +30,17 @@ rule pretrain:
         shards=rules.shards.output.stats,
     output:
         checkpoint=f"{DIRS['pretrain']}/final/lit_model.pth",
+    params:
+        srun=srun_args,
     threads: 4
     resources:
-        gpu=config["devices"],
-        tasks=config["devices"],
-        nodes=config["num_nodes"],
+        gres=f"gpu:{DEVICES}",  # GPUs per node (sbatch --gres)
+        nodes=NODES,
+        tasks_per_node=DEVICES if DEVICES > 1 else None,  # sbatch --ntasks-per-node (with mpi)
+        tasks=NODES if MULTI_PROCESS and DEVICES == 1 else None,  # one task per node ...
+        tasks_per_gpu=0 if MULTI_PROCESS and DEVICES == 1 else None,  # ... and no --ntasks-per-gpu
+        mpi="srun" if MULTI_PROCESS else None,  # the plugin leaves the launch to our srun
+        gpu_jobs=1,  # at most one GPU job at a time on a local machine (profiles/default)
     log:
         log_path("pretrain"),
     benchmark:
@@ -42,4 +48,4 @@ rule pretrain:
     conda:
         ENV
     shell:
-        "python -m storylm.pretrain run --config {input.config} > {log} 2>&1"
+        "python -m storylm.pretrain run --config {input.config} {params.srun} > {log} 2>&1"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -124,16 +125,20 @@ def litgpt_env(out_dir: Path) -> dict:
     return env
 
 
-def launch_command(config_path: Path, tasks: int) -> list[str]:
-    """litgpt pretrain, under srun when Slurm gave this job several tasks (Lightning wants one process per device)."""
+def launch_command(config_path: Path, srun_args: str | None = None) -> list[str]:
+    """litgpt pretrain; inside a Slurm job with several tasks, under srun with one process per device.
+
+    This wrapper runs once per job (so checkpoints are checked once, without races) and srun starts
+    the devices x num_nodes litgpt processes that Lightning expects. The srun options are explicit
+    because Snakemake's job step clears the job's SLURM_* task settings.
+    """
     command = ["litgpt", "pretrain", "--config", str(config_path)]
-    in_slurm_batch = "SLURM_JOB_ID" in os.environ and "SLURM_STEP_ID" not in os.environ
-    if tasks > 1 and in_slurm_batch:
-        command = ["srun", f"--ntasks={tasks}", "--kill-on-bad-exit=1", *command]
+    if srun_args and "SLURM_JOB_ID" in os.environ:
+        command = ["srun", "--kill-on-bad-exit=1", *shlex.split(srun_args), *command]
     return command
 
 
-def run(config_path: Path, log_path: Path | None = None) -> int:
+def run(config_path: Path, srun_args: str | None = None, log_path: Path | None = None) -> int:
     """Run litgpt pretrain on a rendered config; returns its exit code. Signals are passed on to litgpt."""
     litgpt_config = yaml.safe_load(config_path.read_text())
     out_dir = Path(litgpt_config["out_dir"])
@@ -142,8 +147,8 @@ def run(config_path: Path, log_path: Path | None = None) -> int:
     resume_from = step_checkpoints(out_dir)
     print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
           flush=True)
-    tasks = litgpt_config["devices"] * litgpt_config["num_nodes"]
-    command = launch_command(config_path, tasks)
+    command = launch_command(config_path, srun_args)
+    print("running: " + shlex.join(command), flush=True)
     process = subprocess.Popen(command, env=litgpt_env(out_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, start_new_session=True)
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -169,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     render_parser.add_argument("--output", type=Path, required=True, help="the YAML file to write")
     run_parser = commands.add_parser("run", help="run litgpt pretrain on a rendered YAML, resuming if possible")
     run_parser.add_argument("--config", type=Path, required=True)
+    run_parser.add_argument("--srun-args", help="srun options for a multi-process Slurm job (ignored outside Slurm)")
     args = parser.parse_args(argv)
 
     if args.command == "render":
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         args.output.write_text(header + yaml.safe_dump(litgpt_config, sort_keys=False, allow_unicode=True))
         write_stage_record(args.record, args.out_dir)
     else:
-        sys.exit(run(args.config))
+        sys.exit(run(args.config, args.srun_args))
 
 
 if __name__ == "__main__":
