@@ -290,15 +290,19 @@ def server():
     fake.stop()
 
 
-@pytest.fixture
-def hf_env(server, monkeypatch):
-    """Environment that sends huggingface_hub to the fake hub, with its fast paths off."""
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
+def point_hf_at(monkeypatch, url: str) -> None:
+    """Environment that sends huggingface_hub to the fake hub at url, with its fast paths off."""
+    monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_ENABLE_HF_TRANSFER", "0")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+@pytest.fixture
+def hf_env(server, monkeypatch):
+    point_hf_at(monkeypatch, server.url)
     return server
 
 

@@ -19,7 +19,7 @@ import yaml
 from snakemake.utils import validate
 
 from conftest import CHATGLM3_DIR, REPO, copy_workflow, load_json, snakemake, write_config
-from hubserver import FakeServer, PICTUREBOOKS, real_row, tinystories_archive, tinystories_rows
+from hubserver import FakeServer, PICTUREBOOKS, point_hf_at, real_row, tinystories_archive, tinystories_rows
 from storylm import config as storylm_config
 from storylm.jsonl import iter_texts
 from storylm.pretrain import render
@@ -248,12 +248,7 @@ def pipeline(tmp_path_factory):
     write_config(workdir, config, "config/microstories_small.yaml")
     try:
         with pytest.MonkeyPatch.context() as env:
-            env.setenv("HF_ENDPOINT", hub.url)
-            env.setenv("HF_HUB_DISABLE_XET", "1")
-            env.setenv("HF_HUB_ENABLE_HF_TRANSFER", "0")
-            env.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-            env.delenv("HF_TOKEN", raising=False)
-            env.delenv("HF_HUB_OFFLINE", raising=False)
+            point_hf_at(env, hub.url)
             env.setenv("WANDB_MODE", "offline")
             env.delenv("WANDB_API_KEY", raising=False)
             snakemake(workdir, "results/samples.txt", "--cores", "2", "--configfile", "config/microstories_small.yaml",

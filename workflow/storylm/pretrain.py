@@ -132,7 +132,11 @@ def launch_command(config_path: Path, srun_args: str | None = None) -> list[str]
     the devices x num_nodes litgpt processes that Lightning expects. The srun options are explicit
     because Snakemake's job step clears the job's SLURM_* task settings.
     """
-    command = ["litgpt", "pretrain", "--config", str(config_path)]
+    # out_dir made absolute on the command line: litgpt's checkpoint saving parses its config with
+    # jsonargparse, which briefly changes the working directory, and the tensorboard logger's writer
+    # thread would then miss a relative log path. The YAML itself stays relative and portable.
+    out_dir = Path(yaml.safe_load(config_path.read_text())["out_dir"]).resolve()
+    command = ["litgpt", "pretrain", "--config", str(config_path), "--out_dir", str(out_dir)]
     if srun_args and "SLURM_JOB_ID" in os.environ:
         command = ["srun", "--kill-on-bad-exit=1", *shlex.split(srun_args), *command]
     return command
