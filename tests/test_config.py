@@ -46,7 +46,7 @@ def test_key_order_does_not_change_hashes():
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("sample.temperature", 0.5, {"sample"}),
+        ("sample.temperature", 0.9, {"sample"}),
         ("sample.prompts", ["在森林里"], {"sample"}),
         ("evaluate.batch_size", 4, {"evaluate"}),
         ("model_config.n_layer", 3, {"pretrain", "evaluate", "sample"}),
