@@ -8,14 +8,10 @@ setting back finds the earlier folder again.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
-
-import yaml
 
 HASH_LENGTH = 10
 
@@ -251,13 +247,3 @@ def write_stage_record(record_json: str, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = json.loads(record_json)
     (out_dir / "config.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-
-
-def load_yaml(path: str | os.PathLike) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
-
-
-def deep_copy(config) -> dict:
-    """A plain-dict copy of Snakemake's config (which may be a custom mapping)."""
-    return json.loads(json.dumps(copy.deepcopy(dict(config)), default=str))
