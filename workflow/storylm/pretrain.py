@@ -125,7 +125,7 @@ def litgpt_env(out_dir: Path) -> dict:
     return env
 
 
-def launch_command(config_path: Path, srun_args: str | None = None) -> list[str]:
+def launch_command(config_path: Path, out_dir: Path, srun_args: str | None = None) -> list[str]:
     """litgpt pretrain; inside a Slurm job with several tasks, under srun with one process per device.
 
     This wrapper runs once per job (so checkpoints are checked once, without races) and srun starts
@@ -135,8 +135,7 @@ def launch_command(config_path: Path, srun_args: str | None = None) -> list[str]
     # out_dir made absolute on the command line: litgpt's checkpoint saving parses its config with
     # jsonargparse, which briefly changes the working directory, and the tensorboard logger's writer
     # thread would then miss a relative log path. The YAML itself stays relative and portable.
-    out_dir = Path(yaml.safe_load(config_path.read_text())["out_dir"]).resolve()
-    command = ["litgpt", "pretrain", "--config", str(config_path), "--out_dir", str(out_dir)]
+    command = ["litgpt", "pretrain", "--config", str(config_path), "--out_dir", str(out_dir.resolve())]
     if srun_args and "SLURM_JOB_ID" in os.environ:
         command = ["srun", "--kill-on-bad-exit=1", *shlex.split(srun_args), *command]
     return command
@@ -151,7 +150,7 @@ def run(config_path: Path, srun_args: str | None = None, log_path: Path | None =
     resume_from = step_checkpoints(out_dir)
     print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
           flush=True)
-    command = launch_command(config_path, srun_args)
+    command = launch_command(config_path, out_dir, srun_args)
     print("running: " + shlex.join(command), flush=True)
     process = subprocess.Popen(command, env=litgpt_env(out_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, start_new_session=True)
