@@ -2,9 +2,14 @@
 #
 #   snakemake --cores all results/samples.txt        (the embedded default config)
 #   snakemake --cores all --configfile config/microstories.yaml
+#   snakemake --cores all --configfile config/sweeps/model_size.yaml   (several runs, compared)
 #   snakemake --profile slurm                          (on a Slurm cluster; see README)
+#   snakemake --report results/report.html             (the runs table, plots and stories)
+#
+# The config is validated (and its defaults filled in) per run by config/schema.yaml, in
+# workflow/rules/common.smk: see workflow/storylm/runs.py.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -12,7 +17,7 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -28,6 +33,8 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        REPORT["samples"],
-        REPORT["metrics"],
-        REPORT["plot"],
+        "results/samples.txt",
+        "results/runs.tsv",
+        "results/compare.png",
+        expand("results/runs/{run}/{name}", run=RUNS, name=("metrics.json", "loss.png", "config.yaml")),
+        ["results/metrics.json", "results/loss.png"] if ONE_RUN else [],

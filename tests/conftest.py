@@ -21,7 +21,10 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 def tiny_config() -> dict:
     """The default config shrunk so that the whole pipeline runs in about a minute on 2 cores."""
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    from storylm.schema import defaults
+
+    config = defaults()
+    del config["runs"]
     config["corpus"]["builtin"]["num_stories"] = 400
     config["corpus"]["split"]["val_size"] = 40
     config["tokenizer"]["vocab_size"] = 400

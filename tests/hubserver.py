@@ -4,7 +4,9 @@ FakeServer is one threaded HTTP server on 127.0.0.1 (random port) that plays two
 
 * the Hugging Face hub, as huggingface_hub talks to it (point HF_ENDPOINT at server.url):
     GET  /api/datasets/{repo}/revision/{rev}?blobs=True   repo info with siblings (size, blobId, lfs.sha256)
+         (and /api/models/... for model repositories)
     HEAD /datasets/{repo}/resolve/{rev}/{file}            302 to the CDN for LFS files, with
+         (and /{repo}/resolve/... for model repositories)
                                                           X-Repo-Commit, X-Linked-Etag, X-Linked-Size;
                                                           200 with ETag for small git files
     GET  /cdn/{sha256}                                    the LFS bytes, with Range support
@@ -98,6 +100,9 @@ class FakeServer:
             lfs = filename not in ("README.md", ".gitattributes")
         repo["files"][filename] = RepoFile(data, lfs)
 
+    # A model repository (a tokenizer's files) is served the same way, at the hub's model paths.
+    add_model_file = add_dataset_file
+
     def add_file(self, name: str, data: bytes) -> str:
         self.files[name] = data
         return f"{self.url}/files/{name}"
@@ -139,9 +144,10 @@ def _handler_for(server: FakeServer):
         def _route(self, send_body: bool):
             server._log(Request(self.command, self.path, self.headers.get("Range"), self.headers.get("Authorization")))
             path = self.path.split("?", 1)[0]
-            if m := re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/revision/([^/]+)", path):
+            # Dataset repositories live under /datasets/, model repositories at the root.
+            if m := re.fullmatch(r"/api/(?:datasets|models)/([^/]+/[^/]+)/revision/([^/]+)", path):
                 return self._repo_info(m[1], m[2])
-            if m := re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+            if m := re.fullmatch(r"/(?:datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
                 return self._resolve(m[1], m[2], m[3], send_body)
             if m := re.fullmatch(r"/cdn/([0-9a-f]{64})", path):
                 return self._cdn(m[1], send_body)

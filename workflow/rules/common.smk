@@ -1,66 +1,83 @@
-# Helpers shared by the rules: config checks, stage hashes and the hash-keyed folders.
+# Helpers shared by the rules: the runs, their stage folders, and the input and param functions.
+#
+# Every stage folder is named by a hash of its settings (storylm/config.py). The plan below
+# resolves every run of the config (storylm/runs.py) and keeps one entry per distinct hash, so
+# each rule is a wildcard rule over its hash folders and each folder is built by one job, for
+# however many runs use it.
 
 import json
-import os
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
-# The rules' commands import the storylm package from workflow/ (also inside Slurm jobs and conda envs).
+# The rules' commands import the storylm package from workflow/. The path is given on each
+# command line, not inherited: Snakemake clears PYTHONPATH when it activates a conda env.
 STORYLM_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, STORYLM_PATH)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (STORYLM_PATH, os.environ.get("PYTHONPATH")) if p)
+STORYLM = f"PYTHONPATH={shlex.quote(STORYLM_PATH)} python -m storylm"
 
-
-envvars:
-    "PYTHONPATH",
-
-
-from storylm import config as storylm_config  # noqa: E402
+from storylm.runs import STAGE_PARENTS, RunError, deep_merge, plan  # noqa: E402
 
 try:
-    storylm_config.check(config)
-except storylm_config.ConfigError as error:
+    PLAN = plan(config)
+except RunError as error:
     raise WorkflowError(f"Invalid config: {error}") from None
 
-HASHES = storylm_config.stage_hashes(config)
-HASHES_JSON = json.dumps({stage: HASHES[stage] for stage in storylm_config.STAGE_ORDER if stage != "download"
-                          or config["corpus"]["source"] != "builtin"})
-# The sampled stories' lineage: what their header names (evaluation settings do not touch them).
-SAMPLE_LINEAGE_JSON = json.dumps({stage: HASHES[stage] for stage in ("corpus", "tokenizer", "shards", "pretrain", "sample")})
-
-# Each stage's folder is named by the hash of the settings it depends on (see storylm/config.py).
-DIRS = {
-    "download": f"Data/raw/{HASHES['download']}",
-    "corpus": f"Data/corpus/{HASHES['corpus']}",
-    "tokenizer": f"Data/tokenizer/{HASHES['tokenizer']}",
-    "shards": f"Data/shards/{HASHES['shards']}",
-    "pretrain": f"results/pretrain/{HASHES['pretrain']}",
-    "evaluate": f"results/evaluate/{HASHES['evaluate']}",
-    "sample": f"results/sample/{HASHES['sample']}",
-}
-
-REPORT = {
-    "samples": "results/samples.txt",
-    "metrics": "results/metrics.json",
-    "plot": "results/loss.png",
-}
-
+RUNS = list(PLAN.runs)
+ONE_RUN = len(RUNS) == 1
 ENV = "../../envs/storylm.yaml"
 
 
+def hash_pattern(stage):
+    """Wildcard constraint: only the hashes some run needs (a stage no run needs matches nothing)."""
+    return "|".join(PLAN.stages.get(stage, {})) or "(?!)"
+
+
+def folder(stage, hash_):
+    return f"{STAGE_PARENTS[stage]}/{hash_}"
+
+
+def stage_of(stage, wildcards):
+    return PLAN.stage(stage, wildcards.hash)
+
+
+def upstream(stage, wildcards, name):
+    """The folder of the stage `name` that the `stage` folder of this job reads."""
+    return folder(name, stage_of(stage, wildcards).record["inputs"][name])
+
+
+def run_folder(run, stage):
+    return folder(stage, PLAN.hashes[run][stage])
+
+
+# Param functions: the stage's record (its settings and input hashes, written to its config.json)
+# and its settings alone, so that Snakemake's params trigger fires only for its own settings.
 def record(stage):
-    """The stage's settings and input hashes, as the JSON its command writes to <folder>/config.json."""
-    return json.dumps(storylm_config.stage_record(config, stage))
+    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record)
 
 
 def settings(stage):
-    """Only the settings the stage depends on, so a change elsewhere never reruns it."""
-    return json.dumps(storylm_config.stage_configs(config)[stage])
+    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record["config"])
 
 
-def input_dir(name, up=1):
-    """Param function: the folder holding the named input file (or its parent, with up=2)."""
-    return lambda wildcards, input: str(Path(input[name]).parents[up - 1])
+def stage_setting(stage, *keys):
+    """Param function: one value of the resolved config of the folder's first run."""
+
+    def value(wildcards):
+        found = stage_of(stage, wildcards).config
+        for key in keys:
+            found = found[key]
+        return json.dumps(found) if isinstance(found, (dict, list)) else found
+
+    return value
+
+
+def lineage(wildcards):
+    """Param function of sample: the stage hashes its stories descend from, for their header."""
+    run = stage_of("sample", wildcards).runs[0]
+    return json.dumps({name: PLAN.hashes[run][name] for name in ("corpus", "tokenizer", "shards", "pretrain",
+                                                                 "sample")})
 
 
 def output_dir(name):
@@ -68,24 +85,132 @@ def output_dir(name):
     return lambda wildcards, output: str(Path(output[name]).parent)
 
 
+# Input functions, one per edge of the stage graph.
+def download_manifest(wildcards):
+    if stage_of("corpus", wildcards).config["corpus"]["source"] == "builtin":
+        return []
+    return upstream("corpus", wildcards, "download") + "/manifest.json"
+
+
+def raw_args(wildcards, input):
+    return f"--raw {Path(input.manifest).parent}" if input.manifest else ""
+
+
+def corpus_split(stage, split):
+    return lambda wildcards: f"{upstream(stage, wildcards, 'corpus')}/{split}.jsonl"
+
+
+def tokenizer_files(wildcards):
+    """The pretrained tokenizer's files: the hub download's manifest, or the local files themselves."""
+    tok = stage_of("tokenizer", wildcards).config["tokenizer"]
+    if tok["kind"] == "train":
+        return []
+    if tok["source"] == "hf":
+        return upstream("tokenizer", wildcards, "tokenizer_download") + "/manifest.json"
+    from storylm.config import TOKENIZER_FILES
+
+    return [f"{tok['path']}/{name}" for name in TOKENIZER_FILES if Path(tok["path"], name).is_file()]
+
+
+def pretrained_tokenizer_args(wildcards):
+    tok = stage_of("tokenizer", wildcards).config["tokenizer"]
+    if tok["kind"] == "train":
+        return ""
+    if tok["source"] == "hf":
+        source = f"{upstream('tokenizer', wildcards, 'tokenizer_download')}/hf/{tok['hf']['repo_id']}"
+    else:
+        source = tok["path"]
+    return f"--pretrained {shlex.quote(source)}"
+
+
+def shards_stats(stage):
+    return lambda wildcards: f"{upstream(stage, wildcards, 'shards')}/stats.json"
+
+
+def tokenizer_config(stage):
+    return lambda wildcards: f"{upstream(stage, wildcards, 'tokenizer')}/tokenizer_config.json"
+
+
+def final_checkpoint(stage):
+    return lambda wildcards: f"{upstream(stage, wildcards, 'pretrain')}/final/lit_model.pth"
+
+
+def input_dir(name, up=1):
+    """Param function: the folder holding the named input file (or its parent, with up=2)."""
+    return lambda wildcards, input: str(Path(input[name]).parents[up - 1])
+
+
 # Lightning wants one process per device: D = devices per node, M = num_nodes. On Slurm the job
 # asks for D GPUs and D tasks per node on M nodes, and (when D x M > 1) the command itself starts
 # the D x M processes with srun; elsewhere Lightning starts them. See docs/slurm.md.
-DEVICES, NODES = config["devices"], config["num_nodes"]
-MULTI_PROCESS = DEVICES * NODES > 1
+def devices_nodes(wildcards):
+    run_config = stage_of("pretrain", wildcards).config
+    return run_config["devices"], run_config["num_nodes"]
+
+
+def multi_process(wildcards):
+    devices, nodes = devices_nodes(wildcards)
+    return devices * nodes > 1
 
 
 def srun_args(wildcards, threads, resources):
     """Param function of pretrain: how the pretrain wrapper launches litgpt under srun."""
-    if not MULTI_PROCESS:
+    if not multi_process(wildcards):
         return ""
-    return (f"--srun-args '--nodes={NODES} --ntasks-per-node={DEVICES} --cpus-per-task={threads}"
+    devices, nodes = devices_nodes(wildcards)
+    return (f"--srun-args '--nodes={nodes} --ntasks-per-node={devices} --cpus-per-task={threads}"
             f" --gres={resources.gres}'")
 
 
+def gpu_resource(kind):
+    """Resource functions of pretrain: the Slurm request for D GPUs on M nodes."""
+
+    def value(wildcards):
+        devices, nodes = devices_nodes(wildcards)
+        multi = devices * nodes > 1
+        return {
+            "gres": f"gpu:{devices}",  # GPUs per node (sbatch --gres)
+            "nodes": nodes,
+            "tasks_per_node": devices if devices > 1 else None,  # sbatch --ntasks-per-node (with mpi)
+            "tasks": nodes if multi and devices == 1 else None,  # one task per node ...
+            "tasks_per_gpu": 0 if multi and devices == 1 else None,  # ... and no --ntasks-per-gpu
+            "mpi": "srun" if multi else None,  # the plugin leaves the launch to our srun
+        }[kind]
+
+    return value
+
+
+# Per-run results.
+def run_inputs(wildcards):
+    run = wildcards.run
+    return {
+        "pretrain_config": run_folder(run, "pretrain") + "/pretrain.yaml",
+        "checkpoint": run_folder(run, "pretrain") + "/final/lit_model.pth",
+        "evaluate": run_folder(run, "evaluate") + "/metrics.json",
+        "plot": run_folder(run, "evaluate") + "/loss.png",
+        "samples": run_folder(run, "sample") + "/samples.txt",
+        "sample_figures": run_folder(run, "sample") + "/consistency.json",
+    }
+
+
+def run_info(wildcards):
+    """Param function of run_results: the run's stage hashes, config, and how it differs from the base."""
+    from storylm.runs import differences
+
+    run = wildcards.run
+    return json.dumps({
+        "run": run,
+        "stage_hashes": {stage: PLAN.hashes[run][stage] for stage in PLAN.stages if stage in PLAN.hashes[run]
+                         and PLAN.hashes[run][stage] in PLAN.stages[stage]},
+        "export_dir": run_folder(run, "export"),
+        "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
+        "config": PLAN.runs[run],
+    })
+
+
 def log_path(stage):
-    return f"logs/{stage}/{HASHES[stage]}.log"
+    return f"logs/{stage}/{{hash}}.log"
 
 
 def benchmark_path(stage):
-    return f"benchmarks/{stage}/{HASHES[stage]}.tsv"
+    return f"benchmarks/{stage}/{{hash}}.tsv"

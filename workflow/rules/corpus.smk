@@ -3,7 +3,9 @@
 
 rule download:
     output:
-        manifest=f"{DIRS['download']}/manifest.json",
+        manifest="Data/raw/{hash}/manifest.json",
+    wildcard_constraints:
+        hash=hash_pattern("download"),
     params:
         corpus=settings("download"),
         out=output_dir("manifest"),
@@ -12,20 +14,22 @@ rule download:
     conda:
         ENV
     shell:
-        "python -m storylm.download --config {params.corpus:q} --out {params.out} > {log} 2>&1"
+        "{STORYLM}.download --config {params.corpus:q} --out {params.out} > {log} 2>&1"
 
 
 rule corpus:
     input:
-        manifest=[] if config["corpus"]["source"] == "builtin" else rules.download.output.manifest,
+        manifest=download_manifest,
     output:
-        train=f"{DIRS['corpus']}/train.jsonl",
-        val=f"{DIRS['corpus']}/val.jsonl",
-        stats=f"{DIRS['corpus']}/stats.json",
+        train="Data/corpus/{hash}/train.jsonl",
+        val="Data/corpus/{hash}/val.jsonl",
+        stats="Data/corpus/{hash}/stats.json",
+    wildcard_constraints:
+        hash=hash_pattern("corpus"),
     params:
         corpus=settings("corpus"),
         record=record("corpus"),
-        raw=lambda wildcards, input: ["--raw", str(Path(input.manifest).parent)] if input.manifest else [],
+        raw=raw_args,
         out=output_dir("stats"),
     log:
         log_path("corpus"),
@@ -34,5 +38,5 @@ rule corpus:
     conda:
         ENV
     shell:
-        "python -m storylm.corpus --config {params.corpus:q} --record {params.record:q} --out {params.out}"
+        "{STORYLM}.corpus --config {params.corpus:q} --record {params.record:q} --out {params.out}"
         " {params.raw} > {log} 2>&1"

@@ -3,17 +3,19 @@
 
 rule evaluate:
     input:
-        checkpoint=rules.pretrain.output.checkpoint,
-        shards=rules.shards.output.stats,
+        checkpoint=final_checkpoint("evaluate"),
+        shards=shards_stats("evaluate"),
     output:
-        metrics=f"{DIRS['evaluate']}/metrics.json",
-        plot=f"{DIRS['evaluate']}/loss.png",
+        metrics="results/evaluate/{hash}/metrics.json",
+        plot="results/evaluate/{hash}/loss.png",
+    wildcard_constraints:
+        hash=hash_pattern("evaluate"),
     params:
         record=record("evaluate"),
         checkpoint_dir=input_dir("checkpoint"),
         run_dir=input_dir("checkpoint", up=2),
         shards=input_dir("shards"),
-        seq_length=config["train"]["max_seq_length"],
+        seq_length=stage_setting("evaluate", "train", "max_seq_length"),
         out=output_dir("metrics"),
     log:
         log_path("evaluate"),
@@ -22,6 +24,6 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "python -m storylm.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
+        "{STORYLM}.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
         " --shards {params.shards} --train-log {params.run_dir}/train.log --seq-length {params.seq_length}"
         " --out {params.out} > {log} 2>&1"

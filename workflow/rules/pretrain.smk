@@ -2,44 +2,50 @@
 #
 # Only the final checkpoint is declared as output: litgpt's step-* checkpoints beside it are
 # not Snakemake's to delete when a job fails, and `resume: auto` continues from the latest.
+# Runs that share a pretrain hash share one training; different ones are independent jobs,
+# submitted together on Slurm, one at a time locally (gpu_jobs, profiles/default).
 
 
 rule pretrain_config:
     input:
-        shards=rules.shards.output.stats,
-        tokenizer=rules.tokenizer.output.config,
+        shards=shards_stats("pretrain"),
+        tokenizer=tokenizer_config("pretrain"),
     output:
-        config=f"{DIRS['pretrain']}/pretrain.yaml",
+        config="results/pretrain/{hash}/pretrain.yaml",
+    wildcard_constraints:
+        hash=hash_pattern("pretrain"),
     params:
         record=record("pretrain"),
         shards=input_dir("shards"),
         tokenizer=input_dir("tokenizer"),
         out_dir=output_dir("config"),
     log:
-        f"logs/pretrain_config/{HASHES['pretrain']}.log",
+        "logs/pretrain_config/{hash}.log",
     conda:
         ENV
     shell:
-        "python -m storylm.pretrain render --record {params.record:q} --shards {params.shards}"
+        "{STORYLM}.pretrain render --record {params.record:q} --shards {params.shards}"
         " --tokenizer {params.tokenizer} --out-dir {params.out_dir} --output {output.config} > {log} 2>&1"
 
 
 rule pretrain:
     input:
-        config=rules.pretrain_config.output.config,
-        shards=rules.shards.output.stats,
+        config="results/pretrain/{hash}/pretrain.yaml",
+        shards=shards_stats("pretrain"),
     output:
-        checkpoint=f"{DIRS['pretrain']}/final/lit_model.pth",
+        checkpoint="results/pretrain/{hash}/final/lit_model.pth",
+    wildcard_constraints:
+        hash=hash_pattern("pretrain"),
     params:
         srun=srun_args,
     threads: 4
     resources:
-        gres=f"gpu:{DEVICES}",  # GPUs per node (sbatch --gres)
-        nodes=NODES,
-        tasks_per_node=DEVICES if DEVICES > 1 else None,  # sbatch --ntasks-per-node (with mpi)
-        tasks=NODES if MULTI_PROCESS and DEVICES == 1 else None,  # one task per node ...
-        tasks_per_gpu=0 if MULTI_PROCESS and DEVICES == 1 else None,  # ... and no --ntasks-per-gpu
-        mpi="srun" if MULTI_PROCESS else None,  # the plugin leaves the launch to our srun
+        gres=gpu_resource("gres"),
+        nodes=gpu_resource("nodes"),
+        tasks_per_node=gpu_resource("tasks_per_node"),
+        tasks=gpu_resource("tasks"),
+        tasks_per_gpu=gpu_resource("tasks_per_gpu"),
+        mpi=gpu_resource("mpi"),
         gpu_jobs=1,  # at most one GPU job at a time on a local machine (profiles/default)
     log:
         log_path("pretrain"),
@@ -48,4 +54,4 @@ rule pretrain:
     conda:
         ENV
     shell:
-        "python -m storylm.pretrain run --config {input.config} {params.srun} > {log} 2>&1"
+        "{STORYLM}.pretrain run --config {input.config} {params.srun} > {log} 2>&1"

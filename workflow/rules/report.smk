@@ -1,25 +1,107 @@
-# The run's results in one place: results/samples.txt, results/metrics.json, results/loss.png.
+# Each run's results in results/runs/<run>/, every run side by side in results/runs.tsv and
+# results/compare.png, and every run's stories in results/samples.txt. Flagged with report()
+# for `snakemake --report results/report.html`, one category per run.
 
 
-rule report:
+rule run_results:
     input:
-        samples=rules.sample.output.samples,
-        consistency=rules.sample.output.consistency,
-        metrics=rules.evaluate.output.metrics,
-        plot=rules.evaluate.output.plot,
+        unpack(run_inputs),
     output:
-        samples=REPORT["samples"],
-        metrics=REPORT["metrics"],
-        plot=REPORT["plot"],
+        samples=report(
+            "results/runs/{run}/samples.txt",
+            caption="../report/samples.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "sampled stories"},
+        ),
+        metrics="results/runs/{run}/metrics.json",
+        plot=report(
+            "results/runs/{run}/loss.png",
+            caption="../report/loss.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "loss curves"},
+        ),
+        config=report(
+            "results/runs/{run}/config.yaml",
+            caption="../report/config.rst",
+            category="{run}",
+            labels={"run": "{run}", "figure": "resolved config"},
+        ),
+        curve="results/runs/{run}/val_curve.tsv",
+    wildcard_constraints:
+        run="|".join(RUNS),
     params:
-        hashes=HASHES_JSON,
-        samples_dir=input_dir("samples"),
-        evaluate_dir=input_dir("metrics"),
+        info=run_info,
+        pretrain_dir=input_dir("pretrain_config"),
+        evaluate_dir=input_dir("evaluate"),
+        sample_dir=input_dir("samples"),
+        out=output_dir("metrics"),
     log:
-        "logs/report.log",
+        "logs/run_results/{run}.log",
     conda:
         ENV
     shell:
-        "python -m storylm.report --hashes {params.hashes:q} --samples-dir {params.samples_dir}"
-        " --evaluate-dir {params.evaluate_dir} --samples {output.samples} --metrics {output.metrics}"
-        " --plot {output.plot} > {log} 2>&1"
+        "{STORYLM}.report run --info {params.info:q} --pretrain-dir {params.pretrain_dir}"
+        " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --out {params.out} > {log} 2>&1"
+
+
+rule compare_runs:
+    input:
+        metrics=expand("results/runs/{run}/metrics.json", run=RUNS),
+        curves=expand("results/runs/{run}/val_curve.tsv", run=RUNS),
+    output:
+        table=report(
+            "results/runs.tsv",
+            caption="../report/runs.rst",
+            category="1. Runs compared",
+            labels={"figure": "runs table"},
+        ),
+        plot=report(
+            "results/compare.png",
+            caption="../report/compare.rst",
+            category="1. Runs compared",
+            labels={"figure": "val loss and bits per character"},
+        ),
+    params:
+        run_dirs=expand("results/runs/{run}", run=RUNS),
+    log:
+        "logs/compare_runs.log",
+    conda:
+        ENV
+    shell:
+        "{STORYLM}.report compare --run-dirs {params.run_dirs} --table {output.table} --plot {output.plot}"
+        " > {log} 2>&1"
+
+
+rule all_samples:
+    input:
+        expand("results/runs/{run}/samples.txt", run=RUNS),
+    output:
+        "results/samples.txt",
+    params:
+        runs=RUNS,
+    log:
+        "logs/all_samples.log",
+    conda:
+        ENV
+    shell:
+        "{STORYLM}.report samples --runs {params.runs} --files {input} --out {output} > {log} 2>&1"
+
+
+# With one run, its metrics and loss curve also sit where they always have.
+rule single_run:
+    input:
+        metrics=expand("results/runs/{run}/metrics.json", run=RUNS),
+        plot=expand("results/runs/{run}/loss.png", run=RUNS),
+    output:
+        metrics="results/metrics.json",
+        plot="results/loss.png",
+    log:
+        "logs/single_run.log",
+    run:
+        if not ONE_RUN:
+            raise WorkflowError(
+                f"results/metrics.json and results/loss.png exist only for a config with one run; this one has "
+                f"{len(RUNS)}: see results/runs/<run>/ and results/runs.tsv"
+            )
+        shutil.copyfile(input.metrics[0], output.metrics)
+        shutil.copyfile(input.plot[0], output.plot)

@@ -1,16 +1,18 @@
-# Stage 6: stories sampled from the final checkpoint, scored for consistency.
+# Stage 6: stories sampled from the final checkpoint, with the sample figures.
 
 
 rule sample:
     input:
-        checkpoint=rules.pretrain.output.checkpoint,
+        checkpoint=final_checkpoint("sample"),
     output:
-        samples=f"{DIRS['sample']}/samples.txt",
-        json=f"{DIRS['sample']}/samples.json",
-        consistency=f"{DIRS['sample']}/consistency.json",
+        samples="results/sample/{hash}/samples.txt",
+        json="results/sample/{hash}/samples.json",
+        consistency="results/sample/{hash}/consistency.json",
+    wildcard_constraints:
+        hash=hash_pattern("sample"),
     params:
         record=record("sample"),
-        hashes=SAMPLE_LINEAGE_JSON,
+        hashes=lineage,
         checkpoint_dir=input_dir("checkpoint"),
         out=output_dir("samples"),
     log:
@@ -20,5 +22,5 @@ rule sample:
     conda:
         ENV
     shell:
-        "python -m storylm.sample --record {params.record:q} --hashes {params.hashes:q}"
+        "{STORYLM}.sample --record {params.record:q} --hashes {params.hashes:q}"
         " --checkpoint {params.checkpoint_dir} --out {params.out} > {log} 2>&1"

@@ -3,13 +3,15 @@
 
 rule shards:
     input:
-        train=rules.corpus.output.train,
-        val=rules.corpus.output.val,
-        tokenizer=rules.tokenizer.output.config,
+        train=corpus_split("shards", "train"),
+        val=corpus_split("shards", "val"),
+        tokenizer=tokenizer_config("shards"),
     output:
-        stats=f"{DIRS['shards']}/stats.json",
-        train_index=f"{DIRS['shards']}/train/index.json",
-        val_index=f"{DIRS['shards']}/val/index.json",
+        stats="Data/shards/{hash}/stats.json",
+        train_index="Data/shards/{hash}/train/index.json",
+        val_index="Data/shards/{hash}/val/index.json",
+    wildcard_constraints:
+        hash=hash_pattern("shards"),
     params:
         record=record("shards"),
         corpus=input_dir("train"),
@@ -23,5 +25,5 @@ rule shards:
     conda:
         ENV
     shell:
-        "python -m storylm.shards --record {params.record:q} --corpus {params.corpus} --tokenizer {params.tokenizer}"
+        "{STORYLM}.shards --record {params.record:q} --corpus {params.corpus} --tokenizer {params.tokenizer}"
         " --workers {threads} --out {params.out} > {log} 2>&1"

@@ -1,25 +1,36 @@
-# Stage 2: the tokenizer, trained on the train split or copied from a pretrained directory.
+# Stage 2: the tokenizer, trained on the train split or copied from a pretrained one (local or from the hub).
 
-PRETRAINED_TOKENIZER = config["tokenizer"]["path"] if config["tokenizer"]["kind"] == "pretrained" else None
+
+rule tokenizer_download:
+    output:
+        manifest="Data/raw/{hash}/manifest.json",
+    wildcard_constraints:
+        hash=hash_pattern("tokenizer_download"),
+    params:
+        tokenizer=settings("tokenizer_download"),
+        out=output_dir("manifest"),
+    log:
+        log_path("tokenizer_download"),
+    conda:
+        ENV
+    shell:
+        "{STORYLM}.download --tokenizer --config {params.tokenizer:q} --out {params.out} > {log} 2>&1"
 
 
 rule tokenizer:
     input:
-        train=rules.corpus.output.train,
-        val=rules.corpus.output.val,
-        pretrained=(
-            [f"{PRETRAINED_TOKENIZER}/{name}" for name in storylm_config.TOKENIZER_FILES
-             if Path(PRETRAINED_TOKENIZER, name).is_file()]
-            if PRETRAINED_TOKENIZER
-            else []
-        ),
+        train=corpus_split("tokenizer", "train"),
+        val=corpus_split("tokenizer", "val"),
+        pretrained=tokenizer_files,
     output:
-        config=f"{DIRS['tokenizer']}/tokenizer_config.json",
-        stats=f"{DIRS['tokenizer']}/stats.json",
+        config="Data/tokenizer/{hash}/tokenizer_config.json",
+        stats="Data/tokenizer/{hash}/stats.json",
+    wildcard_constraints:
+        hash=hash_pattern("tokenizer"),
     params:
         record=record("tokenizer"),
         corpus=input_dir("train"),
-        pretrained=["--pretrained", PRETRAINED_TOKENIZER] if PRETRAINED_TOKENIZER else [],
+        pretrained=pretrained_tokenizer_args,
         out=output_dir("stats"),
     log:
         log_path("tokenizer"),
@@ -28,5 +39,5 @@ rule tokenizer:
     conda:
         ENV
     shell:
-        "python -m storylm.tokenizer --record {params.record:q} --corpus {params.corpus} {params.pretrained}"
+        "{STORYLM}.tokenizer --record {params.record:q} --corpus {params.corpus} {params.pretrained}"
         " --out {params.out} > {log} 2>&1"

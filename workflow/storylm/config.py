@@ -46,8 +46,11 @@ def file_sha256(path: Path) -> str:
 
 def check(config: dict) -> None:
     """Raise ConfigError naming the key for values that cannot work together."""
-    if config["tokenizer"]["kind"] == "pretrained" and not config["tokenizer"].get("path"):
-        raise ConfigError("tokenizer.path: required when tokenizer.kind is 'pretrained'")
+    tok = config["tokenizer"]
+    if tok["kind"] == "pretrained" and tok["source"] == "local" and not tok.get("path"):
+        raise ConfigError("tokenizer.path: required when tokenizer.kind is 'pretrained' and tokenizer.source 'local'")
+    if tok["kind"] == "pretrained" and tok["source"] == "hf" and not tok["hf"].get("repo_id"):
+        raise ConfigError("tokenizer.hf.repo_id: required when tokenizer.source is 'hf'")
     _check_model_keys(config)
     _check_vocab(config)
     _check_split(config)
@@ -67,28 +70,40 @@ def _check_model_keys(config: dict) -> None:
             raise ConfigError(f"model_config.{key}: not a litgpt.Config field")
 
 
-def tokenizer_vocab_size(config: dict) -> int:
-    """Number of token ids the tokenizer can produce (its largest id + 1)."""
+def tokenizer_vocab_size(config: dict) -> int | None:
+    """Number of token ids the tokenizer can produce (its largest id + 1); None until a hub tokenizer is fetched."""
     tok = config["tokenizer"]
     if tok["kind"] == "train":
         return tok["vocab_size"]
+    if tok["source"] == "hf":
+        return None  # checked by the pretrain_config stage, once the files are downloaded
     path = Path(tok["path"])
     if not path.is_dir():
-        raise ConfigError(f"tokenizer.path: {path} is not a directory")
+        raise ConfigError(f"tokenizer.path: {path} is not a directory (or use tokenizer.source: hf)")
+    return directory_vocab_size(path, "tokenizer.path")
+
+
+def directory_vocab_size(path: Path, key: str) -> int:
+    """Token ids of the tokenizer files in path (its largest id + 1)."""
     from litgpt import Tokenizer
 
     try:
         tokenizer = Tokenizer(path)
     except NotImplementedError:
-        raise ConfigError(f"tokenizer.path: {path} holds neither tokenizer.json nor tokenizer.model") from None
+        raise ConfigError(f"{key}: {path} holds neither tokenizer.json nor tokenizer.model") from None
     if tokenizer.backend == "huggingface":
         return tokenizer.processor.get_vocab_size(with_added_tokens=True)
     return tokenizer.vocab_size
 
 
 def _check_vocab(config: dict) -> None:
-    model = config["model_config"]
     needed = tokenizer_vocab_size(config)
+    if needed is not None:
+        check_vocab(config["model_config"], needed)
+
+
+def check_vocab(model: dict, needed: int) -> None:
+    """ConfigError unless the model's (padded) vocabulary holds the tokenizer's `needed` ids."""
     vocab_size = model.get("vocab_size")
     if vocab_size is not None and vocab_size < needed:
         raise ConfigError(
@@ -172,20 +187,20 @@ def _local_files_fingerprint(paths: list[str]) -> list:
     return entries
 
 
+def _tokenizer_download_fingerprint(tok: dict) -> dict:
+    """A hub tokenizer: the repository, its pinned revision and the files."""
+    return {"source": "hf", "hf": tok["hf"]}
+
+
 def _tokenizer_fingerprint(tok: dict) -> dict:
     if tok["kind"] == "train":
         return {"kind": "train", "vocab_size": tok["vocab_size"], "min_frequency": tok["min_frequency"]}
+    if tok["source"] == "hf":
+        return {"kind": "pretrained", "source": "hf"}  # the files are the tokenizer_download input
     # A pretrained tokenizer is identified by its files, not by where they lie.
     path = Path(tok["path"])
     files = {name: file_sha256(path / name) for name in TOKENIZER_FILES if (path / name).is_file()}
     return {"kind": "pretrained", "files": files}
-
-
-def resolved_model_config(config: dict) -> dict:
-    """model_config with vocab_size filled from the tokenizer when the config leaves it out."""
-    model = dict(config["model_config"])
-    model.setdefault("vocab_size", tokenizer_vocab_size(config))
-    return model
 
 
 def stage_configs(config: dict) -> dict[str, dict]:
@@ -193,16 +208,19 @@ def stage_configs(config: dict) -> dict[str, dict]:
     return {
         "download": _download_fingerprint(config["corpus"]),
         "corpus": _corpus_fingerprint(config["corpus"]),
+        "tokenizer_download": _tokenizer_download_fingerprint(config["tokenizer"]),
         "tokenizer": _tokenizer_fingerprint(config["tokenizer"]),
         "shards": {"chunk_bytes": config["shards"]["chunk_bytes"]},
         "pretrain": {
-            "model_config": resolved_model_config(config),
+            # vocab_size left out is the tokenizer's, which the tokenizer hash (an input) fixes.
+            "model_config": config["model_config"],
             **{key: config[key] for key in ("train", "eval", "optimizer", "precision", "devices", "num_nodes",
                                             "seed", "logger_name", "data_workers")},
             **({"wandb_project": config["wandb_project"]} if config["logger_name"] == "wandb" else {}),
         },
         "evaluate": config["evaluate"],
         "sample": config["sample"],
+        "export": config["export"],
     }
 
 
@@ -212,15 +230,32 @@ def stage_inputs(config: dict) -> dict[str, list[str]]:
     return {
         "download": [],
         "corpus": [] if config["corpus"]["source"] == "builtin" else ["download"],
-        "tokenizer": ["corpus"],
+        "tokenizer_download": [],
+        "tokenizer": ["corpus"] + (["tokenizer_download"] if _hub_tokenizer(config) else []),
         "shards": ["corpus", "tokenizer"],
         "pretrain": ["shards", "tokenizer"],
-        "evaluate": ["pretrain", "shards"],
-        "sample": ["pretrain"],
+        "evaluate": ["pretrain", "shards", "corpus"],
+        "sample": ["pretrain", "corpus"],
+        "export": ["pretrain", "evaluate", "sample"],
     }
 
 
-STAGE_ORDER = ("download", "corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample")
+STAGE_ORDER = ("download", "corpus", "tokenizer_download", "tokenizer", "shards", "pretrain", "evaluate", "sample",
+               "export")
+
+
+def _hub_tokenizer(config: dict) -> bool:
+    return config["tokenizer"]["kind"] == "pretrained" and config["tokenizer"]["source"] == "hf"
+
+
+def active_stages(config: dict) -> list[str]:
+    """The stages a run needs: no download for builtin stories, no tokenizer download unless from the hub."""
+    skip = set()
+    if config["corpus"]["source"] == "builtin":
+        skip.add("download")
+    if not _hub_tokenizer(config):
+        skip.add("tokenizer_download")
+    return [stage for stage in STAGE_ORDER if stage not in skip]
 
 
 def stage_hashes(config: dict) -> dict[str, str]:
@@ -243,7 +278,7 @@ def stage_record(config: dict, stage: str) -> dict:
     }
 
 
-def write_stage_record(record_json: str, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record = json.loads(record_json)
-    (out_dir / "config.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+def write_stage_record(record_json: str, out_dir: Path, name: str = "config.json") -> None:
+    from storylm.cli import write_json
+
+    write_json(Path(out_dir) / name, json.loads(record_json))

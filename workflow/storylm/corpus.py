@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from storylm.cli import exit_with
 from storylm.config import write_stage_record
 from storylm.readers import FileCounts, ReadError, iter_texts
 
@@ -268,8 +269,8 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from storylm.download import DownloadError, manifest_files
+def main(argv: list[str] | None = None) -> None:
+    from storylm.download import manifest_files
 
     parser = argparse.ArgumentParser(prog="python -m storylm.corpus", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the corpus config as JSON (schema defaults applied)")
@@ -278,21 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", help="JSON stage record (settings and input hashes), written to config.json")
     args = parser.parse_args(argv)
     cfg = json.loads(args.config)
-    try:
-        files = None
-        if cfg["source"] != "builtin":
-            if args.raw is None:
-                raise CorpusError(f"corpus.source is '{cfg['source']}': give --raw, the download stage's folder")
-            files = manifest_files(args.raw)
-        stats = build_corpus(cfg, files, args.out)
-    except (CorpusError, ReadError, DownloadError) as e:
-        print(f"corpus failed: {e}", file=sys.stderr)
-        return 1
+    files = None
+    if cfg["source"] != "builtin":
+        if args.raw is None:
+            raise CorpusError(f"corpus.source is '{cfg['source']}': give --raw, the download stage's folder")
+        files = manifest_files(args.raw)
+    stats = build_corpus(cfg, files, args.out)
     if args.record:
         write_stage_record(args.record, args.out)
     print(summary(stats))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from storylm.download import DownloadError
+
+    exit_with(main, errors=(CorpusError, ReadError, DownloadError))

@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from storylm.archive import ArchiveError, archive_stem, is_archive, safe_extract
+from storylm.cli import exit_with
 from storylm.config import file_sha256
 
 CONNECT_TIMEOUT_S = 10  # to open a connection (the hub's own metadata timeout is 10 s too)
@@ -78,8 +79,12 @@ def fetch(corpus_cfg: dict, raw_dir: Path) -> list[Path]:
 # hf: a dataset repository on the Hugging Face hub
 
 
-def fetch_hf(hf_cfg: dict, local_dir: Path) -> list[dict]:
-    """Download the files of hf_cfg matching allow_patterns into local_dir; check size and sha256."""
+def fetch_hf(hf_cfg: dict, local_dir: Path, repo_type: str = "dataset", key: str = "corpus.hf",
+             hint: str = LOCAL_HINT) -> list[dict]:
+    """Download the files of hf_cfg matching allow_patterns into local_dir; check size and sha256.
+
+    `key` names the config section in errors; `hint` says how to do without the hub.
+    """
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
@@ -87,25 +92,33 @@ def fetch_hf(hf_cfg: dict, local_dir: Path) -> list[dict]:
     # Read at call time (huggingface_hub reads HF_ENDPOINT once, at import).
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
     api = HfApi(endpoint=endpoint)
-    where = f"dataset {repo_id} (revision {revision}) on {api.endpoint}"
+    where = f"{repo_type} {repo_id} (revision {revision}) on {api.endpoint}"
 
     # One metadata call first: it fails fast when the hub cannot be reached (no retries,
     # unlike the file downloads) and gives each file's size and sha256 to check against.
     try:
-        info = api.dataset_info(repo_id, revision=revision, files_metadata=True, timeout=CONNECT_TIMEOUT_S)
+        info = api.repo_info(repo_id, repo_type=repo_type, revision=revision, files_metadata=True,
+                             timeout=CONNECT_TIMEOUT_S)
     except Exception as e:
-        tried = f"{api.endpoint}/api/datasets/{repo_id}/revision/{revision}"
+        api_path = "datasets" if repo_type == "dataset" else "models"
+        tried = f"{api.endpoint}/api/{api_path}/{repo_id}/revision/{revision}"
         raise DownloadError(
             f"Could not get the file list of {where} (tried {tried}): {_short_error(e)}\n"
             f"Set HF_ENDPOINT for a mirror, HF_TOKEN for a private or gated repository, or use local files.\n"
-            f"{LOCAL_HINT}"
+            f"{hint}"
         ) from None
 
     siblings = {s.rfilename: s for s in info.siblings or []}
-    wanted = sorted(filter_repo_objects(list(siblings), allow_patterns=hf_cfg["allow_patterns"]))
+    if "files" in hf_cfg:  # exact file names (a tokenizer's): every one must be there
+        missing = [name for name in hf_cfg["files"] if name not in siblings]
+        if missing:
+            raise DownloadError(f"{key}.files: {missing} are not among the files of {where}: {sorted(siblings)[:20]}")
+        wanted = sorted(hf_cfg["files"])
+    else:
+        wanted = sorted(filter_repo_objects(list(siblings), allow_patterns=hf_cfg["allow_patterns"]))
     if not wanted:
         raise DownloadError(
-            f"corpus.hf.allow_patterns: {hf_cfg['allow_patterns']} match none of the files of {where}:"
+            f"{key}.allow_patterns: {hf_cfg['allow_patterns']} match none of the files of {where}:"
             f" {sorted(siblings)[:20]}"
         )
     expected_sizes = _expected_hf_sizes(hf_cfg.get("sizes") or {}, wanted, siblings)
@@ -113,7 +126,7 @@ def fetch_hf(hf_cfg: dict, local_dir: Path) -> list[dict]:
     downloads = []
     for filename in wanted:
         sibling = siblings[filename]
-        path = _hf_download_with_retries(repo_id, filename, info.sha, endpoint, local_dir, where)
+        path = _hf_download_with_retries(repo_id, filename, info.sha, endpoint, local_dir, where, repo_type, hint)
         expected_sha = sibling.lfs.sha256 if sibling.lfs else None
         try:
             check_file(path, expected_sizes[filename], expected_sha, f"{where}, file {filename}")
@@ -143,7 +156,7 @@ def _expected_hf_sizes(config_sizes: dict, wanted: list[str], siblings: dict) ->
 
 
 def _hf_download_with_retries(repo_id: str, filename: str, commit: str, endpoint: str | None,
-                              local_dir: Path, where: str) -> Path:
+                              local_dir: Path, where: str, repo_type: str, hint: str) -> Path:
     """hf_hub_download with a few tries: a connection cut mid-file escapes huggingface_hub's
     own retries, and its .incomplete file lets the next try resume where this one stopped."""
     from huggingface_hub import hf_hub_download
@@ -151,7 +164,7 @@ def _hf_download_with_retries(repo_id: str, filename: str, commit: str, endpoint
     for attempt in range(1, ATTEMPTS + 1):
         try:
             # The commit (not the branch) makes a second run find the file without any request.
-            return Path(hf_hub_download(repo_id, filename, repo_type="dataset", revision=commit,
+            return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, revision=commit,
                                         endpoint=endpoint, local_dir=local_dir,
                                         etag_timeout=CONNECT_TIMEOUT_S))
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
@@ -162,12 +175,30 @@ def _hf_download_with_retries(repo_id: str, filename: str, commit: str, endpoint
                 time.sleep(RETRY_WAIT_S)
         except Exception as e:
             raise DownloadError(
-                f"Could not download {filename} from {where}: {_short_error(e)}\n{LOCAL_HINT}"
+                f"Could not download {filename} from {where}: {_short_error(e)}\n{hint}"
             ) from None
     raise DownloadError(
         f"Could not download {filename} from {where} in {ATTEMPTS} attempts: {_short_error(error)}."
-        f" Run again to resume from the part already downloaded.\n{LOCAL_HINT}"
+        f" Run again to resume from the part already downloaded.\n{hint}"
     )
+
+
+TOKENIZER_HINT = (
+    "To use tokenizer files you already have, put them in a folder and point the config at it:\n"
+    "  tokenizer:\n"
+    "    kind: pretrained\n"
+    "    source: local\n"
+    "    path: path/to/chatglm3-6b   # holding tokenizer.model and tokenizer_config.json"
+)
+
+
+def fetch_tokenizer(tok_cfg: dict, raw_dir: Path) -> Path:
+    """Download a pretrained tokenizer's files from a model repository; return the folder holding them."""
+    hf_cfg = tok_cfg["hf"]
+    local_dir = Path(raw_dir) / "hf" / hf_cfg["repo_id"]
+    downloads = fetch_hf(hf_cfg, local_dir, repo_type="model", key="tokenizer.hf", hint=TOKENIZER_HINT)
+    write_manifest(Path(raw_dir), "hf", downloads, [d["path"] for d in downloads])
+    return local_dir
 
 
 # ---------------------------------------------------------------------------
@@ -409,19 +440,19 @@ def _short_error(error: Exception) -> str:
 # ---------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m storylm.download", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the corpus config as JSON (schema defaults applied)")
     parser.add_argument("--out", required=True, type=Path, help="raw_dir: where files and manifest.json go")
+    parser.add_argument("--tokenizer", action="store_true", help="--config is the tokenizer config (source hf)")
     args = parser.parse_args(argv)
-    try:
-        files = fetch(json.loads(args.config), args.out)
-    except (DownloadError, ArchiveError) as e:
-        print(f"download failed: {e}", file=sys.stderr)
-        return 1
+    if args.tokenizer:
+        folder = fetch_tokenizer(json.loads(args.config), args.out)
+        print(f"tokenizer files ready in {folder}, listed in {args.out / 'manifest.json'}")
+        return
+    files = fetch(json.loads(args.config), args.out)
     print(f"{len(files)} files ready, listed in {args.out / 'manifest.json'}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main, errors=(DownloadError, ArchiveError))

@@ -20,6 +20,9 @@ VAL_LINE = re.compile(r"^iter (?P<iter>\d+): val loss (?P<val_loss>[\d.]+)")
 # "Final evaluation | val loss: 3.123 | val ppl: 22.7"
 FINAL_LINE = re.compile(r"^Final evaluation \| val loss: (?P<val_loss>[\d.]+)")
 RESUME_LINE = re.compile(r"^Resuming training from (?P<path>\S+)")
+# "| - Total tokens  : 1,204,224" and "| - Training Time : 75.62 s", printed once per (resumed) run
+TOTAL_TOKENS_LINE = re.compile(r"^\| - Total tokens\s*: (?P<tokens>[\d,]+)")
+TRAINING_TIME_LINE = re.compile(r"^\| - Training Time\s*: (?P<seconds>[\d.]+) s")
 
 
 def parse(log_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -48,3 +51,22 @@ def resumed_from(log_path: Path) -> list[str]:
     """Checkpoints the log says training resumed from, in order."""
     text = log_path.read_text(encoding="utf-8", errors="replace")
     return [m["path"] for line in text.splitlines() if (m := RESUME_LINE.match(line))]
+
+
+def performance(log_path: Path) -> dict:
+    """Tokens trained on and training seconds, over every resumed part of the run.
+
+    litgpt prints its own tok/s from the wrong clock (it divides by a perf_counter timestamp),
+    so tokens/s is computed here: total tokens / the sum of the parts' training times.
+    """
+    tokens, seconds = None, 0.0
+    for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if m := TOTAL_TOKENS_LINE.match(line):
+            tokens = int(m["tokens"].replace(",", ""))  # counts from iter 0, resumed or not: the last wins
+        elif m := TRAINING_TIME_LINE.match(line):
+            seconds += float(m["seconds"])
+    return {
+        "train_tokens": tokens,
+        "train_seconds": round(seconds, 2) if seconds else None,
+        "train_tokens_per_second": round(tokens / seconds, 1) if tokens and seconds else None,
+    }

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from storylm.config import write_stage_record
+from storylm.cli import StageError, exit_with, write_text
+from storylm.config import ConfigError, check_vocab, directory_vocab_size, write_stage_record
 
 CHECKPOINT_NAME = "lit_model.pth"
 
@@ -41,7 +42,7 @@ def render(stage_config: dict, shards_dir: Path, tokenizer_dir: Path, out_dir: P
     train = {key: value for key, value in stage_config["train"].items() if key != "epochs" and value is not None}
     train["max_tokens"] = train_max_tokens(stage_config["train"], shard_stats["train_tokens"])
     check_val_size(shard_stats["val_tokens"], train, stage_config)
-    model_config = stage_config["model_config"]
+    model_config = model_with_vocab(stage_config["model_config"], tokenizer_dir)
     litgpt_config = {
         "model_name": model_config["name"],
         "model_config": model_config,
@@ -71,11 +72,23 @@ def render(stage_config: dict, shards_dir: Path, tokenizer_dir: Path, out_dir: P
     return litgpt_config
 
 
+def model_with_vocab(model_config: dict, tokenizer_dir: Path) -> dict:
+    """model_config with vocab_size filled from the tokenizer when left out, checked against it."""
+    model = dict(model_config)
+    try:
+        needed = directory_vocab_size(tokenizer_dir, "tokenizer")
+        model.setdefault("vocab_size", needed)
+        check_vocab(model, needed)
+    except ConfigError as error:
+        raise StageError(str(error)) from None
+    return model
+
+
 def check_val_size(val_tokens: int, train: dict, stage_config: dict) -> None:
     """litgpt's validation needs at least one full batch of windows in the val shards."""
     needed = train["micro_batch_size"] * (train["max_seq_length"] + 1)
     if val_tokens < needed:
-        raise SystemExit(
+        raise StageError(
             f"corpus.split.val_size: the val split has {val_tokens} tokens, fewer than one validation batch"
             f" (train.micro_batch_size {train['micro_batch_size']} x (train.max_seq_length"
             f" {train['max_seq_length']} + 1) = {needed}); hold out more stories"
@@ -183,14 +196,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "render":
         record = json.loads(args.record)
         litgpt_config = render(record["config"], args.shards, args.tokenizer, args.out_dir)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
                   f" with:\n#   litgpt pretrain --config {args.output}\n")
-        args.output.write_text(header + yaml.safe_dump(litgpt_config, sort_keys=False, allow_unicode=True))
         write_stage_record(args.record, args.out_dir)
+        write_text(args.output, header + yaml.safe_dump(litgpt_config, sort_keys=False, allow_unicode=True))
     else:
         sys.exit(run(args.config, args.srun_args))
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from storylm.cli import exit_with, write_json
 from storylm.config import write_stage_record
 from storylm.jsonl import iter_texts
 
@@ -138,10 +139,10 @@ def main(argv: list[str] | None = None) -> None:
     record = json.loads(args.record)
     stats = build(args.corpus, args.tokenizer, args.out, record["config"]["chunk_bytes"], args.batch_size,
                   args.workers)
-    (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     write_stage_record(args.record, args.out)
+    write_json(args.out / "stats.json", stats)
     print(json.dumps(stats, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from litgpt import Tokenizer
 
+from storylm.cli import StageError, atomic_path, exit_with, write_json
 from storylm.config import SPECIAL_TOKENS, TOKENIZER_FILES, write_stage_record
 from storylm.jsonl import iter_texts
 
@@ -37,7 +38,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir
     )
     bpe.train_from_iterator(texts, trainer=trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bpe.save(str(out_dir / "tokenizer.json"))
+    with atomic_path(out_dir / "tokenizer.json") as tmp:
+        bpe.save(str(tmp))
     # What litgpt.Tokenizer reads to find BOS/EOS; stories get EOS appended, never BOS.
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -46,7 +48,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir
         "unk_token": UNK,
         "add_bos_token": False,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    write_json(out_dir / "tokenizer_config.json", tokenizer_config)
 
 
 def copy_pretrained(src: Path, out_dir: Path) -> None:
@@ -54,9 +56,10 @@ def copy_pretrained(src: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
     if not any(name in copied for name in ("tokenizer.json", "tokenizer.model")):
-        raise FileNotFoundError(f"tokenizer.path: {src} holds neither tokenizer.json nor tokenizer.model")
+        raise StageError(f"tokenizer.path: {src} holds neither tokenizer.json nor tokenizer.model")
     for name in copied:
-        shutil.copy2(src / name, out_dir / name)
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copy2(src / name, tmp)
 
 
 def encode_batch(tokenizer: Tokenizer, texts: list[str], eos: bool = True) -> list[list[int]]:
@@ -144,10 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     record = json.loads(args.record)
     stats = build(record["config"], args.corpus, args.pretrained, args.out)
-    (args.out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     write_stage_record(args.record, args.out)
+    write_json(args.out / "stats.json", stats)
     print(json.dumps(stats, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -1,0 +1,194 @@
+"""Runs: several configs in one workflow, sharing every folder they can, compared side by side.
+
+The unit tests resolve configs with storylm.runs; the slow ones run the real snakemake on two
+tiny runs and then change the runs: added, renamed, removed, duplicated, broken.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pandas as pd
+import pytest
+
+from conftest import copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
+from storylm.runs import RunError, plan, resolve
+
+
+def with_runs(runs: dict) -> dict:
+    config = tiny_config()
+    config["runs"] = runs
+    return config
+
+
+def test_no_runs_is_one_run_named_default():
+    base, runs = resolve(tiny_config())
+    assert list(runs) == ["default"]
+    assert runs["default"] == base
+
+
+def test_overrides_are_deep_merged_into_the_base():
+    _, runs = resolve(with_runs({"small": {}, "deep": {"model_config": {"n_layer": 2}}}))
+    assert list(runs) == ["small", "deep"]
+    assert runs["deep"]["model_config"]["n_layer"] == 2 and runs["small"]["model_config"]["n_layer"] == 1
+    # Everything else of model_config comes from the base.
+    assert runs["deep"]["model_config"]["n_embd"] == runs["small"]["model_config"]["n_embd"] == 32
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"model_config": {"n_embd": "wide"}}, "runs.wide.model_config.n_embd: 'wide' is not of type 'integer'"),
+        ({"train": {"max_seq_length": 128}},
+         "runs.wide.train.max_seq_length: 128 exceeds model_config.block_size 64"),
+        ({"modle_config": {"n_embd": 64}},
+         "runs.wide: Additional properties are not allowed ('modle_config' was unexpected)"),
+        ({"model_config": {"vocab_size": 10}},
+         "runs.wide.model_config.vocab_size: 10 is smaller than the tokenizer's 400 token ids"),
+    ],
+)
+def test_an_error_names_the_run_and_the_key(override, message):
+    with pytest.raises(RunError) as error:
+        resolve(with_runs({"base": {}, "wide": override}))
+    assert str(error.value) == message
+
+
+def test_a_run_name_must_be_plain():
+    with pytest.raises(RunError, match=r"^runs: 'two words' does not match"):
+        resolve(with_runs({"two words": {}}))
+
+
+def test_command_line_strings_are_coerced_to_the_schema_types():
+    # What `snakemake --config "model_config={n_layer: 2, n_head: 4}"` hands over (YAML BaseLoader: strings).
+    config = tiny_config()
+    config["model_config"].update(n_layer="2", n_head="4", bias="false")
+    config["train"]["max_tokens"] = "null"
+    config["train"]["epochs"] = "1.5"
+    config["optimizer"]["init_args"]["lr"] = "0.01"
+    config["runs"] = {"deeper": {"model_config": {"n_layer": "3"}}}
+    _, runs = resolve(config)
+    model = runs["deeper"]["model_config"]
+    assert (model["n_layer"], model["n_head"], model["bias"]) == (3, 4, False)
+    assert runs["deeper"]["train"]["max_tokens"] is None and runs["deeper"]["train"]["epochs"] == 1.5
+    assert runs["deeper"]["optimizer"]["init_args"]["lr"] == 0.01
+    # A string where the schema wants a string stays one.
+    assert runs["deeper"]["sample"]["prompts"] == tiny_config()["sample"]["prompts"]
+
+
+def test_runs_share_the_folders_of_the_settings_they_share():
+    p = plan(with_runs({
+        "a": {},
+        "wide": {"model_config": {"n_embd": 64}},
+        "hot": {"sample": {"temperature": 1.0}},
+        "same": {},
+    }))
+    h = p.hashes
+    for stage in ("corpus", "tokenizer", "shards"):
+        assert len({h[run][stage] for run in h}) == 1, stage
+    assert h["wide"]["pretrain"] != h["a"]["pretrain"] == h["hot"]["pretrain"]
+    assert h["hot"]["sample"] != h["a"]["sample"]
+    assert h["same"] == h["a"]
+    # One entry, so one Snakemake job, per distinct folder.
+    assert {stage: len(by_hash) for stage, by_hash in p.stages.items()} == {
+        "corpus": 1, "tokenizer": 1, "shards": 1, "pretrain": 2, "evaluate": 2, "sample": 3, "export": 3}
+    assert p.stage("pretrain", h["a"]["pretrain"]).runs == ["a", "hot", "same"]
+
+
+# ---------------------------------------------------------------------------
+# The real snakemake over two tiny runs
+
+TWO_RUNS = {"one": {}, "two": {"model_config": {"n_layer": 2}}}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("runs") / "wf")
+    config = with_runs(copy.deepcopy(TWO_RUNS))
+    write_config(workdir, config)
+    # One job list for both runs: each shared stage once, each pretraining once.
+    assert dry_run_jobs(workdir, "--cores", "2") == {
+        "corpus": 1, "tokenizer": 1, "shards": 1, "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample": 2,
+        "run_results": 2, "compare_runs": 1, "all_samples": 1, "all": 1}
+    snakemake(workdir, "--cores", "2")
+    return workdir, config
+
+
+@pytest.mark.slow
+def test_every_run_has_its_results_and_the_table_compares_them(two_runs):
+    workdir, config = two_runs
+    table = pd.read_csv(workdir / "results/runs.tsv", sep="\t")
+    assert list(table["run"]) == ["one", "two"]
+    assert list(table["differs_from_base"]) == ["(base)", "model_config.n_layer=2"]
+    for run in ("one", "two"):
+        metrics = load_json(workdir / f"results/runs/{run}/metrics.json")
+        row = table.set_index("run").loc[run]
+        assert row["val_bits_per_character"] == pytest.approx(metrics["val_bits_per_character"], rel=1e-5)
+        assert row["hash.pretrain"] == metrics["stage_hashes"]["pretrain"]
+        # 12 steps of 4 sequences of 64 tokens, as train.max_tokens asks.
+        assert metrics["train_tokens"] == row["train_tokens"] == 12 * 4 * 64
+        assert metrics["train_flops"] == pytest.approx(metrics["flops_per_token"] * 12 * 4 * 64)
+        assert (workdir / f"results/runs/{run}/loss.png").read_bytes()[:4] == b"\x89PNG"
+        resolved = (workdir / f"results/runs/{run}/config.yaml").read_text()
+        assert f"n_layer: {2 if run == 'two' else 1}\n" in resolved
+    assert table.loc[1, "parameters"] > table.loc[0, "parameters"]
+    assert table.loc[1, "train_flops"] > table.loc[0, "train_flops"]
+    samples = (workdir / "results/samples.txt").read_text(encoding="utf-8")
+    assert samples.index("# run: one") < samples.index("# run: two")
+    assert (workdir / "results/compare.png").read_bytes()[:4] == b"\x89PNG"
+    # With two runs there is no single results/metrics.json.
+    assert not (workdir / "results/metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_adding_a_run_plans_only_its_new_jobs(two_runs):
+    workdir, config = two_runs
+    write_config(workdir, with_runs({**TWO_RUNS, "hot": {"sample": {"temperature": 1.0}}}))
+    try:
+        assert dry_run_jobs(workdir) == {"sample": 1, "run_results": 1, "compare_runs": 1, "all_samples": 1,
+                                         "all": 1}
+    finally:
+        write_config(workdir, config)
+
+
+@pytest.mark.slow
+def test_renaming_or_removing_a_run_trains_nothing(two_runs):
+    workdir, config = two_runs
+    try:
+        write_config(workdir, with_runs({"one": {}, "deeper": TWO_RUNS["two"]}))
+        assert dry_run_jobs(workdir) == {"run_results": 1, "compare_runs": 1, "all_samples": 1, "all": 1}
+        write_config(workdir, with_runs({"one": {}}))
+        assert dry_run_jobs(workdir) == {"compare_runs": 1, "all_samples": 1, "single_run": 1, "all": 1}
+        # Two runs with equal resolved configs share every folder.
+        write_config(workdir, with_runs({**TWO_RUNS, "one_again": {"model_config": {"n_layer": 1}}}))
+        assert dry_run_jobs(workdir) == {"run_results": 1, "compare_runs": 1, "all_samples": 1, "all": 1}
+    finally:
+        write_config(workdir, config)
+
+
+@pytest.mark.slow
+def test_a_nested_number_from_the_command_line_is_the_same_run(two_runs):
+    workdir, _ = two_runs
+    # Snakemake hands "2" over as a string; coerced, it is run two's config exactly: nothing to do.
+    assert dry_run_jobs(workdir, "--config", "runs={one: {}, two: {model_config: {n_layer: 2}}}") == {}
+    assert dry_run_jobs(workdir, "--config", "model_config={n_embd: 64}") == {
+        "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample": 2, "run_results": 2, "compare_runs": 1,
+        "all_samples": 1, "all": 1}
+
+
+@pytest.mark.slow
+def test_with_keep_going_a_failing_run_does_not_stop_the_others(two_runs):
+    workdir, config = two_runs
+    runs = {**TWO_RUNS,
+            # A validation batch larger than the whole val split: its pretrain_config job fails.
+            "broken": {"train": {"micro_batch_size": 256, "global_batch_size": 256}},
+            "reseeded": {"seed": 7}}
+    write_config(workdir, with_runs(runs))
+    try:
+        result = snakemake(workdir, "--cores", "2", "--keep-going", check=False)
+        assert result.returncode != 0
+        assert (workdir / "results/runs/reseeded/metrics.json").is_file()
+        assert not (workdir / "results/runs/broken").exists()
+        logs = "".join(p.read_text() for p in (workdir / "logs/pretrain_config").glob("*.log"))
+        assert "error: corpus.split.val_size" in logs and "Traceback" not in logs
+    finally:
+        write_config(workdir, config)
