@@ -213,10 +213,17 @@ def _split_on_eos(stream: list[int]) -> list[list[int]]:
 # The config checks against this tokenizer
 
 
+def model_with_vocab(model_config: dict, tokenizer_dir):
+    """What the pretrain_config stage renders: vocab_size filled from the tokenizer, and checked."""
+    from storylm.pretrain import model_with_vocab as render_vocab
+
+    return render_vocab(model_config, tokenizer_dir)
+
+
 def microstories_config() -> dict:
     config = yaml.safe_load((REPO / "config" / "microstories.yaml").read_text())
     validate(config, str(REPO / "config" / "schema.yaml"))
-    config["tokenizer"]["path"] = str(CHATGLM3_DIR)
+    config["tokenizer"].update(source="local", path=str(CHATGLM3_DIR))
     return config
 
 
@@ -224,7 +231,7 @@ def test_the_reference_vocab_size_passes():
     config = microstories_config()
     storylm_config.check(config)
     assert storylm_config.tokenizer_vocab_size(config) == 64789
-    assert storylm_config.resolved_model_config(config)["vocab_size"] == 64798
+    assert model_with_vocab(config["model_config"], CHATGLM3_DIR)["vocab_size"] == 64798
 
 
 def test_a_model_vocab_smaller_than_the_tokenizer_is_an_error():
@@ -239,4 +246,4 @@ def test_vocab_size_left_out_is_the_tokenizers():
     del config["model_config"]["vocab_size"]
     del config["model_config"]["padded_vocab_size"]
     storylm_config.check(config)
-    assert storylm_config.resolved_model_config(config)["vocab_size"] == 64789
+    assert model_with_vocab(config["model_config"], CHATGLM3_DIR)["vocab_size"] == 64789

@@ -40,3 +40,21 @@ def test_ci_runs_the_readme_test_command():
     assert "pip install -r envs/requirements.txt" in install_and_run
     assert install_and_run.endswith("snakemake --cores all results/samples.txt")
     assert test_command in (REPO / ".ci/run").read_text().splitlines()
+
+
+def test_the_config_readme_table_is_the_schemas():
+    from storylm import config_docs
+
+    readme = (REPO / "config/README.md").read_text(encoding="utf-8")
+    assert readme == config_docs.readme_with_table(readme), "run: python -m storylm.config_docs"
+    # Each default appears in its row, as the schema has it.
+    assert "| `sample.temperature` | `0.5` |" in readme and "| `shards.chunk_bytes` | `\"16MB\"` |" in readme
+
+
+def test_the_embedded_default_is_the_schemas_defaults():
+    """One source of defaults: config/config.yaml sets nothing the schema does not already default to."""
+    from storylm.runs import differences
+    from storylm.schema import defaults, validate
+
+    default_file = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert differences(defaults(), validate(default_file)) == {}

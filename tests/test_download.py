@@ -339,5 +339,73 @@ def test_cli_offline_is_one_clear_message(tmp_path):
     done = run_cli("storylm.download", "--config", json.dumps(hf_config()), "--out", str(tmp_path),
                    env={"HF_ENDPOINT": closed_port_url()})
     assert done.returncode == 1
-    assert "download failed: Could not get the file list of dataset adam89/TinyStoriesChinese" in done.stderr
+    assert "error: Could not get the file list of dataset adam89/TinyStoriesChinese" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# a pretrained tokenizer from a model repository (tokenizer.source: hf)
+
+TOKENIZER_REPO = "someone/story-tokenizer"
+
+
+@pytest.fixture
+def tokenizer_hub(hf_env, tmp_path):
+    """A model repository holding a small trained BPE tokenizer (tokenizer.json in LFS) and a README."""
+    from storylm.storygen import generate_stories
+    from storylm.tokenizer import train_bpe
+
+    train_bpe((s["text"] for s in generate_stories(200, seed=3)), 300, 2, tmp_path / "bpe")
+    hf_env.tokenizer_files = {name: (tmp_path / "bpe" / name).read_bytes()
+                              for name in ("tokenizer.json", "tokenizer_config.json")}
+    for name, data in hf_env.tokenizer_files.items():
+        hf_env.add_model_file(TOKENIZER_REPO, name, data, lfs=name == "tokenizer.json")
+    hf_env.add_model_file(TOKENIZER_REPO, "README.md", b"# a tokenizer\n")
+    return hf_env
+
+
+def tokenizer_config(**hf) -> dict:
+    return {"kind": "pretrained", "source": "hf",
+            "hf": {"repo_id": TOKENIZER_REPO, "revision": "main", "files": ["tokenizer.json", "tokenizer_config.json"],
+                   "sha256": {}, **hf}}
+
+
+def test_a_hub_tokenizer_is_downloaded_checked_and_cached(tokenizer_hub, tmp_path):
+    from litgpt import Tokenizer
+
+    folder = download.fetch_tokenizer(tokenizer_config(), tmp_path)
+    assert folder == tmp_path / "hf" / TOKENIZER_REPO
+    for name, data in tokenizer_hub.tokenizer_files.items():
+        assert (folder / name).read_bytes() == data
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    lfs = next(d for d in manifest["downloads"] if d["path"].endswith("tokenizer.json"))
+    assert lfs["sha256"] == sha256(tokenizer_hub.tokenizer_files["tokenizer.json"])  # the hub's sha256, checked
+    assert not tokenizer_hub.gets("README")
+    assert Tokenizer(folder).encode("从前").tolist()  # litgpt loads what came down
+    # Cached: a second fetch asks for the file list only.
+    resolves = len([r for r in tokenizer_hub.requests if "/resolve/" in r.path])
+    download.fetch_tokenizer(tokenizer_config(), tmp_path)
+    assert len([r for r in tokenizer_hub.requests if "/resolve/" in r.path]) == resolves
+
+
+def test_a_pinned_sha256_that_differs_stops_the_download(tokenizer_hub, tmp_path):
+    wrong = "0" * 64
+    with pytest.raises(DownloadError, match=r"^tokenizer.hf.sha256: tokenizer.json is pinned to 0{64}, but model"):
+        download.fetch_tokenizer(tokenizer_config(sha256={"tokenizer.json": wrong}), tmp_path)
+    # A git file (no sha256 on the hub) is checked against its pin after download, and removed when wrong.
+    with pytest.raises(DownloadError, match=r"sha256 mismatch.*the file was removed"):
+        download.fetch_tokenizer(tokenizer_config(sha256={"tokenizer_config.json": wrong}), tmp_path)
+    assert not (tmp_path / "hf" / TOKENIZER_REPO / "tokenizer_config.json").exists()
+
+
+def test_a_missing_tokenizer_file_is_named(tokenizer_hub, tmp_path):
+    with pytest.raises(DownloadError, match=r"^tokenizer.hf.files: \['tokenizer.model'\] are not among the files"):
+        download.fetch_tokenizer(tokenizer_config(files=["tokenizer.model"]), tmp_path)
+
+
+def test_offline_the_tokenizer_error_says_how_to_use_local_files(tmp_path):
+    done = run_cli("storylm.download", "--tokenizer", "--config", json.dumps(tokenizer_config()), "--out",
+                   str(tmp_path), env={"HF_ENDPOINT": closed_port_url()})
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: Could not get the file list of model {TOKENIZER_REPO}")
+    assert "    source: local\n    path: path/to/chatglm3-6b" in done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.skipif(not (CHATGLM3_DIR / "tokenizer.model").is_file()
 SCHEMA = str(REPO / "config" / "schema.yaml")
 CONFIG = REPO / "config" / "microstories.yaml"
 HF_REPO = "adam89/TinyStoriesChinese"
+TOKENIZER_REPO = "THUDM/chatglm3-6b"
 ARCHIVE = "TinyStories_all_data_zh.tar.gz"
 
 # The reference run's litgpt settings (its pretrain YAML, as published with the run).
@@ -72,7 +74,8 @@ def microstories_config(tokenizer_path: Path = CHATGLM3_DIR) -> dict:
     """config/microstories.yaml with the schema's defaults, its tokenizer at tokenizer_path."""
     config = yaml.safe_load(CONFIG.read_text())
     validate(config, SCHEMA)
-    config["tokenizer"]["path"] = str(tokenizer_path)
+    config["tokenizer"].update(source="local", path=str(tokenizer_path))
+    del config["runs"]
     return config
 
 
@@ -90,11 +93,17 @@ def parameter_count(model_config: dict, tie_embeddings: bool) -> int:
 # The config and the litgpt YAML it renders
 
 
-def test_the_config_file_keeps_its_placeholder_tokenizer_path():
+def test_the_config_file_fetches_the_reference_tokenizer_from_the_hub():
     config = yaml.safe_load(CONFIG.read_text())
     validate(config, SCHEMA)
-    assert config["tokenizer"] == {"kind": "pretrained", "path": "checkpoints/THUDM/chatglm3-6b",
-                                   "vocab_size": 2048, "min_frequency": 2}
+    tokenizer = config["tokenizer"]
+    assert (tokenizer["kind"], tokenizer["source"]) == ("pretrained", "hf")
+    assert tokenizer["hf"]["repo_id"] == TOKENIZER_REPO
+    assert tokenizer["hf"]["files"] == ["tokenizer.model", "tokenizer_config.json"]
+    # Pinned to the very files the reference used (the fixture's copies of them).
+    from storylm.config import file_sha256
+
+    assert tokenizer["hf"]["sha256"] == {name: file_sha256(CHATGLM3_DIR / name) for name in tokenizer["hf"]["files"]}
     corpus = config["corpus"]
     assert corpus["source"] == "hf"
     assert corpus["hf"]["repo_id"] == HF_REPO
@@ -117,7 +126,8 @@ def test_the_default_config_does_not_leak_into_the_run():
     merged = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     update_config(merged, yaml.safe_load(CONFIG.read_text()))
     validate(merged, SCHEMA)
-    merged["tokenizer"]["path"] = str(CHATGLM3_DIR)
+    del merged["runs"]
+    merged["tokenizer"].update(source="local", path=str(CHATGLM3_DIR))
     assert storylm_config.stage_configs(merged) == storylm_config.stage_configs(microstories_config())
 
 
@@ -130,6 +140,7 @@ def rendered(tmp_path):
     shards.mkdir(parents=True)
     (shards / "stats.json").write_text(json.dumps({"train_tokens": 800_000_000, "val_tokens": 8_000_000}))
     tokenizer = tmp_path / "Data" / "tokenizer" / record["inputs"]["tokenizer"]
+    shutil.copytree(CHATGLM3_DIR, tokenizer)  # what the tokenizer stage copies
     out_dir = tmp_path / "results" / "pretrain" / record["hash"]
     return render(record["config"], shards, tokenizer, out_dir), shards, tokenizer, out_dir
 
@@ -177,7 +188,7 @@ def test_max_tokens_wins_over_epochs(tmp_path):
     config["train"]["max_tokens"] = 3_000_000_000_000
     record = storylm_config.stage_record(config, "pretrain")
     (tmp_path / "stats.json").write_text(json.dumps({"train_tokens": 800_000_000, "val_tokens": 8_000_000}))
-    litgpt_config = render(record["config"], tmp_path, tmp_path, tmp_path / "out")
+    litgpt_config = render(record["config"], tmp_path, CHATGLM3_DIR, tmp_path / "out")
     assert litgpt_config["train"]["max_tokens"] == 3_000_000_000_000
 
 
@@ -215,8 +226,7 @@ def test_the_model_has_44m_parameters(rendered):
 
 def shrunk_config() -> dict:
     """config/microstories.yaml with only sizes changed (and 32-bit precision for the CPU)."""
-    config = copy.deepcopy(yaml.safe_load(CONFIG.read_text()))
-    config["tokenizer"]["path"] = str(CHATGLM3_DIR)
+    config = copy.deepcopy(yaml.safe_load(CONFIG.read_text()))  # the tokenizer comes from the (stand-in) hub
     config["corpus"]["split"]["val_size"] = 30
     config["model_config"].update(block_size=64, n_layer=2, n_head=2, n_query_groups=2, n_embd=32, head_size=16,
                                   intermediate_size=48)
@@ -243,6 +253,9 @@ def pipeline(tmp_path_factory):
     hub = FakeServer().start()
     hub.add_dataset_file(HF_REPO, ARCHIVE, archive)
     hub.add_dataset_file(HF_REPO, "README.md", b"# TinyStoriesChinese\n")
+    for name in ("tokenizer.model", "tokenizer_config.json", "config.json"):
+        # As on the real hub: the SentencePiece model in LFS, the small JSON files in git.
+        hub.add_model_file(TOKENIZER_REPO, name, (CHATGLM3_DIR / name).read_bytes(), lfs=name.endswith(".model"))
     workdir = copy_workflow(tmp_path_factory.mktemp("microstories") / "wf")
     config = shrunk_config()
     write_config(workdir, config, "config/microstories_small.yaml")
@@ -311,6 +324,9 @@ def test_pipeline_trained_as_configured(pipeline):
     # to wandb.init, which overrides the WANDB_DIR that storylm.pretrain sets).
     assert list(pretrain.glob("wandb/offline-run-*")) or list(workdir.glob("wandb/offline-run-*"))
     assert (pretrain / "step-00000004" / "lit_model.pth").is_file()
+    # The tokenizer came from the (stand-in) hub: only the two configured files, nothing else.
+    resolved = [r.path for r in hub.requests if f"/{TOKENIZER_REPO}/resolve/" in r.path]
+    assert {path.rsplit("/", 1)[1] for path in resolved} == {"tokenizer.model", "tokenizer_config.json"}
     tokenizer = only_folder(workdir, "Data/tokenizer")
     assert (tokenizer / "tokenizer.model").read_bytes() == (CHATGLM3_DIR / "tokenizer.model").read_bytes()
     assert load_json(tokenizer / "stats.json")["unknown_token_rate"] == 0.0

@@ -128,6 +128,10 @@ def fetch_hf(hf_cfg: dict, local_dir: Path, repo_type: str = "dataset", key: str
         sibling = siblings[filename]
         path = _hf_download_with_retries(repo_id, filename, info.sha, endpoint, local_dir, where, repo_type, hint)
         expected_sha = sibling.lfs.sha256 if sibling.lfs else None
+        pinned = (hf_cfg.get("sha256") or {}).get(filename)
+        if pinned and expected_sha and pinned != expected_sha:
+            raise DownloadError(f"{key}.sha256: {filename} is pinned to {pinned}, but {where} lists {expected_sha}")
+        expected_sha = pinned or expected_sha
         try:
             check_file(path, expected_sizes[filename], expected_sha, f"{where}, file {filename}")
         except DownloadError as e:
