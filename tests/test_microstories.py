@@ -298,7 +298,7 @@ def test_pipeline_reports(pipeline):
     metrics = load_json(workdir / "results" / "metrics.json")
     for key in ("stage_hashes", "val_loss_nats_per_token", "val_perplexity", "val_bits_per_character",
                 "val_tokens_scored", "val_tokens_per_character", "parameters", "train_steps", "train_iters",
-                "final_train_loss_nats_per_token", "sample_consistency"):
+                "final_train_loss_nats_per_token", "sample_figures"):
         assert key in metrics, key
     assert set(metrics["stage_hashes"]) >= {"download", "corpus", "tokenizer", "shards", "pretrain", "evaluate",
                                             "sample"}

@@ -13,6 +13,8 @@ from conftest import dry_run_jobs, load_json, snakemake, tiny_config, write_conf
 
 pytestmark = pytest.mark.slow
 
+# The jobs that gather a run's results (results/runs/<run>/, runs.tsv, samples.txt, metrics.json).
+REPORT_JOBS = {"run_results": 1, "compare_runs": 1, "all_samples": 1, "single_run": 1, "all": 1}
 STAGE_FOLDERS = ("Data/corpus", "Data/tokenizer", "Data/shards", "results/pretrain", "results/evaluate",
                  "results/sample")
 
@@ -53,11 +55,11 @@ def test_outputs_are_what_a_person_reads(pipeline_run):
     for prompt in config["sample"]["prompts"]:
         assert f"Prompt: {prompt}" in samples
     assert samples.count("--- story") == len(config["sample"]["prompts"]) * config["sample"]["num_samples"]
-    for key in ("val_loss_nats_per_token", "val_perplexity", "val_bits_per_character", "sample_consistency"):
+    for key in ("val_loss_nats_per_token", "val_perplexity", "val_bits_per_character", "sample_figures"):
         assert key in metrics
     assert 0 < metrics["val_bits_per_character"] < 16
     assert metrics["val_perplexity"] == pytest.approx(2.718281828 ** metrics["val_loss_nats_per_token"])
-    assert 0 <= metrics["sample_consistency"]["consistent_fraction"] <= 1
+    assert 0 <= metrics["sample_figures"]["consistent_fraction"] <= 1
     # 12 optimizer steps of 4 x 64 tokens, as train.max_tokens asks.
     assert metrics["train_steps"] == config["train"]["max_tokens"] // (4 * 64)
     assert (workdir / "results/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,15 +118,15 @@ def check_reruns(workdir, config):
     hotter = copy.deepcopy(config)
     hotter["sample"]["temperature"] = 1.2
     write_config(workdir, hotter)
-    assert dry_run_jobs(workdir) == {"sample": 1, "report": 1, "all": 1}
+    assert dry_run_jobs(workdir) == {"sample": 1, **REPORT_JOBS}
 
     # A model setting reruns pretraining and what reads it, not corpus, tokenizer or shards.
     wider = copy.deepcopy(config)
     wider["model_config"]["n_embd"] = 64
     wider["model_config"]["head_size"] = 32
     write_config(workdir, wider)
-    assert dry_run_jobs(workdir) == {"pretrain_config": 1, "pretrain": 1, "evaluate": 1, "sample": 1, "report": 1,
-                                     "all": 1}
+    assert dry_run_jobs(workdir) == {"pretrain_config": 1, "pretrain": 1, "evaluate": 1, "sample": 1,
+                                     **REPORT_JOBS}
 
     # Run the sampling change for real, then switch back: the earlier folders are reused.
     try:
@@ -133,7 +135,7 @@ def check_reruns(workdir, config):
         assert len(list((workdir / "results/sample").iterdir())) == 2
     finally:
         write_config(workdir, config)
-    assert dry_run_jobs(workdir) == {"report": 1, "all": 1}
+    assert dry_run_jobs(workdir) == REPORT_JOBS
     snakemake(workdir, "--cores", "2")
     assert dry_run_jobs(workdir) == {}
 

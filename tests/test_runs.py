@@ -7,6 +7,11 @@ tiny runs and then change the runs: added, renamed, removed, duplicated, broken.
 from __future__ import annotations
 
 import copy
+import html
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -192,3 +197,41 @@ def test_with_keep_going_a_failing_run_does_not_stop_the_others(two_runs):
         assert "error: corpus.split.val_size" in logs and "Traceback" not in logs
     finally:
         write_config(workdir, config)
+
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,1000", "--virtual-time-budget=5000"]
+
+
+def chromium(page: Path, *args: str, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
+                          capture_output=True, text=True, timeout=120, check=True)
+
+
+def visible_text(dom: str) -> str:
+    """What the page shows: the rendered DOM without its scripts (which embed every result as data)."""
+    dom = re.sub(r"<script.*?</script>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium to render the report: apt-get install chromium")
+def test_the_report_shows_the_runs_table_first_in_a_browser(two_runs, tmp_path):
+    workdir, _ = two_runs
+    snakemake(workdir, "--report", "results/report.html")
+    page = workdir / "results/report.html"
+    screenshot = workdir / "results/report.png"
+    chromium(page, f"--screenshot={screenshot}", profile=tmp_path / "profile1")
+    assert screenshot.read_bytes()[:4] == b"\x89PNG"
+    shown = visible_text(chromium(page, "--dump-dom", profile=tmp_path / "profile2").stdout)
+    table = pd.read_csv(workdir / "results/runs.tsv", sep="\t")
+    # The first page: the runs table, a row per run with its name and bits per character.
+    start = shown.index("The runs compared")
+    assert start < shown.index("1. Runs compared holds")
+    rows = shown[start:shown.index("1. Runs compared holds")]
+    for run, bpc in zip(table["run"], table["val_bits_per_character"], strict=True):
+        assert re.search(rf"\b{run}\b .*?\b{bpc:.4g}\b", rows), (run, bpc, rows)
+    # One category per run, after the comparison.
+    assert shown.index("1. Runs compared") < shown.index(" one ") and " two " in shown

@@ -1,6 +1,14 @@
 # Each run's results in results/runs/<run>/, every run side by side in results/runs.tsv and
 # results/compare.png, and every run's stories in results/samples.txt. Flagged with report()
-# for `snakemake --report results/report.html`, one category per run.
+# for `snakemake --report results/report.html`, one category per run. These steps only gather
+# small files: on a cluster they run on the submitting host, not as jobs of their own.
+
+
+localrules:
+    run_results,
+    compare_runs,
+    all_samples,
+    single_run,
 
 
 rule run_results:
@@ -61,6 +69,7 @@ rule compare_runs:
             category="1. Runs compared",
             labels={"figure": "val loss and bits per character"},
         ),
+        summary="results/runs_summary.tsv",  # shown on the report's first page (workflow/report/workflow.rst)
     params:
         run_dirs=expand("results/runs/{run}", run=RUNS),
     log:
@@ -69,7 +78,7 @@ rule compare_runs:
         ENV
     shell:
         "{STORYLM}.report compare --run-dirs {params.run_dirs} --table {output.table} --plot {output.plot}"
-        " > {log} 2>&1"
+        " --summary {output.summary} > {log} 2>&1"
 
 
 rule all_samples:

@@ -23,6 +23,10 @@ from storylm import litgpt_log
 from storylm.cli import atomic_path, exit_with, write_json, write_text
 
 # The runs table's columns before the sample figures, in order, with their units in the name.
+# The few columns the report's first page shows (results/runs_summary.tsv).
+# The report's first page is narrow: five short columns.
+SUMMARY_COLUMNS = {"run": "run", "differs_from_base": "differs from base", "parameters": "params",
+                   "val_bits_per_character": "val bits/char", "sample.consistent_fraction": "consistent"}
 TABLE_COLUMNS = ["run", "differs_from_base", "parameters", "train_tokens", "train_flops", "train_seconds",
                  "train_tokens_per_second", "val_loss_nats_per_token", "val_bits_per_character"]
 
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     compare.add_argument("--run-dirs", type=Path, nargs="+", required=True)
     compare.add_argument("--table", type=Path, required=True)
     compare.add_argument("--plot", type=Path, required=True)
+    compare.add_argument("--summary", type=Path, required=True, help="the few columns the report shows first")
     samples = commands.add_parser("samples", help="every run's samples in one file")
     samples.add_argument("--runs", nargs="+", required=True)
     samples.add_argument("--files", type=Path, nargs="+", required=True)
@@ -179,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         table = runs_table(args.run_dirs)
         with atomic_path(args.table) as tmp:
             table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+        summary = table[[c for c in SUMMARY_COLUMNS if c in table]].rename(columns=SUMMARY_COLUMNS)
+        with atomic_path(args.summary) as tmp:
+            summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
         plot_comparison(args.run_dirs, table, args.plot)
         print(table.to_string(index=False))
     else:
