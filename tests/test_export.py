@@ -42,7 +42,7 @@ RECORD = {"stage": "export", "hash": "e0e0e0e0e0", "inputs": {"pretrain": "p1p1p
           "config": {"corpus": {"source": "builtin", "builtin": {"num_stories": 6000, "seed": 1234}, "dedup": True}}}
 METRICS = {"val_bits_per_character": 1.2345, "val_loss_nats_per_token": 0.987, "val_perplexity": 2.683,
            "parameters": 0, "train_steps": 75, "train_iters": 75, "resumed_from": []}
-SAMPLE_SETTINGS = {"prompts": [PROMPT], "num_samples": 1, "max_new_tokens": 24, "temperature": 0.8, "top_k": 50,
+SAMPLE_SETTINGS = {"prompts": [PROMPT], "num_samples": 1, "max_new_tokens": 24, "temperature": 0.8, "top_k": 20,
                    "top_p": 1.0, "seed": 7}
 DEFAULT_MODEL = dict(name="storylm-tiny", block_size=SEQ, n_layer=2, n_head=4, n_embd=32, head_size=8,
                      intermediate_size=64, mlp_class_name="LLaMAMLP", norm_class_name="RMSNorm", bias=False,
@@ -163,7 +163,7 @@ class Kind:
 @pytest.fixture(scope="module")
 def default_kind(tmp_path_factory) -> Kind:
     root = tmp_path_factory.mktemp("default")
-    checkpoint = make_checkpoint(root, DEFAULT_MODEL, None, tie=True, train_texts=stories(300, 1), steps=60, batch=8)
+    checkpoint = make_checkpoint(root, DEFAULT_MODEL, None, tie=True, train_texts=stories(300, 1), steps=40, batch=8)
     return Kind(root, checkpoint, val_texts=stories(40, 2))
 
 
@@ -175,7 +175,7 @@ def microstories_kind(tmp_path_factory) -> Kind:
     model = {**DEFAULT_MODEL, "name": "microstories-tiny", "n_layer": 2, "n_head": 6, "n_query_groups": 6,
              "head_size": 8, "n_embd": 64, "intermediate_size": 96, "vocab_size": 64798, "padded_vocab_size": 65024}
     files = {name: CHATGLM3 / name for name in ("tokenizer.model", "tokenizer_config.json")}
-    checkpoint = make_checkpoint(root, model, files, tie=True, train_texts=stories(200, 1), steps=30, batch=4)
+    checkpoint = make_checkpoint(root, model, files, tie=True, train_texts=stories(200, 1), steps=12, batch=4)
     return Kind(root, checkpoint, val_texts=fixture_stories() + stories(100, 2))
 
 
@@ -183,7 +183,7 @@ def microstories_kind(tmp_path_factory) -> Kind:
 def gqa_untied_kind(tmp_path_factory) -> Kind:
     root = tmp_path_factory.mktemp("gqa")
     model = {**DEFAULT_MODEL, "name": "gqa-untied", "n_query_groups": 2}
-    checkpoint = make_checkpoint(root, model, None, tie=False, train_texts=stories(300, 1), steps=30, batch=8)
+    checkpoint = make_checkpoint(root, model, None, tie=False, train_texts=stories(300, 1), steps=20, batch=8)
     return Kind(root, checkpoint, val_texts=stories(40, 2), with_stages=False)
 
 
@@ -291,7 +291,7 @@ def test_default_kind_folder(default_kind):
     assert json.loads((folder / export.STAGE_RECORD).read_text()) == RECORD
     generation = json.loads((folder / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 1)
-    assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 50)
+    assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 20)
     assert generation["max_length"] == SEQ
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
@@ -328,7 +328,7 @@ def test_model_card(default_kind):
     samples = json.loads((default_kind.sample_dir / "samples.json").read_text())
     assert "> " + samples[0]["text"].replace("\n", "\n> ") in body
     assert "storylm's built-in story generator (`storylm.storygen`, 6,000 stories, seed 1234)" in body
-    assert "| max_tokens | 30,720 |" in body and "| global_batch_size | 8 |" in body
+    assert f"| max_tokens | {40 * 8 * SEQ:,} |" in body and "| global_batch_size | 8 |" in body
     assert "ids equal `litgpt.Tokenizer`'s" in body
     assert "not measured" not in body
 
