@@ -301,6 +301,8 @@ def test_default_kind_folder(default_kind):
     # Tied: the head is the embedding, stored once.
     assert "lm_head.weight" not in keys and "model.layers.1.self_attn.q_proj.weight" in keys
     assert len(keys) == 2 * 9 + 2
+    # Readable by others, as a folder to share should be (temporary files are private).
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in [folder, *folder.iterdir()])
     # Nothing left beside the folder by its atomic build.
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
 

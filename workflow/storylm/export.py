@@ -396,6 +396,8 @@ def check_folder(folder: Path, model, tokenizer, texts: list[str], block_size: i
 
 def fmt(value) -> str:
     if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return f"{value:,.1f}"
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
@@ -467,7 +469,7 @@ def budget_lines(training: dict, metrics: dict | None) -> list[str]:
         if "train_steps" in metrics and {"global_batch_size", "max_seq_length"} <= train.keys():
             rows.append(("tokens trained on (steps x global batch x sequence)",
                          metrics["train_steps"] * train["global_batch_size"] * train["max_seq_length"]))
-    return [f"From `{training['file']}`:", ""] + table(rows, ("setting", "value"))
+    return [f"From litgpt's `{Path(training['file']).name}` of the run:", ""] + table(rows, ("setting", "value"))
 
 
 def tokenizer_lines(info: dict, checks: dict) -> list[str]:
@@ -558,14 +560,14 @@ def model_card(record: dict, config, hf_config, tokenizer_info: dict, checks: di
               f"Loaded back with transformers, the model's fp32 logits differ from litgpt's by at most"
               f" {checks['logits_max_abs_diff']:.2g} on {fmt(checks['logits_tokens_compared'])} tokens."
               " Weights were renamed by litgpt's own `copy_weights_llama`."]
-    lines += ["", "## Licence", "",
-              f"`license: {metadata['license']}`"
-              + (f" ({metadata.get('license_name')})" if metadata["license"] == "other" else "") + "."]
+    licence = f"`license: {metadata['license']}`" + (f" ({metadata.get('license_name')})"
+                                                      if metadata["license"] == "other" else "") + "."
     if "license_link" in metadata and "chatglm3" in metadata.get("license_name", ""):
-        lines.append(f" The tokenizer files are THUDM's ChatGLM3-6B tokenizer, under its model licence"
-                     f" ({metadata['license_link']}).")
+        licence += (" The tokenizer files are THUDM's ChatGLM3-6B tokenizer, under its model licence"
+                    f" ({metadata['license_link']}).")
     if metadata.get("license_name") == "unspecified":
-        lines.append(" No licence was chosen for this model; set one before sharing it.")
+        licence += " No licence was chosen for this model: set one (the export config's `license`) before sharing it."
+    lines += ["", "## Licence", "", licence]
     lines += ["", "## Provenance", "",
               f"storylm export stage `{record.get('hash', '?')}`; the stages it was built from: "
               + ", ".join(f"{stage} `{value}`" for stage, value in record.get("inputs", {}).items())
@@ -639,7 +641,17 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
                                                  sample_settings, sample_figures, training, checks["parameters"]))
         write_json(tmp / CHECKS, checks)
         write_json(tmp / STAGE_RECORD, record)
+        readable(tmp)
     return checks
+
+
+def readable(folder: Path) -> None:
+    """Temporary files and folders are private (0600/0700); the export is meant to be shared."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def main(argv: list[str] | None = None) -> None:
