@@ -4,7 +4,8 @@ Real litgpt, transformers and tokenizers on tiny models, briefly trained here so
 samples mean something: one of the default kind (trained byte-level BPE, n_head x head_size =
 n_embd, tied embeddings, padded vocabulary), one shaped like microstories (6 heads x 8 = 48
 attention channels against n_embd 64, the real ChatGLM3 tokenizer from ../shared/fixtures,
-65,024 padded vocabulary; skipped without it) and one with grouped-query attention and an untied head.
+65,024 padded vocabulary; skipped without it) and one with grouped-query attention, an untied
+head and bf16 weights.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def windows(stream: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def make_checkpoint(root: Path, model_config: dict, tokenizer_files: dict[str, Path] | None, tie: bool,
-                    train_texts: list[str], steps: int, batch: int) -> Path:
+                    train_texts: list[str], steps: int, batch: int, dtype: torch.dtype = torch.float32) -> Path:
     """A litgpt checkpoint folder as pretrain leaves it (final/ with weights, config and tokenizer; pretrain.yaml
     beside it), from a GPT trained for a few steps so that it prefers the training text's tokens."""
     from litgpt import GPT, Config, Tokenizer
@@ -102,7 +103,9 @@ def make_checkpoint(root: Path, model_config: dict, tokenizer_files: dict[str, P
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    torch.save({"model": model.state_dict(), "iter_num": steps}, final / "lit_model.pth")
+    # As pretrain saves it: the whole state, weights under "model" (bf16 after precision bf16-true).
+    state = {name: tensor.to(dtype) for name, tensor in model.state_dict().items()}
+    torch.save({"model": state, "iter_num": steps}, final / "lit_model.pth")
     save_config(config, final)
     pretrain = {"model_name": config.name, "precision": "32-true", "devices": 1, "num_nodes": 1, "seed": 42,
                 "train": {"global_batch_size": batch, "micro_batch_size": batch, "max_seq_length": SEQ,
@@ -183,7 +186,8 @@ def microstories_kind(tmp_path_factory) -> Kind:
 def gqa_untied_kind(tmp_path_factory) -> Kind:
     root = tmp_path_factory.mktemp("gqa")
     model = {**DEFAULT_MODEL, "name": "gqa-untied", "n_query_groups": 2}
-    checkpoint = make_checkpoint(root, model, None, tie=False, train_texts=stories(300, 1), steps=20, batch=8)
+    checkpoint = make_checkpoint(root, model, None, tie=False, train_texts=stories(300, 1), steps=20, batch=8,
+                                 dtype=torch.bfloat16)
     return Kind(root, checkpoint, val_texts=stories(40, 2), with_stages=False)
 
 
@@ -307,14 +311,15 @@ def test_default_kind_folder(default_kind):
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
 
 
-def test_untied_head_is_stored(gqa_untied_kind):
+def test_untied_bf16_head_is_stored(gqa_untied_kind):
     from safetensors import safe_open
 
     config = json.loads((gqa_untied_kind.folder / "config.json").read_text())
-    assert (config["tie_word_embeddings"], config["num_key_value_heads"]) == (False, 2)
+    assert (config["tie_word_embeddings"], config["num_key_value_heads"], config["dtype"]) == (False, 2, "bfloat16")
     with safe_open(gqa_untied_kind.folder / export.OUTPUT_FILE, "pt") as f:
         assert f.get_tensor("model.layers.0.self_attn.k_proj.weight").shape == (16, 32)
-        assert f.get_tensor("lm_head.weight").shape == (512, 32)
+        head = f.get_tensor("lm_head.weight")
+        assert (head.shape, head.dtype) == ((512, 32), torch.bfloat16)
 
 
 def test_model_card(default_kind):
@@ -323,6 +328,10 @@ def test_model_card(default_kind):
     metadata = yaml.safe_load(front)
     assert metadata["pipeline_tag"] == "text-generation" and metadata["library_name"] == "transformers"
     assert metadata["license"] == "other" and metadata["language"] == ["zh"]
+    # The hub's own reader of model cards takes it (what `hf upload` shows on the model page).
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(card).data.to_dict()["pipeline_tag"] == "text-generation"
     assert "| val_bits_per_character | 1.234 |" in body
     assert "| train_steps (measured) | 75 |" in body
     assert "| metrics.distinct_2 | 0.625 |" in body and "| metrics.nested.mean_characters | 41.5 |" in body
