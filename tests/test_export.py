@@ -443,7 +443,8 @@ def test_bad_inputs_are_named(default_kind, tmp_path, capsys):
     cases.append((good, None, bad_sample, f"{bad_sample / 'samples.json'}: not valid JSON"))
     for checkpoint, evaluate_dir, sample_dir, message in cases:
         assert run_export(checkpoint, out, evaluate_dir, sample_dir) == 1, message
-        assert capsys.readouterr().err.startswith(f"error: {message}")
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {message}") and error.count("\n") == 1, error
         assert not out.exists()
     assert run_stage(export.main, ["--record", "{not json", "--checkpoint", str(good), "--out", str(out)]) == 1
     assert capsys.readouterr().err.startswith("error: --record: not valid JSON")

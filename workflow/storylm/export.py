@@ -96,13 +96,18 @@ LLAMA_NEEDS = {
 # Reading the checkpoint
 
 
+def first_line(error: BaseException) -> str:
+    """The error model prints one line; library errors sometimes span several."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def read_json(path: Path, what: str):
     if not path.is_file():
         raise StageError(f"{path}: missing ({what})")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise StageError(f"{path}: not valid JSON ({error})") from None
+        raise StageError(f"{path}: not valid JSON ({first_line(error)})") from None
 
 
 def load_config(checkpoint_dir: Path):
@@ -114,7 +119,7 @@ def load_config(checkpoint_dir: Path):
     try:
         return Config.from_file(path)
     except (TypeError, ValueError, AssertionError, yaml.YAMLError) as error:
-        raise StageError(f"{path}: not a litgpt model config ({error})") from None
+        raise StageError(f"{path}: not a litgpt model config ({first_line(error)})") from None
 
 
 def load_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
@@ -124,7 +129,7 @@ def load_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as error:  # noqa: BLE001 - any failure to read is a damaged file
-        raise StageError(f"{path}: cannot be read as a torch checkpoint ({error})") from None
+        raise StageError(f"{path}: cannot be read as a torch checkpoint ({first_line(error)})") from None
     # pretrain's final checkpoint holds the whole training state; the weights are under "model".
     state = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(state, dict) or "transformer.wte.weight" not in state:
@@ -335,7 +340,7 @@ def read_training(checkpoint_dir: Path) -> dict:
             try:
                 settings = yaml.safe_load(path.read_text(encoding="utf-8"))
             except yaml.YAMLError as error:
-                raise StageError(f"{path}: not valid YAML ({error})") from None
+                raise StageError(f"{path}: not valid YAML ({first_line(error)})") from None
             if isinstance(settings, dict):
                 return {"file": str(path), **settings}
     return {}
@@ -666,7 +671,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         record = json.loads(args.record)
     except json.JSONDecodeError as error:
-        raise StageError(f"--record: not valid JSON ({error})") from None
+        raise StageError(f"--record: not valid JSON ({first_line(error)})") from None
     if not isinstance(record, dict):
         raise StageError("--record: not a JSON object")
     checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out)
