@@ -448,3 +448,27 @@ def test_bad_inputs_are_named(default_kind, tmp_path, capsys):
         assert not out.exists()
     assert run_stage(export.main, ["--record", "{not json", "--checkpoint", str(good), "--out", str(out)]) == 1
     assert capsys.readouterr().err.startswith("error: --record: not valid JSON")
+
+
+# ---------------------------------------------------------------------------
+# Card parts for inputs the tiny runs do not have
+
+
+def test_card_names_a_hub_dataset_and_a_chosen_licence():
+    record = {"config": {"license": "apache-2.0", "corpus": {
+        "source": "hf", "hf": {"repo_id": "adam89/TinyStoriesChinese", "revision": "abc123"}, "text_field": "story_zh"}}}
+    metadata = export.card_metadata(record, {"source": "THUDM/chatglm3-6b"})
+    assert metadata["datasets"] == ["adam89/TinyStoriesChinese"]
+    assert metadata["license"] == "apache-2.0" and "license_name" not in metadata
+    lines = "\n".join(export.data_lines(record))
+    assert "The Hugging Face dataset `adam89/TinyStoriesChinese` (revision `abc123`)." in lines
+    assert 'text_field: `"story_zh"`' in lines
+
+
+def test_card_spells_out_tokenizer_differences():
+    info = {"backend": "sentencepiece", "vocab_size": 64789, "eos_id": 2, "use_bos": False}
+    checks = {"tokenizer_ids_equal": False, "tokenizer_texts_compared": 12, "tokenizer_mismatch_count": 1,
+              "tokenizer_mismatches": [{"text": " 开头", "litgpt": [265, 34211], "transformers": [30910, 34211]}]}
+    lines = "\n".join(export.tokenizer_lines(info, checks))
+    assert "**Its ids differ from `litgpt.Tokenizer`'s** (the ids the model was trained on) on 1 of 12 texts" in lines
+    assert '- `" 开头"`: litgpt `[265, 34211]`, transformers `[30910, 34211]`' in lines
