@@ -455,8 +455,9 @@ def test_bad_inputs_are_named(default_kind, tmp_path, capsys):
 
 
 def test_card_names_a_hub_dataset_and_a_chosen_licence():
-    record = {"config": {"license": "apache-2.0", "corpus": {
-        "source": "hf", "hf": {"repo_id": "adam89/TinyStoriesChinese", "revision": "abc123"}, "text_field": "story_zh"}}}
+    corpus = {"source": "hf", "hf": {"repo_id": "adam89/TinyStoriesChinese", "revision": "abc123"},
+              "text_field": "story_zh"}
+    record = {"config": {"license": "apache-2.0", "corpus": corpus}}
     metadata = export.card_metadata(record, {"source": "THUDM/chatglm3-6b"})
     assert metadata["datasets"] == ["adam89/TinyStoriesChinese"]
     assert metadata["license"] == "apache-2.0" and "license_name" not in metadata

@@ -373,7 +373,8 @@ def check_folder(folder: Path, model, tokenizer, texts: list[str], block_size: i
         if lit_ids != hf_ids:
             mismatches.append({"text": text, "litgpt": lit_ids, "transformers": hf_ids})
         # litgpt's backends drop special tokens when decoding; transformers does so when asked.
-        decode_mismatches += hf_tokenizer.decode(lit_ids, skip_special_tokens=True) != tokenizer.decode(torch.tensor(lit_ids))
+        hf_text = hf_tokenizer.decode(lit_ids, skip_special_tokens=True)
+        decode_mismatches += hf_text != tokenizer.decode(torch.tensor(lit_ids))
     max_diff, scored = 0.0, 0
     # The probe strings' corners and the model's own stories.
     for text in dict.fromkeys(texts[:4] + texts[-4:]):
@@ -446,7 +447,8 @@ def data_lines(record: dict) -> list[str]:
     if source == "builtin":
         builtin = corpus.get("builtin", {})
         text = (f"Generated Chinese children's stories from storylm's built-in story generator"
-                f" (`storylm.storygen`, {fmt(builtin.get('num_stories', '?'))} stories, seed {builtin.get('seed', '?')}).")
+                f" (`storylm.storygen`, {fmt(builtin.get('num_stories', '?'))} stories,"
+                f" seed {builtin.get('seed', '?')}).")
     elif source == "hf":
         hf = corpus.get("hf", {})
         text = f"The Hugging Face dataset `{hf.get('repo_id')}` (revision `{hf.get('revision', 'main')}`)."
@@ -493,7 +495,8 @@ def tokenizer_lines(info: dict, checks: dict) -> list[str]:
     if checks["tokenizer_ids_equal"]:
         lines.append(f"Its ids equal `litgpt.Tokenizer`'s (the ids the model was trained on) on all"
                      f" {checks['tokenizer_texts_compared']} texts the export checked (probe texts with spaces,"
-                     " newlines, digits, Latin letters, emoji and rare characters, the prompts and the sampled stories).")
+                     " newlines, digits, Latin letters, emoji and rare characters, the prompts and the sampled"
+                     " stories).")
     else:
         lines.append(f"**Its ids differ from `litgpt.Tokenizer`'s** (the ids the model was trained on) on"
                      f" {checks['tokenizer_mismatch_count']} of {checks['tokenizer_texts_compared']} texts checked."
