@@ -1,0 +1,475 @@
+"""The export stage: litgpt checkpoints as Hugging Face folders that transformers loads as they are.
+
+Real litgpt, transformers and tokenizers on tiny models, briefly trained here so that logits and
+samples mean something: one of the default kind (trained byte-level BPE, n_head x head_size =
+n_embd, tied embeddings, padded vocabulary), one shaped like microstories (6 heads x 8 = 48
+attention channels against n_embd 64, the real ChatGLM3 tokenizer from ../shared/fixtures,
+65,024 padded vocabulary; skipped without it) and one with grouped-query attention, an untied
+head and bf16 weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from storylm import consistency, export
+from storylm.cli import run_stage
+from storylm.sample import sample_all
+from storylm.storygen import generate_stories
+from storylm.tokenizer import encode_batch, train_bpe
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("STORYLM_FIXTURES", REPO.parent / "shared" / "fixtures"))
+CHATGLM3 = FIXTURES / "chatglm3-6b"
+needs_chatglm3 = pytest.mark.skipif(
+    not (CHATGLM3 / "tokenizer.model").is_file(),
+    reason=f"needs the ChatGLM3-6B tokenizer in {CHATGLM3} (tokenizer.model and tokenizer_config.json of"
+           " THUDM/chatglm3-6b, see docs/microstories.md; or set STORYLM_FIXTURES to a folder holding chatglm3-6b/)")
+
+PROMPT = "从前，有一个叫莉莉的小女孩"
+HAN = re.compile(r"[\u4e00-\u9fff]")
+SEQ = 64
+RECORD = {"stage": "export", "hash": "e0e0e0e0e0", "inputs": {"pretrain": "p1p1p1p1p1", "evaluate": "v2v2v2v2v2",
+                                                                "sample": "s3s3s3s3s3"},
+          "config": {"corpus": {"source": "builtin", "builtin": {"num_stories": 6000, "seed": 1234}, "dedup": True}}}
+METRICS = {"val_bits_per_character": 1.2345, "val_loss_nats_per_token": 0.987, "val_perplexity": 2.683,
+           "parameters": 0, "train_steps": 75, "train_iters": 75, "resumed_from": []}
+SAMPLE_SETTINGS = {"prompts": [PROMPT], "num_samples": 1, "max_new_tokens": 24, "temperature": 0.8, "top_k": 20,
+                   "top_p": 1.0, "seed": 7}
+DEFAULT_MODEL = dict(name="storylm-tiny", block_size=SEQ, n_layer=2, n_head=4, n_embd=32, head_size=8,
+                     intermediate_size=64, mlp_class_name="LLaMAMLP", norm_class_name="RMSNorm", bias=False,
+                     parallel_residual=False, rotary_percentage=1.0, norm_eps=1e-5)
+
+
+def stories(n: int, seed: int) -> list[str]:
+    return [story["text"] for story in generate_stories(n, seed)]
+
+
+def fixture_stories() -> list[str]:
+    texts = []
+    for name in ("tinystories_zh_row0.jsonl", "picturebooks_ccby.jsonl"):
+        path = FIXTURES / "stories_zh" / name
+        if path.is_file():
+            texts += [json.loads(line)["story_zh"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return texts
+
+
+def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
+    """The texts as the shards stage makes them: litgpt ids, eos after each story, end to end."""
+    return torch.tensor([i for ids in encode_batch(tokenizer, texts) for i in ids])
+
+
+def windows(stream: torch.Tensor, batch: int) -> torch.Tensor:
+    return stream[: batch * SEQ].view(batch, SEQ).long()
+
+
+def make_checkpoint(root: Path, model_config: dict, tokenizer_files: dict[str, Path] | None, tie: bool,
+                    train_texts: list[str], steps: int, batch: int, dtype: torch.dtype = torch.float32) -> Path:
+    """A litgpt checkpoint folder as pretrain leaves it (final/ with weights, config and tokenizer; pretrain.yaml
+    beside it), from a GPT trained for a few steps so that it prefers the training text's tokens."""
+    from litgpt import GPT, Config, Tokenizer
+    from litgpt.utils import save_config
+
+    final = root / "pretrain" / "final"
+    final.mkdir(parents=True)
+    if tokenizer_files is None:
+        train_bpe(train_texts, vocab_size=400, min_frequency=2, out_dir=final)
+    else:
+        for name, src in tokenizer_files.items():
+            (final / name).write_bytes(src.read_bytes())
+    tokenizer = Tokenizer(final)
+    config = Config(**{"vocab_size": tokenizer.vocab_size, **model_config})
+    torch.manual_seed(0)
+    model = GPT(config)
+    if tie:
+        model.transformer.wte.weight = model.lm_head.weight
+    stream = token_stream(tokenizer, train_texts)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        starts = torch.randint(0, len(stream) - SEQ - 1, (batch,), generator=generator)
+        chunk = torch.stack([stream[s: s + SEQ + 1] for s in starts]).long()
+        logits = model(chunk[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # As pretrain saves it: the whole state, weights under "model" (bf16 after precision bf16-true).
+    state = {name: tensor.to(dtype) for name, tensor in model.state_dict().items()}
+    torch.save({"model": state, "iter_num": steps}, final / "lit_model.pth")
+    save_config(config, final)
+    pretrain = {"model_name": config.name, "precision": "32-true", "devices": 1, "num_nodes": 1, "seed": 42,
+                "train": {"global_batch_size": batch, "micro_batch_size": batch, "max_seq_length": SEQ,
+                          "max_tokens": steps * batch * SEQ, "tie_embeddings": tie},
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}}}
+    (root / "pretrain" / "pretrain.yaml").write_text(yaml.safe_dump(pretrain))
+    return final
+
+
+def make_stage_dirs(root: Path, checkpoint: Path) -> tuple[Path, Path]:
+    """An evaluate folder with known metrics and a sample folder made by the real sample stage."""
+    evaluate_dir = root / "evaluate"
+    evaluate_dir.mkdir()
+    (evaluate_dir / "metrics.json").write_text(json.dumps(METRICS))
+    sample_dir = root / "sample"
+    sample_dir.mkdir()
+    samples = sample_all(checkpoint, SAMPLE_SETTINGS)
+    (sample_dir / "samples.json").write_text(json.dumps(samples, ensure_ascii=False))
+    (sample_dir / "consistency.json").write_text(json.dumps(consistency.score(samples)))
+    # A figures file with keys the export has never heard of: the card must show them all the same.
+    (sample_dir / "metrics.json").write_text(json.dumps({"distinct_2": 0.625, "finished_fraction": 0.5,
+                                                         "nested": {"mean_characters": 41.5}}))
+    (sample_dir / "config.json").write_text(json.dumps({"stage": "sample", "config": SAMPLE_SETTINGS}))
+    return evaluate_dir, sample_dir
+
+
+def run_export(checkpoint: Path, out: Path, evaluate_dir: Path | None = None, sample_dir: Path | None = None,
+               record: dict = RECORD) -> int:
+    argv = ["--record", json.dumps(record), "--checkpoint", str(checkpoint), "--out", str(out)]
+    argv += ["--evaluate-dir", str(evaluate_dir)] if evaluate_dir else []
+    argv += ["--sample-dir", str(sample_dir)] if sample_dir else []
+    return run_stage(export.main, argv)
+
+
+class Kind:
+    """One exported model: its litgpt checkpoint, its val texts and the export folder."""
+
+    def __init__(self, root: Path, checkpoint: Path, val_texts: list[str], with_stages: bool = True):
+        from litgpt import Tokenizer
+
+        self.root, self.checkpoint, self.val_texts = root, checkpoint, val_texts
+        self.evaluate_dir, self.sample_dir = make_stage_dirs(root, checkpoint) if with_stages else (None, None)
+        self.folder = root / "export" / "e0e0e0e0e0"
+        assert run_export(checkpoint, self.folder, self.evaluate_dir, self.sample_dir) == 0
+        self.tokenizer = Tokenizer(checkpoint)
+
+    def lit_model(self):
+        from storylm.checkpoint import load_model
+
+        return load_model(self.checkpoint, device="cpu")
+
+    def hf_model(self):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(self.folder, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def default_kind(tmp_path_factory) -> Kind:
+    root = tmp_path_factory.mktemp("default")
+    checkpoint = make_checkpoint(root, DEFAULT_MODEL, None, tie=True, train_texts=stories(300, 1), steps=40, batch=8)
+    return Kind(root, checkpoint, val_texts=stories(40, 2))
+
+
+@pytest.fixture(scope="module")
+def microstories_kind(tmp_path_factory) -> Kind:
+    if not (CHATGLM3 / "tokenizer.model").is_file():
+        pytest.skip(needs_chatglm3.kwargs["reason"])
+    root = tmp_path_factory.mktemp("microstories")
+    model = {**DEFAULT_MODEL, "name": "microstories-tiny", "n_layer": 2, "n_head": 6, "n_query_groups": 6,
+             "head_size": 8, "n_embd": 64, "intermediate_size": 96, "vocab_size": 64798, "padded_vocab_size": 65024}
+    files = {name: CHATGLM3 / name for name in ("tokenizer.model", "tokenizer_config.json")}
+    checkpoint = make_checkpoint(root, model, files, tie=True, train_texts=stories(200, 1), steps=12, batch=4)
+    return Kind(root, checkpoint, val_texts=fixture_stories() + stories(100, 2))
+
+
+@pytest.fixture(scope="module")
+def gqa_untied_kind(tmp_path_factory) -> Kind:
+    root = tmp_path_factory.mktemp("gqa")
+    model = {**DEFAULT_MODEL, "name": "gqa-untied", "n_query_groups": 2}
+    checkpoint = make_checkpoint(root, model, None, tie=False, train_texts=stories(300, 1), steps=20, batch=8,
+                                 dtype=torch.bfloat16)
+    return Kind(root, checkpoint, val_texts=stories(40, 2), with_stages=False)
+
+
+KINDS = ["default_kind", pytest.param("microstories_kind", marks=needs_chatglm3)]
+
+
+# ---------------------------------------------------------------------------
+# Item 4 of the issue: logits, greedy generation, token ids, the pipeline
+
+
+@pytest.mark.parametrize("kind", KINDS + ["gqa_untied_kind"])
+def test_transformers_logits_equal_litgpts_on_a_val_batch(kind, request):
+    kind = request.getfixturevalue(kind)
+    batch = windows(token_stream(kind.tokenizer, kind.val_texts), 4)
+    with torch.no_grad():
+        lit = kind.lit_model()(batch)
+        hf = kind.hf_model()(batch).logits
+    # Trained logits spread over whole units: a wrong weight name or split could not hide under 1e-4.
+    assert lit.std() > 0.5
+    assert hf.shape == lit.shape
+    torch.testing.assert_close(hf, lit, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_generation_gives_the_same_tokens(kind, request):
+    from litgpt.generate.base import generate
+
+    kind = request.getfixturevalue(kind)
+    prompt = kind.tokenizer.encode(PROMPT)
+    lit_model = kind.lit_model()
+    lit_model.set_kv_cache(batch_size=1, max_seq_length=len(prompt) + 30)
+    lit_ids = generate(lit_model, prompt, len(prompt) + 30, temperature=0.0, eos_id=kind.tokenizer.eos_id).tolist()
+    hf_ids = kind.hf_model().generate(prompt.long().unsqueeze(0), do_sample=False, max_new_tokens=30)[0].tolist()
+    assert len(lit_ids) > len(prompt)
+    assert hf_ids == lit_ids
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tokenizer_ids_equal_litgpts_on_the_val_split(kind, request):
+    from transformers import AutoTokenizer
+
+    kind = request.getfixturevalue(kind)
+    hf = AutoTokenizer.from_pretrained(kind.folder)
+    texts = kind.val_texts + list(export.PROBE_TEXTS)
+    assert [hf(t)["input_ids"] for t in texts] == [kind.tokenizer.encode(t).tolist() for t in texts]
+    # And back: the ids decode to the text litgpt decodes them to (both leave special tokens out).
+    assert [hf.decode(kind.tokenizer.encode(t).tolist(), skip_special_tokens=True) for t in texts] == \
+           [kind.tokenizer.decode(kind.tokenizer.encode(t)) for t in texts]
+
+
+@needs_chatglm3
+def test_chatglm3_goes_as_llama_tokenizers_with_litgpts_ids(microstories_kind):
+    from transformers import AutoTokenizer, LlamaTokenizer, LlamaTokenizerFast
+
+    fast = AutoTokenizer.from_pretrained(microstories_kind.folder)
+    slow = AutoTokenizer.from_pretrained(microstories_kind.folder, use_fast=False)
+    assert (type(fast), type(slow)) == (LlamaTokenizerFast, LlamaTokenizer)
+    for tokenizer in (fast, slow):
+        assert tokenizer("莉莉和本是朋友。")["input_ids"] + [tokenizer.eos_token_id] == \
+               [30910, 56623, 56623, 54542, 50154, 31761, 31155, 2]
+        assert 13 in tokenizer("第一行\n第二行")["input_ids"]
+    texts = microstories_kind.val_texts
+    assert [slow(t)["input_ids"] for t in texts] == [microstories_kind.tokenizer.encode(t).tolist() for t in texts]
+    checks = json.loads((microstories_kind.folder / export.CHECKS).read_text())
+    assert checks["tokenizer_ids_equal"] is True and checks["tokenizer_mismatch_count"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pipeline_writes_chinese_text_from_the_folder(kind, request):
+    from transformers import pipeline, set_seed
+
+    kind = request.getfixturevalue(kind)
+    generate = pipeline("text-generation", model=str(kind.folder), device="cpu")
+    set_seed(0)
+    text = generate(PROMPT, max_new_tokens=30)[0]["generated_text"]
+    assert text.startswith(PROMPT)
+    assert len(HAN.findall(text[len(PROMPT):])) >= 5, text
+
+
+# ---------------------------------------------------------------------------
+# What the folder holds
+
+
+@needs_chatglm3
+def test_microstories_config_says_head_dim_and_padded_vocabulary(microstories_kind):
+    config = json.loads((microstories_kind.folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    assert (config["hidden_size"], config["num_attention_heads"], config["head_dim"]) == (64, 6, 8)
+    assert config["num_key_value_heads"] == 6
+    assert config["vocab_size"] == 65024
+    assert (config["rms_norm_eps"], config["rope_theta"], config["tie_word_embeddings"]) == (1e-5, 10000.0, True)
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 2)
+    assert "auto_map" not in config
+
+
+def test_default_kind_folder(default_kind):
+    from safetensors import safe_open
+
+    folder = default_kind.folder
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", export.OUTPUT_FILE, "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "README.md", export.STAGE_RECORD, export.CHECKS} <= names
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["vocab_size"], config["head_dim"], config["tie_word_embeddings"]) == (512, 8, True)
+    assert json.loads((folder / export.STAGE_RECORD).read_text()) == RECORD
+    generation = json.loads((folder / "generation_config.json").read_text())
+    assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 1)
+    assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 20)
+    assert generation["max_length"] == SEQ
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    with safe_open(folder / export.OUTPUT_FILE, "pt") as f:
+        keys = set(f.keys())
+        assert f.get_tensor("model.embed_tokens.weight").shape == (512, 32)
+    # Tied: the head is the embedding, stored once.
+    assert "lm_head.weight" not in keys and "model.layers.1.self_attn.q_proj.weight" in keys
+    assert len(keys) == 2 * 9 + 2
+    # Readable by others, as a folder to share should be (temporary files are private).
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in [folder, *folder.iterdir()])
+    # Nothing left beside the folder by its atomic build.
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+
+
+def test_untied_bf16_head_is_stored(gqa_untied_kind):
+    from safetensors import safe_open
+
+    config = json.loads((gqa_untied_kind.folder / "config.json").read_text())
+    assert (config["tie_word_embeddings"], config["num_key_value_heads"], config["dtype"]) == (False, 2, "bfloat16")
+    with safe_open(gqa_untied_kind.folder / export.OUTPUT_FILE, "pt") as f:
+        assert f.get_tensor("model.layers.0.self_attn.k_proj.weight").shape == (16, 32)
+        head = f.get_tensor("lm_head.weight")
+        assert (head.shape, head.dtype) == ((512, 32), torch.bfloat16)
+
+
+def test_model_card(default_kind):
+    card = (default_kind.folder / "README.md").read_text(encoding="utf-8")
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    metadata = yaml.safe_load(front)
+    assert metadata["pipeline_tag"] == "text-generation" and metadata["library_name"] == "transformers"
+    assert metadata["license"] == "other" and metadata["language"] == ["zh"]
+    # The hub's own reader of model cards takes it (what `hf upload` shows on the model page).
+    from huggingface_hub import ModelCard
+
+    assert ModelCard(card).data.to_dict()["pipeline_tag"] == "text-generation"
+    assert "| val_bits_per_character | 1.234 |" in body
+    assert "| train_steps (measured) | 75 |" in body
+    assert "| metrics.distinct_2 | 0.625 |" in body and "| metrics.nested.mean_characters | 41.5 |" in body
+    assert "| consistency.consistent_fraction |" in body
+    samples = json.loads((default_kind.sample_dir / "samples.json").read_text())
+    assert "> " + samples[0]["text"].replace("\n", "\n> ") in body
+    assert "storylm's built-in story generator (`storylm.storygen`, 6,000 stories, seed 1234)" in body
+    assert f"| max_tokens | {40 * 8 * SEQ:,} |" in body and "| global_batch_size | 8 |" in body
+    assert "ids equal `litgpt.Tokenizer`'s" in body
+    assert "not measured" not in body
+
+
+@needs_chatglm3
+def test_microstories_card_names_head_dim_and_the_tokenizer_licence(microstories_kind):
+    card = (microstories_kind.folder / "README.md").read_text(encoding="utf-8")
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert metadata["license_name"] == "chatglm3-6b-model-license"
+    assert "Attention is 6 heads x 8 = 48 channels while the hidden size is 64" in card
+    assert "`LlamaTokenizerFast`" in card and "64,789 pieces, from `THUDM/chatglm3-6b`" in card
+
+
+def test_without_evaluate_and_sample_the_card_says_not_measured(gqa_untied_kind):
+    card = (gqa_untied_kind.folder / "README.md").read_text(encoding="utf-8")
+    assert "Validation: not measured" in card and "Sample figures: not measured" in card
+    assert "## A sampled story\n\nNot sampled" in card
+
+
+def test_export_replaces_an_existing_folder_whole(default_kind, tmp_path):
+    out = tmp_path / "export" / "h"
+    out.mkdir(parents=True)
+    (out / "stale.txt").write_text("from an older export")
+    assert run_export(default_kind.checkpoint, out) == 0
+    assert not (out / "stale.txt").exists() and (out / export.OUTPUT_FILE).is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["h"]
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints that cannot be exported, and bad inputs: one line naming the key or the file
+
+
+@pytest.mark.parametrize("key, value", [
+    ("mlp_class_name", "GptNeoxMLP"), ("norm_class_name", "LayerNorm"), ("bias", True), ("parallel_residual", True),
+    ("rotary_percentage", 0.5), ("scale_embeddings", True), ("attention_scores_scalar", 100),
+])
+def test_a_model_llama_cannot_express_stops_naming_the_key(key, value, tmp_path, capsys):
+    from litgpt import Config
+    from litgpt.utils import save_config
+
+    checkpoint = tmp_path / "final"
+    checkpoint.mkdir()
+    save_config(Config(**{**DEFAULT_MODEL, "vocab_size": 400, key: value}), checkpoint)
+    out = tmp_path / "export"
+    assert run_export(checkpoint, out) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: model_config.{key}: {value!r} cannot be expressed as LlamaForCausalLM")
+    assert error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bias_weights_really_have_no_name_in_litgpts_llama_conversion():
+    """Why model_config.bias stops the export although LlamaConfig has attention_bias and mlp_bias."""
+    from litgpt import GPT, Config
+    from litgpt.scripts.convert_lit_checkpoint import copy_weights_llama
+
+    config = Config(**{**DEFAULT_MODEL, "vocab_size": 400, "bias": True})
+    with pytest.raises(KeyError):
+        copy_weights_llama(config, {}, GPT(config).state_dict())
+
+
+def test_a_missing_checkpoint_file_is_named_by_the_command(default_kind, tmp_path):
+    checkpoint = tmp_path / "final"
+    checkpoint.mkdir()
+    for name in ("model_config.yaml", "tokenizer.json", "tokenizer_config.json"):
+        (checkpoint / name).write_bytes((default_kind.checkpoint / name).read_bytes())
+    result = subprocess.run([sys.executable, "-m", "storylm.export", "--record", json.dumps(RECORD), "--checkpoint",
+                             str(checkpoint), "--out", str(tmp_path / "export")], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+    assert result.returncode == 1
+    assert result.stderr == f"error: {checkpoint / 'lit_model.pth'}: missing (the checkpoint's weights)\n"
+    assert not (tmp_path / "export").exists()
+
+
+def copy_checkpoint(src: Path, dest: Path, leave_out: tuple[str, ...] = ()) -> Path:
+    dest.mkdir(parents=True)
+    for path in src.iterdir():
+        if path.name not in leave_out:
+            (dest / path.name).write_bytes(path.read_bytes())
+    return dest
+
+
+def test_bad_inputs_are_named(default_kind, tmp_path, capsys):
+    good = default_kind.checkpoint
+    out = tmp_path / "export"
+    cases = []
+    cases.append((tmp_path / "nowhere", None, None, f"{tmp_path / 'nowhere'}: the checkpoint folder does not exist"))
+    no_config = copy_checkpoint(good, tmp_path / "a", leave_out=("model_config.yaml",))
+    cases.append((no_config, None, None, f"{no_config / 'model_config.yaml'}: missing"))
+    no_tokenizer = copy_checkpoint(good, tmp_path / "b", leave_out=("tokenizer.json",))
+    cases.append((no_tokenizer, None, None, f"{no_tokenizer}: holds neither tokenizer.json nor tokenizer.model"))
+    corrupt = copy_checkpoint(good, tmp_path / "c")
+    (corrupt / "lit_model.pth").write_bytes(b"half a file")
+    cases.append((corrupt, None, None, f"{corrupt / 'lit_model.pth'}: cannot be read as a torch checkpoint"))
+    empty_evaluate = tmp_path / "evaluate"
+    empty_evaluate.mkdir()
+    cases.append((good, empty_evaluate, None, f"{empty_evaluate / 'metrics.json'}: missing"))
+    bad_sample = tmp_path / "sample"
+    bad_sample.mkdir()
+    (bad_sample / "samples.json").write_text("[{")
+    cases.append((good, None, bad_sample, f"{bad_sample / 'samples.json'}: not valid JSON"))
+    for checkpoint, evaluate_dir, sample_dir, message in cases:
+        assert run_export(checkpoint, out, evaluate_dir, sample_dir) == 1, message
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {message}") and error.count("\n") == 1, error
+        assert not out.exists()
+    assert run_stage(export.main, ["--record", "{not json", "--checkpoint", str(good), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.startswith("error: --record: not valid JSON")
+
+
+# ---------------------------------------------------------------------------
+# Card parts for inputs the tiny runs do not have
+
+
+def test_card_names_a_hub_dataset_and_a_chosen_licence():
+    corpus = {"source": "hf", "hf": {"repo_id": "adam89/TinyStoriesChinese", "revision": "abc123"},
+              "text_field": "story_zh"}
+    record = {"config": {"license": "apache-2.0", "corpus": corpus}}
+    metadata = export.card_metadata(record, {"source": "THUDM/chatglm3-6b"})
+    assert metadata["datasets"] == ["adam89/TinyStoriesChinese"]
+    assert metadata["license"] == "apache-2.0" and "license_name" not in metadata
+    lines = "\n".join(export.data_lines(record))
+    assert "The Hugging Face dataset `adam89/TinyStoriesChinese` (revision `abc123`)." in lines
+    assert 'text_field: `"story_zh"`' in lines
+
+
+def test_card_spells_out_tokenizer_differences():
+    info = {"backend": "sentencepiece", "vocab_size": 64789, "eos_id": 2, "use_bos": False}
+    checks = {"tokenizer_ids_equal": False, "tokenizer_texts_compared": 12, "tokenizer_mismatch_count": 1,
+              "tokenizer_mismatches": [{"text": " 开头", "litgpt": [265, 34211], "transformers": [30910, 34211]}]}
+    lines = "\n".join(export.tokenizer_lines(info, checks))
+    assert "**Its ids differ from `litgpt.Tokenizer`'s** (the ids the model was trained on) on 1 of 12 texts" in lines
+    assert '- `" 开头"`: litgpt `[265, 34211]`, transformers `[30910, 34211]`' in lines
