@@ -27,6 +27,7 @@ include: "workflow/rules/shards.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/export.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -38,3 +39,4 @@ rule all:
         "results/compare.png",
         expand("results/runs/{run}/{name}", run=RUNS, name=("metrics.json", "loss.png", "config.yaml")),
         ["results/metrics.json", "results/loss.png"] if ONE_RUN else [],
+        run_exports(),

@@ -118,14 +118,14 @@ def check_reruns(workdir, config):
     hotter = copy.deepcopy(config)
     hotter["sample"]["temperature"] = 1.2
     write_config(workdir, hotter)
-    assert dry_run_jobs(workdir) == {"sample": 1, **REPORT_JOBS}
+    assert dry_run_jobs(workdir) == {"sample": 1, "export": 1, **REPORT_JOBS}
 
     # A model setting reruns pretraining and what reads it, not corpus, tokenizer or shards.
     wider = copy.deepcopy(config)
     wider["model_config"]["n_embd"] = 64
     wider["model_config"]["head_size"] = 32
     write_config(workdir, wider)
-    assert dry_run_jobs(workdir) == {"pretrain_config": 1, "pretrain": 1, "evaluate": 1, "sample": 1,
+    assert dry_run_jobs(workdir) == {"pretrain_config": 1, "pretrain": 1, "evaluate": 1, "sample": 1, "export": 1,
                                      **REPORT_JOBS}
 
     # Run the sampling change for real, then switch back: the earlier folders are reused.

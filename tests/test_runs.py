@@ -113,7 +113,7 @@ def two_runs(tmp_path_factory):
     # One job list for both runs: each shared stage once, each pretraining once.
     assert dry_run_jobs(workdir, "--cores", "2") == {
         "corpus": 1, "tokenizer": 1, "shards": 1, "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample": 2,
-        "run_results": 2, "compare_runs": 1, "all_samples": 1, "all": 1}
+        "export": 2, "run_results": 2, "compare_runs": 1, "all_samples": 1, "all": 1}
     snakemake(workdir, "--cores", "2")
     return workdir, config
 
@@ -149,8 +149,8 @@ def test_adding_a_run_plans_only_its_new_jobs(two_runs):
     workdir, config = two_runs
     write_config(workdir, with_runs({**TWO_RUNS, "hot": {"sample": {"temperature": 1.0}}}))
     try:
-        assert dry_run_jobs(workdir) == {"sample": 1, "run_results": 1, "compare_runs": 1, "all_samples": 1,
-                                         "all": 1}
+        assert dry_run_jobs(workdir) == {"sample": 1, "export": 1, "run_results": 1, "compare_runs": 1,
+                                         "all_samples": 1, "all": 1}
     finally:
         write_config(workdir, config)
 
@@ -176,8 +176,8 @@ def test_a_nested_number_from_the_command_line_is_the_same_run(two_runs):
     # Snakemake hands "2" over as a string; coerced, it is run two's config exactly: nothing to do.
     assert dry_run_jobs(workdir, "--config", "runs={one: {}, two: {model_config: {n_layer: 2}}}") == {}
     assert dry_run_jobs(workdir, "--config", "model_config={n_embd: 64}") == {
-        "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample": 2, "run_results": 2, "compare_runs": 1,
-        "all_samples": 1, "all": 1}
+        "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample": 2, "export": 2, "run_results": 2,
+        "compare_runs": 1, "all_samples": 1, "all": 1}
 
 
 @pytest.mark.slow

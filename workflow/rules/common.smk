@@ -123,6 +123,11 @@ def pretrained_tokenizer_args(wildcards):
     return f"--pretrained {shlex.quote(source)}"
 
 
+def upstream_file(stage, name, filename):
+    """Input function: a file of the `name` folder that the `stage` folder of this job reads."""
+    return lambda wildcards: f"{upstream(stage, wildcards, name)}/{filename}"
+
+
 def shards_stats(stage):
     return lambda wildcards: f"{upstream(stage, wildcards, 'shards')}/stats.json"
 
@@ -206,6 +211,11 @@ def run_info(wildcards):
         "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
         "config": PLAN.runs[run],
     })
+
+
+def run_exports():
+    """Every run's Hugging Face export (the default target builds them; results/samples.txt does not)."""
+    return [run_folder(run, "export") + "/model.safetensors" for run in RUNS]
 
 
 def log_path(stage):

@@ -220,7 +220,9 @@ def stage_configs(config: dict) -> dict[str, dict]:
         },
         "evaluate": config["evaluate"],
         "sample": config["sample"],
-        "export": config["export"],
+        # The model card names the data; settings left null are the export's own choice.
+        "export": {**{key: value for key, value in config["export"].items() if value is not None},
+                   "corpus": _corpus_fingerprint(config["corpus"])},
     }
 
 

@@ -1,0 +1,27 @@
+# Stage 7: the final model as a Hugging Face folder that transformers loads as it is (docs/export.md).
+
+
+rule export:
+    input:
+        checkpoint=final_checkpoint("export"),
+        metrics=upstream_file("export", "evaluate", "metrics.json"),
+        samples=upstream_file("export", "sample", "samples.json"),
+    output:
+        weights="results/export/{hash}/model.safetensors",
+    wildcard_constraints:
+        hash=hash_pattern("export"),
+    params:
+        record=record("export"),
+        checkpoint_dir=input_dir("checkpoint"),
+        evaluate_dir=input_dir("metrics"),
+        sample_dir=input_dir("samples"),
+        out=output_dir("weights"),
+    log:
+        log_path("export"),
+    benchmark:
+        benchmark_path("export")
+    conda:
+        ENV
+    shell:
+        "{STORYLM}.export --record {params.record:q} --checkpoint {params.checkpoint_dir}"
+        " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --out {params.out} > {log} 2>&1"
