@@ -188,3 +188,25 @@ def test_an_invalid_config_stops_before_any_job(tmp_path, change, key):
     assert result.returncode != 0
     assert key in result.stdout + result.stderr
     assert not (workdir / "Data").exists() and not (workdir / "results").exists()
+
+
+def test_jobs_import_the_workflows_own_package_without_an_inherited_pythonpath(pipeline_run):
+    """Snakemake clears PYTHONPATH when it activates a conda env; each command line sets its own."""
+    workdir, _ = pipeline_run
+    init = workdir / "workflow/storylm/__init__.py"
+    original = init.read_text()
+    # Each process that imports this copy of the package (an installed storylm elsewhere would not)
+    # notes its command line.
+    init.write_text(original + "\nimport sys\nwith open('imported-from-the-workflow', 'a') as f:\n"
+                    "    f.write(' '.join(sys.orig_argv) + '\\n')\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--forcerun", "sample",
+                                 "results/samples.txt"], cwd=workdir, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr
+        importers = (workdir / "imported-from-the-workflow").read_text().splitlines()
+        assert any("-m storylm.sample --record" in line for line in importers), importers
+    finally:
+        init.write_text(original)
+        (workdir / "imported-from-the-workflow").unlink(missing_ok=True)

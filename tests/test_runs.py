@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import copy
 import html
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from conftest import copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
+from storylm.runs import STAGE_PARENTS as STAGE_FOLDERS
 from storylm.runs import RunError, plan, resolve
 
 
@@ -235,3 +238,38 @@ def test_the_report_shows_the_runs_table_first_in_a_browser(two_runs, tmp_path):
         assert re.search(rf"\b{run}\b .*?\b{bpc:.4g}\b", rows), (run, bpc, rows)
     # One category per run, after the comparison.
     assert shown.index("1. Runs compared") < shown.index(" one ") and " two " in shown
+
+
+@pytest.mark.slow
+def test_clean_lists_every_folder_and_removes_only_the_unused(two_runs):
+    workdir, config = two_runs
+    env = {**os.environ, "PYTHONPATH": str(workdir / "workflow")}
+
+    def clean(*args):
+        return subprocess.run([sys.executable, "-m", "storylm.clean", *args], cwd=workdir, env=env,
+                              capture_output=True, text=True, check=True).stdout
+
+    hashes = {run: load_json(workdir / f"results/runs/{run}/metrics.json")["stage_hashes"] for run in ("one", "two")}
+    listing = clean()
+    assert f"Data/shards/{hashes['one']['shards']}" in listing and "one, two" in listing
+    assert f"results/pretrain/{hashes['two']['pretrain']}" in listing
+    assert "0 unused" in listing
+    # With run two gone from the config, its folders are listed as unused, then removed with --delete.
+    only_one = with_runs({"one": {}})
+    write_config(workdir, only_one)
+    try:
+        listing = clean()
+        for stage in ("pretrain", "evaluate", "sample", "export"):
+            line = next(line for line in listing.splitlines() if hashes["two"][stage] in line)
+            assert line.endswith("(unused)"), line
+        assert "results/runs/two" in listing and (workdir / f"results/pretrain/{hashes['two']['pretrain']}").is_dir()
+        removed = clean("--delete")
+        assert f"removed results/pretrain/{hashes['two']['pretrain']}" in removed
+        assert not (workdir / f"results/pretrain/{hashes['two']['pretrain']}").exists()
+        assert not (workdir / "results/runs/two").exists()
+        # Run one's folders, shared ones included, are untouched: nothing for snakemake to redo but the gathering.
+        for stage in ("corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample", "export"):
+            assert (workdir / STAGE_FOLDERS[stage] / hashes["one"][stage]).is_dir(), stage
+        assert dry_run_jobs(workdir) == {"compare_runs": 1, "all_samples": 1, "single_run": 1, "all": 1}
+    finally:
+        write_config(workdir, config)

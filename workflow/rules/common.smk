@@ -11,11 +11,12 @@ import shutil
 import sys
 from pathlib import Path
 
-# The rules' commands import the storylm package from workflow/. The path is given on each
-# command line, not inherited: Snakemake clears PYTHONPATH when it activates a conda env.
+# The rules' commands (python -m storylm.<stage>) import the storylm package from workflow/. Every
+# job's shell sets the path itself, after any conda activation: Snakemake clears an inherited
+# PYTHONPATH when it activates a conda env. ("set -euo pipefail" is Snakemake's default prefix.)
 STORYLM_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, STORYLM_PATH)
-STORYLM = f"PYTHONPATH={shlex.quote(STORYLM_PATH)} python -m storylm"
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)}; ")
 
 from storylm.runs import STAGE_PARENTS, RunError, deep_merge, plan  # noqa: E402
 
@@ -76,8 +77,9 @@ def stage_setting(stage, *keys):
 def lineage(wildcards):
     """Param function of sample: the stage hashes its stories descend from, for their header."""
     run = stage_of("sample", wildcards).runs[0]
-    return json.dumps({name: PLAN.hashes[run][name] for name in ("corpus", "tokenizer", "shards", "pretrain",
-                                                                 "sample")})
+    return json.dumps(
+        {name: PLAN.hashes[run][name] for name in ("corpus", "tokenizer", "shards", "pretrain", "sample")}
+    )
 
 
 def output_dir(name):
@@ -89,7 +91,7 @@ def output_dir(name):
 def download_manifest(wildcards):
     if stage_of("corpus", wildcards).config["corpus"]["source"] == "builtin":
         return []
-    return upstream("corpus", wildcards, "download") + "/manifest.json"
+    return f"{upstream('corpus', wildcards, 'download')}/manifest.json"
 
 
 def raw_args(wildcards, input):
@@ -106,7 +108,7 @@ def tokenizer_files(wildcards):
     if tok["kind"] == "train":
         return []
     if tok["source"] == "hf":
-        return upstream("tokenizer", wildcards, "tokenizer_download") + "/manifest.json"
+        return f"{upstream('tokenizer', wildcards, 'tokenizer_download')}/manifest.json"
     from storylm.config import TOKENIZER_FILES
 
     return [f"{tok['path']}/{name}" for name in TOKENIZER_FILES if Path(tok["path"], name).is_file()]
@@ -163,8 +165,10 @@ def srun_args(wildcards, threads, resources):
     if not multi_process(wildcards):
         return ""
     devices, nodes = devices_nodes(wildcards)
-    return (f"--srun-args '--nodes={nodes} --ntasks-per-node={devices} --cpus-per-task={threads}"
-            f" --gres={resources.gres}'")
+    return (
+        f"--srun-args '--nodes={nodes} --ntasks-per-node={devices} --cpus-per-task={threads}"
+        f" --gres={resources.gres}'"
+    )
 
 
 def gpu_resource(kind):
@@ -189,12 +193,12 @@ def gpu_resource(kind):
 def run_inputs(wildcards):
     run = wildcards.run
     return {
-        "pretrain_config": run_folder(run, "pretrain") + "/pretrain.yaml",
-        "checkpoint": run_folder(run, "pretrain") + "/final/lit_model.pth",
-        "evaluate": run_folder(run, "evaluate") + "/metrics.json",
-        "plot": run_folder(run, "evaluate") + "/loss.png",
-        "samples": run_folder(run, "sample") + "/samples.txt",
-        "sample_figures": run_folder(run, "sample") + "/consistency.json",
+        "pretrain_config": f"{run_folder(run, 'pretrain')}/pretrain.yaml",
+        "checkpoint": f"{run_folder(run, 'pretrain')}/final/lit_model.pth",
+        "evaluate": f"{run_folder(run, 'evaluate')}/metrics.json",
+        "plot": f"{run_folder(run, 'evaluate')}/loss.png",
+        "samples": f"{run_folder(run, 'sample')}/samples.txt",
+        "sample_figures": f"{run_folder(run, 'sample')}/consistency.json",
     }
 
 
@@ -203,19 +207,24 @@ def run_info(wildcards):
     from storylm.runs import differences
 
     run = wildcards.run
-    return json.dumps({
-        "run": run,
-        "stage_hashes": {stage: PLAN.hashes[run][stage] for stage in PLAN.stages if stage in PLAN.hashes[run]
-                         and PLAN.hashes[run][stage] in PLAN.stages[stage]},
-        "export_dir": run_folder(run, "export"),
-        "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
-        "config": PLAN.runs[run],
-    })
+    return json.dumps(
+        {
+            "run": run,
+            "stage_hashes": {
+                stage: PLAN.hashes[run][stage]
+                for stage in PLAN.stages
+                if stage in PLAN.hashes[run] and PLAN.hashes[run][stage] in PLAN.stages[stage]
+            },
+            "export_dir": run_folder(run, "export"),
+            "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
+            "config": PLAN.runs[run],
+        }
+    )
 
 
 def run_exports():
     """Every run's Hugging Face export (the default target builds them; results/samples.txt does not)."""
-    return [run_folder(run, "export") + "/model.safetensors" for run in RUNS]
+    return [f"{run_folder(run, 'export')}/model.safetensors" for run in RUNS]
 
 
 def log_path(stage):

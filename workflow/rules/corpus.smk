@@ -4,17 +4,17 @@
 rule download:
     output:
         manifest="Data/raw/{hash}/manifest.json",
+    log:
+        log_path("download"),
     wildcard_constraints:
         hash=hash_pattern("download"),
+    conda:
+        ENV
     params:
         corpus=settings("download"),
         out=output_dir("manifest"),
-    log:
-        log_path("download"),
-    conda:
-        ENV
     shell:
-        "{STORYLM}.download --config {params.corpus:q} --out {params.out} > {log} 2>&1"
+        "python -m storylm.download --config {params.corpus:q} --out {params.out} > {log} 2>&1"
 
 
 rule corpus:
@@ -24,19 +24,19 @@ rule corpus:
         train="Data/corpus/{hash}/train.jsonl",
         val="Data/corpus/{hash}/val.jsonl",
         stats="Data/corpus/{hash}/stats.json",
+    log:
+        log_path("corpus"),
+    benchmark:
+        benchmark_path("corpus")
     wildcard_constraints:
         hash=hash_pattern("corpus"),
+    conda:
+        ENV
     params:
         corpus=settings("corpus"),
         record=record("corpus"),
         raw=raw_args,
         out=output_dir("stats"),
-    log:
-        log_path("corpus"),
-    benchmark:
-        benchmark_path("corpus")
-    conda:
-        ENV
     shell:
-        "{STORYLM}.corpus --config {params.corpus:q} --record {params.record:q} --out {params.out}"
+        "python -m storylm.corpus --config {params.corpus:q} --record {params.record:q} --out {params.out}"
         " {params.raw} > {log} 2>&1"

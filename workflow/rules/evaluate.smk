@@ -8,8 +8,14 @@ rule evaluate:
     output:
         metrics="results/evaluate/{hash}/metrics.json",
         plot="results/evaluate/{hash}/loss.png",
+    log:
+        log_path("evaluate"),
+    benchmark:
+        benchmark_path("evaluate")
     wildcard_constraints:
         hash=hash_pattern("evaluate"),
+    conda:
+        ENV
     params:
         record=record("evaluate"),
         checkpoint_dir=input_dir("checkpoint"),
@@ -17,13 +23,7 @@ rule evaluate:
         shards=input_dir("shards"),
         seq_length=stage_setting("evaluate", "train", "max_seq_length"),
         out=output_dir("metrics"),
-    log:
-        log_path("evaluate"),
-    benchmark:
-        benchmark_path("evaluate")
-    conda:
-        ENV
     shell:
-        "{STORYLM}.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
+        "python -m storylm.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
         " --shards {params.shards} --train-log {params.run_dir}/train.log --seq-length {params.seq_length}"
         " --out {params.out} > {log} 2>&1"

@@ -8,20 +8,20 @@ rule export:
         samples=upstream_file("export", "sample", "samples.json"),
     output:
         weights="results/export/{hash}/model.safetensors",
+    log:
+        log_path("export"),
+    benchmark:
+        benchmark_path("export")
     wildcard_constraints:
         hash=hash_pattern("export"),
+    conda:
+        ENV
     params:
         record=record("export"),
         checkpoint_dir=input_dir("checkpoint"),
         evaluate_dir=input_dir("metrics"),
         sample_dir=input_dir("samples"),
         out=output_dir("weights"),
-    log:
-        log_path("export"),
-    benchmark:
-        benchmark_path("export")
-    conda:
-        ENV
     shell:
-        "{STORYLM}.export --record {params.record:q} --checkpoint {params.checkpoint_dir}"
+        "python -m storylm.export --record {params.record:q} --checkpoint {params.checkpoint_dir}"
         " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --out {params.out} > {log} 2>&1"

@@ -12,19 +12,19 @@ rule pretrain_config:
         tokenizer=tokenizer_config("pretrain"),
     output:
         config="results/pretrain/{hash}/pretrain.yaml",
+    log:
+        "logs/pretrain_config/{hash}.log",
     wildcard_constraints:
         hash=hash_pattern("pretrain"),
+    conda:
+        ENV
     params:
         record=record("pretrain"),
         shards=input_dir("shards"),
         tokenizer=input_dir("tokenizer"),
         out_dir=output_dir("config"),
-    log:
-        "logs/pretrain_config/{hash}.log",
-    conda:
-        ENV
     shell:
-        "{STORYLM}.pretrain render --record {params.record:q} --shards {params.shards}"
+        "python -m storylm.pretrain render --record {params.record:q} --shards {params.shards}"
         " --tokenizer {params.tokenizer} --out-dir {params.out_dir} --output {output.config} > {log} 2>&1"
 
 
@@ -34,10 +34,14 @@ rule pretrain:
         shards=shards_stats("pretrain"),
     output:
         checkpoint="results/pretrain/{hash}/final/lit_model.pth",
+    log:
+        log_path("pretrain"),
+    benchmark:
+        benchmark_path("pretrain")
     wildcard_constraints:
         hash=hash_pattern("pretrain"),
-    params:
-        srun=srun_args,
+    conda:
+        ENV
     threads: 4
     resources:
         gres=gpu_resource("gres"),
@@ -47,11 +51,7 @@ rule pretrain:
         tasks_per_gpu=gpu_resource("tasks_per_gpu"),
         mpi=gpu_resource("mpi"),
         gpu_jobs=1,  # at most one GPU job at a time on a local machine (profiles/default)
-    log:
-        log_path("pretrain"),
-    benchmark:
-        benchmark_path("pretrain")
-    conda:
-        ENV
+    params:
+        srun=srun_args,
     shell:
-        "{STORYLM}.pretrain run --config {input.config} {params.srun} > {log} 2>&1"
+        "python -m storylm.pretrain run --config {input.config} {params.srun} > {log} 2>&1"

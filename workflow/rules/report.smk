@@ -8,7 +8,6 @@ localrules:
     run_results,
     compare_runs,
     all_samples,
-    single_run,
 
 
 rule run_results:
@@ -35,20 +34,20 @@ rule run_results:
             labels={"run": "{run}", "figure": "resolved config"},
         ),
         curve="results/runs/{run}/val_curve.tsv",
+    log:
+        "logs/run_results/{run}.log",
     wildcard_constraints:
         run="|".join(RUNS),
+    conda:
+        ENV
     params:
         info=run_info,
         pretrain_dir=input_dir("pretrain_config"),
         evaluate_dir=input_dir("evaluate"),
         sample_dir=input_dir("samples"),
         out=output_dir("metrics"),
-    log:
-        "logs/run_results/{run}.log",
-    conda:
-        ENV
     shell:
-        "{STORYLM}.report run --info {params.info:q} --pretrain-dir {params.pretrain_dir}"
+        "python -m storylm.report run --info {params.info:q} --pretrain-dir {params.pretrain_dir}"
         " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --out {params.out} > {log} 2>&1"
 
 
@@ -70,14 +69,14 @@ rule compare_runs:
             labels={"figure": "val loss and bits per character"},
         ),
         summary="results/runs_summary.tsv",  # shown on the report's first page (workflow/report/workflow.rst)
-    params:
-        run_dirs=expand("results/runs/{run}", run=RUNS),
     log:
         "logs/compare_runs.log",
     conda:
         ENV
+    params:
+        run_dirs=expand("results/runs/{run}", run=RUNS),
     shell:
-        "{STORYLM}.report compare --run-dirs {params.run_dirs} --table {output.table} --plot {output.plot}"
+        "python -m storylm.report compare --run-dirs {params.run_dirs} --table {output.table} --plot {output.plot}"
         " --summary {output.summary} > {log} 2>&1"
 
 
@@ -86,31 +85,30 @@ rule all_samples:
         expand("results/runs/{run}/samples.txt", run=RUNS),
     output:
         "results/samples.txt",
-    params:
-        runs=RUNS,
     log:
         "logs/all_samples.log",
     conda:
         ENV
+    params:
+        runs=RUNS,
     shell:
-        "{STORYLM}.report samples --runs {params.runs} --files {input} --out {output} > {log} 2>&1"
+        "python -m storylm.report samples --runs {params.runs} --files {input} --out {output} > {log} 2>&1"
 
 
-# With one run, its metrics and loss curve also sit where they always have.
-rule single_run:
-    input:
-        metrics=expand("results/runs/{run}/metrics.json", run=RUNS),
-        plot=expand("results/runs/{run}/loss.png", run=RUNS),
-    output:
-        metrics="results/metrics.json",
-        plot="results/loss.png",
-    log:
-        "logs/single_run.log",
-    run:
-        if not ONE_RUN:
-            raise WorkflowError(
-                f"results/metrics.json and results/loss.png exist only for a config with one run; this one has "
-                f"{len(RUNS)}: see results/runs/<run>/ and results/runs.tsv"
-            )
-        shutil.copyfile(input.metrics[0], output.metrics)
-        shutil.copyfile(input.plot[0], output.plot)
+# With one run, its metrics and loss curve also sit where they always have (with several, each
+# run's are in results/runs/<run>/).
+if ONE_RUN:
+
+    rule single_run:
+        input:
+            metrics=expand("results/runs/{run}/metrics.json", run=RUNS),
+            plot=expand("results/runs/{run}/loss.png", run=RUNS),
+        output:
+            metrics="results/metrics.json",
+            plot="results/loss.png",
+        log:
+            "logs/single_run.log",
+        conda:
+            ENV
+        shell:
+            "(cp {input.metrics} {output.metrics} && cp {input.plot} {output.plot}) > {log} 2>&1"

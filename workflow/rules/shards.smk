@@ -10,20 +10,20 @@ rule shards:
         stats="Data/shards/{hash}/stats.json",
         train_index="Data/shards/{hash}/train/index.json",
         val_index="Data/shards/{hash}/val/index.json",
+    log:
+        log_path("shards"),
+    benchmark:
+        benchmark_path("shards")
     wildcard_constraints:
         hash=hash_pattern("shards"),
+    conda:
+        ENV
+    threads: 16
     params:
         record=record("shards"),
         corpus=input_dir("train"),
         tokenizer=input_dir("tokenizer"),
         out=output_dir("stats"),
-    threads: 16
-    log:
-        log_path("shards"),
-    benchmark:
-        benchmark_path("shards")
-    conda:
-        ENV
     shell:
-        "{STORYLM}.shards --record {params.record:q} --corpus {params.corpus} --tokenizer {params.tokenizer}"
+        "python -m storylm.shards --record {params.record:q} --corpus {params.corpus} --tokenizer {params.tokenizer}"
         " --workers {threads} --out {params.out} > {log} 2>&1"

@@ -4,17 +4,17 @@
 rule tokenizer_download:
     output:
         manifest="Data/raw/{hash}/manifest.json",
+    log:
+        log_path("tokenizer_download"),
     wildcard_constraints:
         hash=hash_pattern("tokenizer_download"),
+    conda:
+        ENV
     params:
         tokenizer=settings("tokenizer_download"),
         out=output_dir("manifest"),
-    log:
-        log_path("tokenizer_download"),
-    conda:
-        ENV
     shell:
-        "{STORYLM}.download --tokenizer --config {params.tokenizer:q} --out {params.out} > {log} 2>&1"
+        "python -m storylm.download --tokenizer --config {params.tokenizer:q} --out {params.out} > {log} 2>&1"
 
 
 rule tokenizer:
@@ -25,19 +25,19 @@ rule tokenizer:
     output:
         config="Data/tokenizer/{hash}/tokenizer_config.json",
         stats="Data/tokenizer/{hash}/stats.json",
+    log:
+        log_path("tokenizer"),
+    benchmark:
+        benchmark_path("tokenizer")
     wildcard_constraints:
         hash=hash_pattern("tokenizer"),
+    conda:
+        ENV
     params:
         record=record("tokenizer"),
         corpus=input_dir("train"),
         pretrained=pretrained_tokenizer_args,
         out=output_dir("stats"),
-    log:
-        log_path("tokenizer"),
-    benchmark:
-        benchmark_path("tokenizer")
-    conda:
-        ENV
     shell:
-        "{STORYLM}.tokenizer --record {params.record:q} --corpus {params.corpus} {params.pretrained}"
+        "python -m storylm.tokenizer --record {params.record:q} --corpus {params.corpus} {params.pretrained}"
         " --out {params.out} > {log} 2>&1"
