@@ -61,6 +61,7 @@ def found_in(keys: list[str], texts: Iterable[str]) -> bytearray:
         if not missing:
             break  # everything is found; the rest of the split cannot change the answer
         if wasted > REBUILD_RATIO * len(missing):
+            automaton = None  # free the old one first: never two in memory
             automaton, wasted = build_automaton(missing), 0
     return found
 
