@@ -9,8 +9,9 @@ character than it would there: a pessimistic case for time.
 Then, for each size in --chars, a fresh Python process reads the first that many
 characters of the file the way the sample stage does (storylm.jsonl.iter_texts) and
 computes train_copy over --samples stories of another seed (as stand-ins for model
-samples), and prints its seconds and its peak RSS (ru_maxrss), next to its RSS after
-the imports. A flat peak over the sizes shows that memory does not grow with
+samples), and prints its wall seconds, its CPU seconds (all of the process, imports
+included; on a shared machine closer to what an idle core takes) and its peak RSS
+(ru_maxrss), next to its RSS after the imports. A flat peak over the sizes shows that memory does not grow with
 the split.
 
     python workflow/benchmarks/train_copy_memory.py --chars 90000000 900000000 --dir /tmp/train_copy_bench
@@ -56,8 +57,10 @@ before = vm_rss_mb()
 start = time.perf_counter()
 result = train_copy({"samples": samples}, first_chars(iter_texts(path), max_chars), n)["samples"]
 seconds = time.perf_counter() - start
-print(json.dumps({"chars": max_chars, "seconds": round(seconds, 1), "rss_after_imports_mb": round(before, 1),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"chars": max_chars, "seconds": round(seconds, 1),
+                  "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1), "rss_after_imports_mb": round(before, 1),
+                  "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
                   "sample_ngrams": result["ngrams"], "train_copy_fraction": round(result["train_copy_fraction"], 4)}))
 """
 
