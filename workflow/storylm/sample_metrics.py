@@ -10,7 +10,10 @@ Every figure is measured on characters, not tokens, so runs with different token
   in a loop goes towards 1.
 - distinct_2: diversity across the run (Li et al. 2016, "distinct-n"): distinct character
   bigrams over all bigrams of the continuations. The prompt is left out, because every
-  sample of a prompt shares it.
+  sample of a prompt shares it. It falls as text is added (a corpus has only so many
+  bigrams): on the default model it measured 0.54 on 10 stories, 0.15 on 100, 0.10 on
+  200 (workflow/benchmarks/sample_figure_spread.py), so compare runs at equal
+  sample.num_figure_samples and max_new_tokens only.
 - train_copy_fraction: see storylm.train_copy; measured on the continuations too, since
   the prompt is given, not written by the model. reference_copy_fraction is the same measure
   on stories of the corpus that are not in the train split (the val split): what an
