@@ -31,7 +31,7 @@ from storylm.train_copy import char_ngrams, train_copy
 
 def continuation(text: str, prompt: str) -> str:
     """What the model wrote after the prompt (a sample's text starts with its prompt)."""
-    return text[len(prompt):] if text.startswith(prompt) else text
+    return text.removeprefix(prompt)
 
 
 def repeated_ngram_counts(text: str, n: int) -> tuple[int, int]:
