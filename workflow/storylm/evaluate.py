@@ -87,7 +87,9 @@ def evaluate_extra_sets(model, tokenizer, entries: list[dict], train: Path | Non
     """{name: figures} for each entry of evaluate.extra_sets (already checked by extra_sets.check_entries)."""
     if not entries:
         return {}
-    if train is None or not train.is_file():
+    if train is None:
+        raise StageError("evaluate.extra_sets: the stage command needs --train (the corpus stage's train.jsonl)")
+    if not train.is_file():
         raise StageError(f"{train}: the train split does not exist; the extra sets are compared with it"
                          " (run the corpus stage)")
     normalize = corpus_normalize(train)
