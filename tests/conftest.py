@@ -33,7 +33,8 @@ def tiny_config() -> dict:
                            lr_warmup_steps=2, log_interval=2, save_interval=4)
     config["eval"].update(interval=6, max_iters=2)
     config["evaluate"].update(max_tokens=2000)
-    config["sample"].update(prompts=["从前，有一个叫莉莉的小女孩"], num_samples=1, max_new_tokens=20)
+    config["sample"].update(prompts=["从前，有一个叫莉莉的小女孩"], num_samples=1, max_new_tokens=20,
+                            num_figure_samples=4)
     return config
 
 

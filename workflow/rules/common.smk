@@ -130,6 +130,11 @@ def upstream_file(stage, name, filename):
     return lambda wildcards: f"{upstream(stage, wildcards, name)}/{filename}"
 
 
+def extra_set_files(wildcards):
+    """The files of evaluate.extra_sets: a changed file reruns evaluate (its sha256 is in the hash too)."""
+    return [entry["path"] for entry in stage_of("evaluate", wildcards).config["evaluate"]["extra_sets"]]
+
+
 def shards_stats(stage):
     return lambda wildcards: f"{upstream(stage, wildcards, 'shards')}/stats.json"
 

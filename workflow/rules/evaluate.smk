@@ -5,6 +5,9 @@ rule evaluate:
     input:
         checkpoint=final_checkpoint("evaluate"),
         shards=shards_stats("evaluate"),
+        train=corpus_split("evaluate", "train"),
+        corpus_stats=upstream_file("evaluate", "corpus", "stats.json"),
+        extra_sets=extra_set_files,
     output:
         metrics="results/evaluate/{hash}/metrics.json",
         plot="results/evaluate/{hash}/loss.png",
@@ -26,4 +29,4 @@ rule evaluate:
     shell:
         "python -m storylm.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
         " --shards {params.shards} --train-log {params.run_dir}/train.log --seq-length {params.seq_length}"
-        " --out {params.out} > {log} 2>&1"
+        " --train {input.train} --out {params.out} > {log} 2>&1"

@@ -55,6 +55,9 @@ def check(config: dict) -> None:
     _check_vocab(config)
     _check_split(config)
     _check_train(config)
+    for index, entry in enumerate(config["evaluate"]["extra_sets"]):
+        if not Path(entry["path"]).is_file():
+            raise ConfigError(f"evaluate.extra_sets[{index}].path: {entry['path']} does not exist")
     if config["corpus"]["source"] == "url" and not config["corpus"]["url"]["files"]:
         raise ConfigError("corpus.url.files: empty, but corpus.source is 'url'")
     if config["corpus"]["source"] == "local" and not config["corpus"]["local"]["paths"]:
@@ -187,6 +190,12 @@ def _local_files_fingerprint(paths: list[str]) -> list:
     return entries
 
 
+def _extra_set_fingerprints(evaluate: dict) -> list:
+    """An extra set's contents can change without a config change: its sha256 stands for them."""
+    return [file_sha256(Path(entry["path"])) if Path(entry["path"]).is_file() else None
+            for entry in evaluate["extra_sets"]]
+
+
 def _tokenizer_download_fingerprint(tok: dict) -> dict:
     """A hub tokenizer: the repository, its pinned revision and the files."""
     return {"source": "hf", "hf": tok["hf"]}
@@ -218,7 +227,7 @@ def stage_configs(config: dict) -> dict[str, dict]:
                                             "seed", "logger_name", "data_workers")},
             **({"wandb_project": config["wandb_project"]} if config["logger_name"] == "wandb" else {}),
         },
-        "evaluate": config["evaluate"],
+        "evaluate": {**config["evaluate"], "extra_set_files": _extra_set_fingerprints(config["evaluate"])},
         "sample": config["sample"],
         # The model card names the data; settings left null are the export's own choice.
         "export": {**{key: value for key, value in config["export"].items() if value is not None},

@@ -1,8 +1,13 @@
-"""The evaluate stage: val loss, perplexity and bits per character of the final checkpoint, and loss curves.
+"""The evaluate stage: val loss, perplexity and bits per character of the final checkpoint, loss curves,
+and bits per character on the extra sets of evaluate.extra_sets.
 
 Bits per character divide the model's total information on the val text by its number
 of characters, so models with different tokenizers can be compared:
     bpc = loss (nats/token) x tokens/character / ln 2.
+
+An extra set is tokenized as the shards are (each story, then EOS) into one stream, and
+every token of the stream but the first is scored exactly once, in windows of
+seq_length + 1 tokens that overlap by one; its bpc is the total bits over its characters.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from storylm import litgpt_log
-from storylm.checkpoint import load_model, parameter_count
-from storylm.config import write_stage_record
+from storylm import extra_sets, jsonl, litgpt_log
+from storylm.checkpoint import load_model, load_tokenizer, parameter_count
+from storylm.cli import StageError, atomic_path, exit_with, write_json
+from storylm.tokenizer import encode_batch
 
 
 @torch.no_grad()
@@ -38,8 +44,79 @@ def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens:
         if max_tokens is not None and total_tokens >= max_tokens:
             break
     if total_tokens == 0:
-        raise SystemExit(f"{val_dir}: the val shards hold less than one window of {seq_length + 1} tokens")
+        raise StageError(f"{val_dir}: the val shards hold less than one window of {seq_length + 1} tokens")
     return total_nats / total_tokens, total_tokens
+
+
+@torch.no_grad()
+def stream_nats(model, ids: list[int], seq_length: int, batch_size: int) -> tuple[float, int]:
+    """Total cross-entropy (nats) of ids[1:] given the ids before them in a window, and the tokens scored.
+
+    Window k holds ids[k*L : k*L + L + 1] (L = seq_length), so consecutive windows share one
+    token and every token after the first is predicted once; the last window may be shorter.
+    """
+    device = next(model.parameters()).device
+    tokens = torch.tensor(ids, dtype=torch.long)
+    starts = list(range(0, len(ids) - 1, seq_length))
+    full = [s for s in starts if s + seq_length + 1 <= len(ids)]
+    total = 0.0
+    for i in range(0, len(full), batch_size):
+        batch = torch.stack([tokens[s:s + seq_length + 1] for s in full[i:i + batch_size]]).to(device)
+        total += _window_nats(model, batch)
+    if len(full) < len(starts):  # the rest, shorter than a window
+        total += _window_nats(model, tokens[starts[-1]:].unsqueeze(0).to(device))
+    return total, max(len(ids) - 1, 0)
+
+
+def _window_nats(model, batch: torch.Tensor) -> float:
+    logits = model(batch[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(),
+                                             reduction="sum").item()
+
+
+def corpus_normalize(train: Path) -> str | None:
+    """corpus.normalize as the corpus stage applied it, from the stats.json beside its train.jsonl."""
+    stats = train.parent / "stats.json"
+    if not stats.is_file():
+        raise StageError(f"{stats} does not exist: the extra sets need the corpus stage's settings (run the corpus stage)")
+    return json.loads(stats.read_text(encoding="utf-8"))["settings"]["normalize"]
+
+
+def evaluate_extra_sets(model, tokenizer, entries: list[dict], train: Path | None, seq_length: int,
+                        batch_size: int) -> dict:
+    """{name: figures} for each entry of evaluate.extra_sets (already checked by extra_sets.check_entries)."""
+    if not entries:
+        return {}
+    if train is None:
+        raise StageError("evaluate.extra_sets: the stage command needs --train (the corpus stage's train.jsonl)")
+    if not train.is_file():
+        raise StageError(f"{train}: the train split does not exist; the extra sets are compared with it"
+                         " (run the corpus stage)")
+    normalize = corpus_normalize(train)
+    sets, results = {}, {}
+    for i, entry in enumerate(entries):
+        name, text_field = extra_sets.set_name(entry), entry.get("text_field", "text")
+        stories, empty = extra_sets.read_stories(Path(entry["path"]), text_field, f"extra_sets[{i}]", normalize)
+        ids = [token for story in encode_batch(tokenizer, stories, eos=True) for token in story]
+        nats, scored = stream_nats(model, ids, seq_length, batch_size)
+        characters = sum(map(len, stories))
+        sets[name] = stories
+        results[name] = {
+            "path": entry["path"],
+            "text_field": text_field,
+            "stories": len(stories),
+            "empty_stories_skipped": empty,
+            "characters": characters,
+            "tokens": len(ids),
+            "tokens_scored": scored,
+            "nats_per_token": nats / scored if scored else None,
+            "bits_per_character": nats / math.log(2) / characters,
+        }
+    in_train = extra_sets.stories_in_train(sets, jsonl.iter_texts(train))
+    for name, result in results.items():
+        result["stories_in_train"] = in_train[name]
+        result["stories_in_train_fraction"] = in_train[name] / result["stories"]
+    return results
 
 
 def plot_curves(train, val, png: Path) -> None:
@@ -59,20 +136,33 @@ def plot_curves(train, val, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
+def check_inputs(checkpoint_dir: Path, shards_dir: Path, train_log: Path) -> None:
+    for path, stage in ((checkpoint_dir / "lit_model.pth", "pretrain"), (train_log, "pretrain"),
+                        (shards_dir / "stats.json", "shards")):
+        if not path.is_file():
+            raise StageError(f"{path} does not exist (run the {stage} stage)")
+
+
 def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: Path, seq_length: int,
-             batch_size: int, max_tokens: int | None) -> dict:
+             settings: dict, train_split: Path | None = None) -> dict:
+    entries = settings.get("extra_sets", [])
+    check_inputs(checkpoint_dir, shards_dir, train_log)
+    extra_sets.check_entries(entries)  # before the slow part, so a typo fails at once
     model = load_model(checkpoint_dir)
-    loss, tokens = val_loss(model, shards_dir / "val", seq_length, batch_size, max_tokens)
+    loss, tokens = val_loss(model, shards_dir / "val", seq_length, settings["batch_size"], settings["max_tokens"])
     shard_stats = json.loads((shards_dir / "stats.json").read_text())
     tokens_per_char = shard_stats["val_tokens_per_character"]
+    extra = evaluate_extra_sets(model, load_tokenizer(checkpoint_dir), entries, train_split, seq_length,
+                                settings["batch_size"])
     train, val = litgpt_log.parse(train_log)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plot_curves(train, val, out_dir / "loss.png")
-    train.to_csv(out_dir / "train_loss.tsv", sep="\t", index=False)
+    with atomic_path(out_dir / "train_loss.tsv") as tmp:
+        train.to_csv(tmp, sep="\t", index=False)
     return {
         "val_loss_nats_per_token": loss,
         "val_perplexity": math.exp(loss),
@@ -85,6 +175,7 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
         "final_train_loss_nats_per_token": float(train["loss"].iloc[-1]) if len(train) else None,
         "litgpt_final_val_loss_nats_per_token": float(val["val_loss"].iloc[-1]) if len(val) else None,
         "resumed_from": litgpt_log.resumed_from(train_log),
+        "extra_sets": extra,
     }
 
 
@@ -95,16 +186,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shards", type=Path, required=True)
     parser.add_argument("--train-log", type=Path, required=True)
     parser.add_argument("--seq-length", type=int, required=True, help="train.max_seq_length of the run")
+    parser.add_argument("--train", type=Path, help="the corpus stage's train.jsonl (needed with extra sets)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    settings = json.loads(args.record)["config"]
+    record = json.loads(args.record)
     torch.manual_seed(0)
-    metrics = evaluate(args.checkpoint, args.shards, args.train_log, args.out, args.seq_length,
-                       settings["batch_size"], settings["max_tokens"])
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_stage_record(args.record, args.out)
-    print(json.dumps(metrics, indent=2))
+    metrics = evaluate(args.checkpoint, args.shards, args.train_log, args.out, args.seq_length, record["config"],
+                       args.train)
+    write_json(args.out / "metrics.json", metrics)
+    write_json(args.out / "config.json", record)  # last: a folder with its record is a finished stage
+    print(json.dumps(metrics, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)

@@ -1,30 +1,44 @@
-"""The sample stage: stories from the final checkpoint, with litgpt's KV-cache generation.
+"""The sample stage: stories from the final checkpoint, with litgpt's KV-cache generation, and their figures.
 
 Each story gets its own seed derived from (seed, prompt number, sample number), so the
 same checkpoint with the same settings gives the same text, and adding a prompt does
 not change the stories of the others.
+
+samples.txt shows num_samples stories per prompt. The figures (storylm.sample_metrics:
+finished, repetition, diversity, copying from the train split) and the consistency scores
+need more stories than one reads, so the stage draws num_figure_samples stories in all,
+spread over the prompts; the shown ones are the first of each prompt, so they are the same
+stories whatever num_figure_samples is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
 from litgpt.generate.base import generate
 
-from storylm import consistency
+from storylm import consistency, jsonl
 from storylm.checkpoint import load_model, load_tokenizer
-from storylm.config import write_stage_record
+from storylm.cli import StageError, exit_with, write_json, write_text
+from storylm.sample_metrics import figures
 
 
 def story_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     return seed * 1_000_003 + prompt_index * 1_009 + sample_index
 
 
+def stories_per_prompt(settings: dict) -> int:
+    """At least num_samples (the shown ones); enough for num_figure_samples over all prompts."""
+    return max(settings["num_samples"], math.ceil(settings["num_figure_samples"] / len(settings["prompts"])))
+
+
 @torch.inference_mode()
-def sample_story(model, tokenizer, prompt: str, settings: dict, seed: int) -> str:
+def sample_story(model, tokenizer, prompt: str, settings: dict, seed: int) -> tuple[str, bool]:
+    """The story (prompt included) and whether the model ended it with its end-of-text token."""
     prompt_ids = tokenizer.encode(prompt, device=next(model.parameters()).device)
     max_returned = min(len(prompt_ids) + settings["max_new_tokens"], model.config.block_size)
     model.set_kv_cache(batch_size=1, max_seq_length=max_returned, device=prompt_ids.device)
@@ -32,9 +46,10 @@ def sample_story(model, tokenizer, prompt: str, settings: dict, seed: int) -> st
     ids = generate(model, prompt_ids, max_returned, temperature=settings["temperature"], top_k=settings["top_k"],
                    top_p=settings["top_p"], eos_id=tokenizer.eos_id)
     model.clear_kv_cache()
-    if len(ids) and ids[-1].item() == tokenizer.eos_id:
+    finished = len(ids) > len(prompt_ids) and ids[-1].item() == tokenizer.eos_id
+    if finished:
         ids = ids[:-1]
-    return tokenizer.decode(ids)
+    return tokenizer.decode(ids), finished
 
 
 def sample_all(checkpoint_dir: Path, settings: dict) -> list[dict]:
@@ -42,20 +57,29 @@ def sample_all(checkpoint_dir: Path, settings: dict) -> list[dict]:
     tokenizer = load_tokenizer(checkpoint_dir)
     samples = []
     for p, prompt in enumerate(settings["prompts"]):
-        for s in range(settings["num_samples"]):
+        for s in range(stories_per_prompt(settings)):
             seed = story_seed(settings["seed"], p, s)
-            text = sample_story(model, tokenizer, prompt, settings, seed)
-            samples.append({"prompt": prompt, "sample": s + 1, "seed": seed, "text": text,
-                            "check": consistency.check_story(text, prompt)})
+            text, finished = sample_story(model, tokenizer, prompt, settings, seed)
+            samples.append({"prompt": prompt, "sample": s + 1, "seed": seed, "shown": s < settings["num_samples"],
+                            "finished": finished, "text": text, "check": consistency.check_story(text, prompt)})
     return samples
 
 
-def render_text(samples: list[dict], settings: dict, hashes: dict, scores: dict) -> str:
+def _figure(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render_text(samples: list[dict], settings: dict, hashes: dict, scores: dict, figs: dict) -> str:
+    reference = (f" (val stories {_figure(figs['reference_copy_fraction'])})"
+                 if figs["reference_copy_fraction"] is not None else "")
     lines = [
         "# Stories sampled by the storylm pipeline",
         "# stage hashes: " + "  ".join(f"{stage}={value}" for stage, value in hashes.items()),
         f"# settings: temperature={settings['temperature']} top_k={settings['top_k']} top_p={settings['top_p']}"
         f" max_new_tokens={settings['max_new_tokens']} num_samples={settings['num_samples']} seed={settings['seed']}",
+        f"# figures (of {figs['num_samples']} samples): finished {_figure(figs['finished_fraction'])},"
+        f" repeated 4-grams {_figure(figs['repeated_4gram_fraction'])}, distinct-2 {_figure(figs['distinct_2'])},"
+        f" train copy ({figs['train_copy_n']}-grams) {_figure(figs['train_copy_fraction'])}{reference}",
         f"# consistency (fraction of samples): all rules {scores['consistent_fraction']:.2f},"
         f" names {scores['name_consistent_fraction']:.2f}, place {scores['place_consistent_fraction']:.2f},"
         f" finished {scores['ended_fraction']:.2f} (of {scores['num_samples']} samples)",
@@ -63,31 +87,54 @@ def render_text(samples: list[dict], settings: dict, hashes: dict, scores: dict)
     ]
     for prompt in settings["prompts"]:
         lines += ["=" * 60, f"Prompt: {prompt}", "=" * 60]
-        for sample in (s for s in samples if s["prompt"] == prompt):
+        for sample in (s for s in samples if s["prompt"] == prompt and s["shown"]):
             mark = "consistent" if sample["check"]["consistent"] else "inconsistent"
             lines += [f"--- story {sample['sample']} (seed {sample['seed']}, {mark})", sample["text"], ""]
     return "\n".join(lines) + "\n"
 
 
+def corpus_texts(path: Path, what: str):
+    """Stories of a corpus split file (the corpus stage's JSON lines)."""
+    if not path.is_file():
+        raise StageError(f"{path}: {what} does not exist (run the corpus stage)")
+    return jsonl.iter_texts(path)
+
+
+def reference_stories(val: Path | None, count: int) -> list[str]:
+    if val is None:
+        return []
+    texts = corpus_texts(val, "the val split")
+    return [text for _, text in zip(range(count), texts)]
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
     parser.add_argument("--hashes", required=True, help="JSON of every stage's hash, for the header")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
+    parser.add_argument("--train", type=Path, required=True, help="the corpus stage's train.jsonl (for train copy)")
+    parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its first stories give the"
+                                                 " reference copy fraction of stories not in the train split")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    settings = json.loads(args.record)["config"]
+    record = json.loads(args.record)
+    settings = record["config"]
+    if not (args.checkpoint / "lit_model.pth").is_file():
+        raise StageError(f"{args.checkpoint}: no lit_model.pth in the checkpoint directory (run the pretrain stage)")
+    train = corpus_texts(args.train, "the train split")
+    reference = reference_stories(args.val, settings["num_figure_samples"])
+
     samples = sample_all(args.checkpoint, settings)
     scores = consistency.score([{"prompt": s["prompt"], "text": s["text"]} for s in samples])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "samples.txt").write_text(render_text(samples, settings, json.loads(args.hashes), scores),
-                                          encoding="utf-8")
-    (args.out / "samples.json").write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
-    (args.out / "consistency.json").write_text(json.dumps(scores, indent=2) + "\n")
-    write_stage_record(args.record, args.out)
-    print((args.out / "samples.txt").read_text(encoding="utf-8"))
+    figs = figures(samples, train, settings["copy_ngram"], reference)
+    text = render_text(samples, settings, json.loads(args.hashes), scores, figs)
+    write_text(args.out / "samples.txt", text)
+    write_json(args.out / "samples.json", samples)
+    write_json(args.out / "consistency.json", scores)
+    write_json(args.out / "figures.json", figs)
+    write_json(args.out / "config.json", record)  # last: a folder with its record is a finished stage
+    print(text)
 
 
 if __name__ == "__main__":
-    main()
+    exit_with(main)
