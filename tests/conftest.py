@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-# Real files the repository cannot carry (see ../shared/README.md). Their one setting: tests that
-# need them skip without them, so a fresh clone with nothing beside it passes.
+# Real files the repository cannot carry (the ChatGLM3 tokenizer, real stories), by default in the
+# developers' ../shared/fixtures. This is their one setting; tests that need them skip without them
+# (the reasons below say how to get them), so a fresh clone with nothing beside it passes.
 FIXTURES = Path(os.environ.get("STORYLM_FIXTURES") or REPO.parent / "shared" / "fixtures").resolve()
 CHATGLM3_DIR = FIXTURES / "chatglm3-6b"
 STORIES_DIR = FIXTURES / "stories_zh"
@@ -32,6 +33,7 @@ NO_REAL_STORIES = (f"needs the real stories: set STORYLM_FIXTURES (now {FIXTURES
                    " CC-BY, from the Global-ASP project: one JSON object a line with story_zh)")
 needs_chatglm3 = pytest.mark.skipif(not HAVE_CHATGLM3, reason=NO_CHATGLM3)
 needs_real_stories = pytest.mark.skipif(not HAVE_REAL_STORIES, reason=NO_REAL_STORIES)
+
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 
