@@ -13,9 +13,27 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures"
+# Real files the repository cannot carry (the ChatGLM3 tokenizer, real stories), by default in the
+# developers' ../shared/fixtures. This is their one setting; tests that need them skip without them
+# (the reasons below say how to get them), so a fresh clone with nothing beside it passes.
+FIXTURES = Path(os.environ.get("STORYLM_FIXTURES") or REPO.parent / "shared" / "fixtures").resolve()
 CHATGLM3_DIR = FIXTURES / "chatglm3-6b"
+STORIES_DIR = FIXTURES / "stories_zh"
+TINYSTORIES_ROW = STORIES_DIR / "tinystories_zh_row0.jsonl"
+PICTUREBOOKS = STORIES_DIR / "picturebooks_ccby.jsonl"
+
+HAVE_CHATGLM3 = all((CHATGLM3_DIR / name).is_file() for name in ("tokenizer.model", "tokenizer_config.json"))
+NO_CHATGLM3 = (f"needs the ChatGLM3-6B tokenizer: set STORYLM_FIXTURES (now {FIXTURES}) to a folder with"
+               " chatglm3-6b/tokenizer.model and tokenizer_config.json (`hf download THUDM/chatglm3-6b"
+               " tokenizer.model tokenizer_config.json --local-dir <STORYLM_FIXTURES>/chatglm3-6b`)")
+HAVE_REAL_STORIES = TINYSTORIES_ROW.is_file() and PICTUREBOOKS.is_file()
+NO_REAL_STORIES = (f"needs the real stories: set STORYLM_FIXTURES (now {FIXTURES}) to a folder with"
+                   " stories_zh/tinystories_zh_row0.jsonl (row 0 of data00_zh.jsonl in the adam89/TinyStoriesChinese"
+                   " archive) and stories_zh/picturebooks_ccby.jsonl (54 African Storybook picture books in Chinese,"
+                   " CC-BY, from the Global-ASP project: one JSON object a line with story_zh)")
+needs_chatglm3 = pytest.mark.skipif(not HAVE_CHATGLM3, reason=NO_CHATGLM3)
+needs_real_stories = pytest.mark.skipif(not HAVE_REAL_STORIES, reason=NO_REAL_STORIES)
+
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 

@@ -19,7 +19,7 @@ Faults, set per file name with server.fault(name, *kinds) (none clears them):
     "no_range"        Range headers are ignored (200 and the whole file every time)
 
 server.requests logs every request (method, path, Range, Authorization). Also here: the
-test corpus helpers shared by the download and corpus tests.
+test corpus helpers shared by the download and corpus tests; they make their own rows.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PICTUREBOOKS, TINYSTORIES_ROW  # noqa: F401  (the fixtures' one setting)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-REAL_ROW = SHARED / "fixtures" / "stories_zh" / "tinystories_zh_row0.jsonl"
-PICTUREBOOKS = SHARED / "fixtures" / "stories_zh" / "picturebooks_ccby.jsonl"
 
 FAULTS = ("corrupt", "truncate", "interrupt_once", "no_range")
 
@@ -326,11 +325,12 @@ def corpus_config(**overrides) -> dict:
 
 
 def real_row() -> dict:
-    return json.loads(REAL_ROW.read_text(encoding="utf-8"))
+    """Row 0 of the real TinyStoriesChinese (a fixture: tests that read it need conftest.needs_real_stories)."""
+    return json.loads(TINYSTORIES_ROW.read_text(encoding="utf-8"))
 
 
 def tinystories_rows(count: int, start: int = 0) -> list[dict]:
-    """Rows shaped like TinyStoriesChinese (same keys as the real row), with distinct generated stories."""
+    """Rows shaped like TinyStoriesChinese (the real row's keys, `prompt:` with its colon), distinct stories."""
     names = ["莉莉", "小明", "汤姆", "安娜", "本"]
     places = ["公园", "森林", "海边", "花园", "学校"]
     things = ["一个红色的球", "一只小狗", "一朵花", "一棵大树", "一本书"]
@@ -367,7 +367,7 @@ def tinystories_archive(files: dict[str, list[dict]]) -> bytes:
 
 
 def small_tinystories_archive() -> tuple[bytes, list[dict]]:
-    """Three data files like the real archive's; the real fixture row opens data00_zh.jsonl."""
-    rows = [real_row()] + tinystories_rows(59)
+    """Three data files like the real archive's, of 60 generated rows."""
+    rows = tinystories_rows(60)
     files = {"data00_zh.jsonl": rows[:20], "data01_zh.jsonl": rows[20:40], "data02_zh.jsonl": rows[40:]}
     return tinystories_archive(files), rows

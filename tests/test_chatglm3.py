@@ -1,7 +1,7 @@
 """The ChatGLM3-6B tokenizer (the reference run's) through litgpt, the shards stage and litgpt's LitData.
 
-Uses the real tokenizer files and the real stories in ../shared/fixtures: the TinyStoriesChinese
-row 0 and 54 human-translated picture books.
+Uses the real tokenizer files and the real stories under STORYLM_FIXTURES (see conftest.py): the
+TinyStoriesChinese row 0 and 54 human-translated picture books. Skips without them.
 """
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from conftest import CHATGLM3_DIR, FIXTURES, REPO
+from conftest import (CHATGLM3_DIR, HAVE_REAL_STORIES, NO_REAL_STORIES, PICTUREBOOKS, REPO, TINYSTORIES_ROW,
+                      needs_chatglm3)
 from storylm import config as storylm_config
 from storylm import shards
 from storylm.config import ConfigError
 from storylm.jsonl import write_texts
 from storylm.tokenizer import encode_batch, tokenizer_stats
 
-pytestmark = pytest.mark.skipif(not (CHATGLM3_DIR / "tokenizer.model").is_file(),
-                                reason="needs ../shared/fixtures/chatglm3-6b")
+pytestmark = needs_chatglm3
 
-STORIES_DIR = FIXTURES / "stories_zh"
 EOS = 2
 SEQ = 63  # LitData windows of SEQ + 1 tokens
 
@@ -33,8 +32,8 @@ SEQ = 63  # LitData windows of SEQ + 1 tokens
 def fixture_stories() -> list[str]:
     """Row 0 of TinyStoriesChinese, then the picture books, as the pipeline reads them (story_zh)."""
     stories = []
-    for name in ("tinystories_zh_row0.jsonl", "picturebooks_ccby.jsonl"):
-        with open(STORIES_DIR / name, encoding="utf-8") as f:
+    for path in (TINYSTORIES_ROW, PICTUREBOOKS):
+        with open(path, encoding="utf-8") as f:
             stories += [json.loads(line)["story_zh"] for line in f if line.strip()]
     return stories
 
@@ -48,6 +47,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def stories():
+    if not HAVE_REAL_STORIES:
+        pytest.skip(NO_REAL_STORIES)
     stories = fixture_stories()
     assert len(stories) == 55
     return stories

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from conftest import CHATGLM3_DIR, REPO
+from conftest import CHATGLM3_DIR, REPO, needs_chatglm3
 from storylm import config as storylm_config
 from storylm.config import ConfigError
 
@@ -79,16 +81,23 @@ def test_switching_back_gives_the_earlier_hashes():
 
 
 def test_pretrained_tokenizer_is_hashed_by_content(tmp_path):
+    """Two copies of one tokenizer folder hash alike; a changed file changes the hash."""
+    from storylm.storygen import generate_stories
+    from storylm.tokenizer import train_bpe
+
     config = changed(default_config(), "tokenizer.kind", "pretrained")
     copy_a, copy_b = tmp_path / "a", tmp_path / "b"
-    for folder in (copy_a, copy_b):
-        folder.mkdir()
-        for f in CHATGLM3_DIR.iterdir():
-            (folder / f.name).write_bytes(f.read_bytes())
+    train_bpe((story["text"] for story in generate_stories(50, seed=1)), 300, 2, copy_a)
+    copy_b.mkdir()
+    for f in copy_a.iterdir():
+        (copy_b / f.name).write_bytes(f.read_bytes())
     a = storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_a)))
     b = storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b)))
     assert a == b
-    (copy_b / "tokenizer_config.json").write_text('{"tokenizer_class": "ChatGLMTokenizer", "add_bos_token": false}')
+    (copy_b / "README.md").write_text("not a file litgpt reads")
+    assert storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b))) == a
+    tokenizer_config = copy_b / "tokenizer_config.json"
+    tokenizer_config.write_text(tokenizer_config.read_text().replace('"add_bos_token": false', '"add_bos_token": true'))
     assert storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b)))["tokenizer"] != a["tokenizer"]
 
 
@@ -116,6 +125,7 @@ def test_check_names_the_key(key, value, message):
         storylm_config.check(changed(default_config(), key, value))
 
 
+@needs_chatglm3
 def test_vocab_smaller_than_a_pretrained_tokenizer_is_an_error():
     config = changed(default_config(), "tokenizer.kind", "pretrained")
     config = changed(config, "tokenizer.path", str(CHATGLM3_DIR))
@@ -127,10 +137,19 @@ def test_vocab_smaller_than_a_pretrained_tokenizer_is_an_error():
 
 
 @pytest.mark.parametrize(
-    "key, value",
-    [("sample.prompts", []), ("model_config.n_layer", "two"), ("corpus.sources", "hf"), ("sample.top_p", 0)],
+    "key, value, failure",
+    [
+        ("sample.prompts", [], "[] should be non-empty"),
+        ("model_config.n_layer", "two", "'two' is not of type 'integer'"),
+        ("corpus.sources", "hf", "Additional properties are not allowed ('sources' was unexpected)"),
+        ("sample.top_p", 0, "0 is less than or equal to the minimum of 0"),
+    ],
 )
-def test_schema_rejects(key, value):
+def test_schema_rejects(key, value, failure):
+    """The schema itself refuses the value, for the reason given, at that key (not some other error)."""
     config = changed(default_config(), key, value)
-    with pytest.raises(Exception):
+    *parents, last = key.split(".")
+    at = "".join(f"[{name!r}]" for name in (parents if key == "corpus.sources" else [*parents, last]))
+    with pytest.raises(WorkflowError, match=re.escape(f"ValidationError: {failure}")) as error:
         validate(config, SCHEMA)
+    assert f"On instance{at}:" in str(error.value)

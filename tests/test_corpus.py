@@ -8,13 +8,17 @@ import sys
 
 import pytest
 
-from hubserver import PICTUREBOOKS, REPO_ROOT, corpus_config
+from hubserver import REPO_ROOT, corpus_config
 from storylm.corpus import CorpusError, build_corpus
 from storylm.readers import ReadError
+from storylm.storygen import generate_stories
 
 
-def picturebooks() -> list[str]:
-    return [json.loads(line)["story_zh"] for line in PICTUREBOOKS.read_text(encoding="utf-8").splitlines()]
+def stories() -> list[str]:
+    """54 distinct Chinese stories, made here (the generator of the builtin corpus, seed 7)."""
+    texts = [story["text"] for story in generate_stories(54, seed=7)]
+    assert len(set(texts)) == 54
+    return texts
 
 
 def write_jsonl(path, texts, field="text"):
@@ -40,7 +44,6 @@ def smallest_hashes(texts, seed, count):
 
 
 def test_builtin_generated_stories(tmp_path):
-    pytest.importorskip("storylm.storygen")
     cfg = corpus_config(source="builtin", builtin={"num_stories": 80, "seed": 3}, split={"val_size": 8})
     stats = build_corpus(cfg, None, tmp_path / "a")
     assert stats["stories_read"] == 80
@@ -52,7 +55,7 @@ def test_builtin_generated_stories(tmp_path):
 
 
 def test_split_is_the_smallest_hashes_disjoint_and_in_reading_order(tmp_path):
-    texts = picturebooks()
+    texts = stories()
     stats, train, val = build(tmp_path, texts, split={"val_size": 5, "seed": 11})
     assert len(val) == 5 and len(train) == 49 and not set(train) & set(val)
     assert set(val) == smallest_hashes(texts, 11, 5)
@@ -63,7 +66,7 @@ def test_split_is_the_smallest_hashes_disjoint_and_in_reading_order(tmp_path):
 
 
 def test_split_does_not_depend_on_file_order_or_files(tmp_path):
-    texts = picturebooks()
+    texts = stories()
     _, _, val_a = build(tmp_path, texts, name="a", split={"val_size": 6})
     b1 = write_jsonl(tmp_path / "b1.jsonl", texts[::-1][:20])
     b2 = write_jsonl(tmp_path / "b2.jsonl", texts[::-1][20:])
@@ -74,18 +77,18 @@ def test_split_does_not_depend_on_file_order_or_files(tmp_path):
 
 
 def test_val_size_as_fraction(tmp_path):
-    stats, train, val = build(tmp_path, picturebooks(), split={"val_size": 0.1})
+    stats, train, val = build(tmp_path, stories(), split={"val_size": 0.1})
     assert len(val) == 5 and len(train) == 49  # round(0.1 * 54)
 
 
 def test_val_size_too_large_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError) as error:
-        build(tmp_path, picturebooks()[:10] + picturebooks()[:3], split={"val_size": 10})
+        build(tmp_path, stories()[:10] + stories()[:3], split={"val_size": 10})
     message = str(error.value)
     assert "corpus.split.val_size" in message and "10 val stories" in message and "only 10 stories" in message
     assert not (tmp_path / "out" / "train.jsonl").exists()
     with pytest.raises(CorpusError, match=r"corpus.split.val_size: 2.5 is neither a count"):
-        build(tmp_path, picturebooks(), split={"val_size": 2.5})
+        build(tmp_path, stories(), split={"val_size": 2.5})
 
 
 def test_dedup_after_normalisation_keeps_the_first(tmp_path):
@@ -104,7 +107,7 @@ def test_nfkc_folds_full_width_forms(tmp_path):
 
 
 def test_duplicates_never_straddle_the_split_without_dedup(tmp_path):
-    texts = picturebooks()[:20]
+    texts = stories()[:20]
     many = texts + texts[:10] + texts[:5]
     for seed in range(5):
         stats, train, val = build(tmp_path, many, name=f"s{seed}", dedup=False, split={"val_size": 4, "seed": seed})
@@ -114,7 +117,7 @@ def test_duplicates_never_straddle_the_split_without_dedup(tmp_path):
 
 
 def test_max_stories_keeps_the_first_after_cleaning_and_stops_reading(tmp_path):
-    texts = picturebooks()
+    texts = stories()
     first = write_jsonl(tmp_path / "a.jsonl", [texts[0], texts[0], ""] + texts[1:20])
     second = write_jsonl(tmp_path / "b.jsonl", texts[20:])
     stats = build_corpus(corpus_config(source="local", max_stories=6, split={"val_size": 2}, max_malformed_fraction=1),
@@ -127,7 +130,7 @@ def test_max_stories_keeps_the_first_after_cleaning_and_stops_reading(tmp_path):
 
 def test_stats_report_file_problems(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    rows = [json.dumps({"text": t}, ensure_ascii=False).encode() for t in picturebooks()[:8]]
+    rows = [json.dumps({"text": t}, ensure_ascii=False).encode() for t in stories()[:8]]
     path.write_bytes(b"\n".join(rows[:4] + [b"{broken", '{"text": "\xff"}'.encode("latin-1"),
                                             b'{"title": "x"}', b'{"text": ""}'] + rows[4:]) + b"\n")
     stats = build_corpus(corpus_config(source="local", split={"val_size": 2}), [path], tmp_path / "out")
@@ -150,7 +153,7 @@ def test_mostly_malformed_file_stops_the_stage(tmp_path):
 
 
 def test_no_stories_is_an_error_naming_text_field(tmp_path):
-    path = write_jsonl(tmp_path / "a.jsonl", picturebooks()[:5], field="story_zh")
+    path = write_jsonl(tmp_path / "a.jsonl", stories()[:5], field="story_zh")
     with pytest.raises(CorpusError, match=r"no stories left.*corpus.text_field \('text'\)"):
         build_corpus(corpus_config(source="local", max_malformed_fraction=1), [path], tmp_path / "out")
 
@@ -158,7 +161,7 @@ def test_no_stories_is_an_error_naming_text_field(tmp_path):
 def test_cli_with_manifest_and_record(tmp_path):
     from storylm.download import fetch
 
-    write_jsonl(tmp_path / "stories.jsonl", picturebooks(), field="story_zh")
+    write_jsonl(tmp_path / "stories.jsonl", stories(), field="story_zh")
     cfg = corpus_config(source="local", local={"paths": [str(tmp_path / "stories.jsonl")]}, text_field="story_zh",
                         split={"val_size": 4})
     fetch(cfg, tmp_path / "raw")

@@ -19,14 +19,14 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from conftest import CHATGLM3_DIR, REPO, copy_workflow, load_json, snakemake, write_config
-from hubserver import FakeServer, PICTUREBOOKS, point_hf_at, real_row, tinystories_archive, tinystories_rows
+from conftest import (CHATGLM3_DIR, HAVE_REAL_STORIES, NO_REAL_STORIES, PICTUREBOOKS, REPO, copy_workflow, load_json,
+                      needs_chatglm3, snakemake, write_config)
+from hubserver import FakeServer, point_hf_at, real_row, tinystories_archive, tinystories_rows
 from storylm import config as storylm_config
 from storylm.jsonl import iter_texts
 from storylm.pretrain import render
 
-pytestmark = pytest.mark.skipif(not (CHATGLM3_DIR / "tokenizer.model").is_file(),
-                                reason="needs ../shared/fixtures/chatglm3-6b")
+pytestmark = needs_chatglm3
 
 SCHEMA = str(REPO / "config" / "schema.yaml")
 CONFIG = REPO / "config" / "microstories.yaml"
@@ -247,6 +247,8 @@ def hub_rows() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
+    if not HAVE_REAL_STORIES:
+        pytest.skip(NO_REAL_STORIES)
     rows = hub_rows()
     archive = tinystories_archive({"data00_zh.jsonl": rows[:150], "data01_zh.jsonl": rows[150:301],
                                    "data02_zh.jsonl": rows[301:]})

@@ -5,7 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from hubserver import PICTUREBOOKS, REAL_ROW, real_row
+from conftest import PICTUREBOOKS, TINYSTORIES_ROW, needs_real_stories
+from hubserver import jsonl_bytes, real_row, tinystories_rows
 from storylm.readers import FileCounts, ReadError, field_value, iter_texts
 
 
@@ -24,16 +25,35 @@ def obj(**fields) -> bytes:
     return json.dumps(fields, ensure_ascii=False).encode()
 
 
+def tinystories_file(tmp_path, count=3):
+    path = tmp_path / "data00_zh.jsonl"
+    path.write_bytes(jsonl_bytes(tinystories_rows(count)))
+    return path
+
+
+def test_tinystories_nested_fields(tmp_path):
+    rows = tinystories_rows(3)
+    path = tinystories_file(tmp_path)
+    texts, counts = read(path, "story_zh")
+    assert texts == [row["story_zh"] for row in rows] and counts.texts == 3 and counts.records == 3
+    # The TinyStoriesChinese prompt key ends in a colon; the dotted path splits on "." only.
+    texts, _ = read(path, "instruction.prompt:")
+    assert texts == ["Write a short story number 0.", "Write a short story number 1.", "Write a short story number 2."]
+    assert field_value(rows[0], "instruction.words") == ["play", "happy"]
+
+
+@needs_real_stories
 def test_real_tinystories_row_nested_fields():
     row = real_row()
-    texts, counts = read(REAL_ROW, "story_zh")
+    texts, counts = read(TINYSTORIES_ROW, "story_zh")
     assert texts == [row["story_zh"]] and counts.texts == 1 and counts.records == 1
     # The real prompt key ends in a colon; the dotted path splits on "." only.
-    texts, _ = read(REAL_ROW, "instruction.prompt:")
+    texts, _ = read(TINYSTORIES_ROW, "instruction.prompt:")
     assert texts == [row["instruction"]["prompt:"]] and texts[0].startswith("Write a short story")
     assert field_value(row, "instruction.words") == row["instruction"]["words"]
 
 
+@needs_real_stories
 def test_real_picturebooks():
     texts, counts = read(PICTUREBOOKS, "story_zh")
     assert len(texts) == 54 and counts.malformed == counts.missing_field == counts.empty == 0
@@ -83,11 +103,11 @@ def test_mostly_malformed_file_is_an_error(tmp_path):
 
 
 def test_wrong_text_field_is_an_error_that_shows_the_keys(tmp_path):
-    path = REAL_ROW
+    path = tinystories_file(tmp_path)
     with pytest.raises(ReadError) as error:
         read(path, text_field="text")
     message = str(error.value)
-    assert "corpus.text_field" in message and "'story_zh'" in message and "tinystories_zh_row0.jsonl" in message
+    assert "corpus.text_field" in message and "'story_zh'" in message and "data00_zh.jsonl" in message
 
 
 def test_json_list_and_object_with_list(tmp_path):
@@ -107,7 +127,8 @@ def test_broken_json_document_names_the_line(tmp_path):
 
 
 def test_parquet_with_nested_struct(tmp_path):
-    rows = [real_row(), {**real_row(), "story_zh": "第二个故事。"}, {**real_row(), "story_zh": None}]
+    row = tinystories_rows(1)[0]
+    rows = [row, {**row, "story_zh": "第二个故事。"}, {**row, "story_zh": None}]
     path = tmp_path / "rows.parquet"
     pd.DataFrame(rows).to_parquet(path)
     texts, counts = read(path, "story_zh")

@@ -117,17 +117,38 @@ def test_an_interrupted_run_resumes_from_its_latest_checkpoint(shared_workdir, s
 
 
 def test_another_config_never_resumes_from_these_checkpoints(shared_workdir):
-    workdir = shared_workdir
-    config = resumable_config(seed=99)
-    config["model_config"]["n_embd"] = 64
-    config["model_config"]["head_size"] = 32
-    write_config(workdir, config)
-    snakemake(workdir, "--cores", "2", "--until", "pretrain_config")
-    import yaml
+    """Train one config, then another in the same workdir: the second starts at step 1.
 
-    rendered = yaml.safe_load((run_dir(workdir, config) / "pretrain.yaml").read_text())
-    assert Path(rendered["out_dir"]) == run_dir(workdir, config).relative_to(workdir)
-    assert not step_checkpoints(run_dir(workdir, config))
+    The two differ in the seed only, so a wrong resume (e.g. a shared out_dir) would load
+    the first run's checkpoints without any error; only the second run's log can tell.
+    """
+    workdir = shared_workdir
+    steps = 2 * SAVE_INTERVAL
+    first, second = resumable_config(seed=98), resumable_config(seed=99)
+    for config in (first, second):
+        config["train"]["max_tokens"] = steps * 4 * 64
+
+    write_config(workdir, first)
+    snakemake(workdir, "--cores", "2", "--until", "pretrain")
+    first_dir = run_dir(workdir, first)
+    saved = {p: p.stat().st_mtime_ns for p in step_checkpoints(first_dir)}
+    assert [p.parent.name for p in saved] == ["step-00000010", "step-00000005"]
+
+    write_config(workdir, second)
+    snakemake(workdir, "--cores", "2", "--until", "pretrain")
+    second_dir = run_dir(workdir, second)
+    assert second_dir != first_dir
+    log = (second_dir / "train.log").read_text()
+    assert not litgpt_log.resumed_from(second_dir / "train.log"), log
+    assert "no step-* checkpoint: starting from scratch" in \
+        (workdir / "logs" / "pretrain" / f"{second_dir.name}.log").read_text()
+    # Every step once, from the first: iter 1 step 1 (one micro-batch a step), not iter 11.
+    logged = [(int(m["iter"]), int(m["step"])) for line in log.splitlines()
+              if (m := litgpt_log.TRAIN_LINE.match(line))]
+    assert logged == [(i, i) for i in range(1, steps + 1)], log
+    assert (second_dir / "final" / "lit_model.pth").is_file()
+    # The first run's checkpoints are neither used up nor rewritten.
+    assert {p: p.stat().st_mtime_ns for p in step_checkpoints(first_dir)} == saved
 
 
 def test_corrupt_latest_checkpoints_are_set_aside(tmp_path):

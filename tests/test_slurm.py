@@ -1,67 +1,94 @@
-"""The Slurm profile (profiles/slurm) and the local workflow profile (profiles/default).
+"""The Slurm profile (profiles/slurm), the local workflow profile (profiles/default), and how the
+real pretrain rule asks Slurm for GPUs and launches litgpt.
+
+What the pretrain job asks for and how it launches comes from the real workflow: a dry run of
+the real snakemake (`-p`) prints the job's resources and its shell command, whose `--srun-args`
+go to the real `storylm.pretrain.launch_command`.
 
 The tests marked `slurm` run a small stand-in workflow on the cluster that
 `bash .ci/slurm.sh start` brings up (they skip without one):
 
     bash .ci/slurm.sh start && .venv/bin/python -m pytest -m slurm tests/test_slurm.py
 
-Its `pretrain` rule asks for GPUs, tasks and nodes exactly as the real pretrain rule
-should (see PRETRAIN_RESOURCES and docs/slurm.md), and trains nothing: every Slurm task
-starts Lightning Fabric, which must detect Slurm and form one process group.
+Its `pretrain` rule has the resources that the real dry run printed and runs the real
+`python -m storylm.pretrain run` with its `--srun-args`; only `litgpt` is a stand-in that trains
+nothing: every Slurm task starts Lightning Fabric, which must detect Slurm and form one process
+group.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import copy_workflow, tiny_config, write_config
+from storylm.pretrain import launch_command
+
 try:  # tests/ is on sys.path (rootdir-relative import mode) ...
     from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
-        PYTHON, REPO, SLURM_PROFILE, WORKFLOW_PROFILE, job_state, load_profile, run_snakemake,
-        scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
+        PYTHON, REPO, SLURM_PROFILE, WORKFLOW_PROFILE, job_state, load_profile, profile_override_args,
+        run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
     )
 except ImportError:  # ... or tests is a package
     from .slurm_cluster import (  # noqa: F401
-        PYTHON, REPO, SLURM_PROFILE, WORKFLOW_PROFILE, job_state, load_profile, run_snakemake,
-        scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
+        PYTHON, REPO, SLURM_PROFILE, WORKFLOW_PROFILE, job_state, load_profile, profile_override_args,
+        run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
     )
 
-# The resource block of the real `pretrain` rule, with D = config["devices"] (GPUs per
-# node) and M = config["num_nodes"]. Lightning wants one Slurm task per GPU
-# (ntasks-per-node == devices, nnodes == num_nodes), started by srun.
-PRETRAIN_RESOURCES = """\
-        gres=f"gpu:{DEVICES}",                         # GPUs per node: sbatch --gres=gpu:D
-        nodes=NODES,                                   # sbatch --nodes=M
-        tasks_per_node=DEVICES if DEVICES > 1 else None,          # sbatch --ntasks-per-node=D (with mpi)
-        tasks=NODES if MULTI and DEVICES == 1 else None,          # D == 1, M > 1: one task per node
-        tasks_per_gpu=0 if MULTI and DEVICES == 1 else None,      # ... and no --ntasks-per-gpu
-        mpi="srun" if MULTI else None,                 # plugin: no `srun -n1` wrapper; we call srun
-        gpu_jobs=1,                                    # local: one GPU job at a time
-"""
+# Resources Snakemake derives itself, or that it prints in other units: not the rule's own.
+DERIVED_RESOURCES = {"tmpdir", "disk_mb", "disk", "disk_mib", "mem", "mem_mib", "_cores", "_nodes"}
+
+
+def real_workflow(path: Path, devices: int, num_nodes: int) -> Path:
+    """A copy of the repository's workflow on the tiny config, for devices x num_nodes processes."""
+    workdir = copy_workflow(path)
+    config = tiny_config()
+    config.update(devices=devices, num_nodes=num_nodes)
+    config["train"].update(micro_batch_size=4, global_batch_size=4 * devices * num_nodes)
+    write_config(workdir, config)
+    return workdir
+
+
+def dry_run_job(output: str, rule: str) -> tuple[dict[str, str], int, str]:
+    """(resources, threads, shell command) of the rule's job in the output of `snakemake --dry-run -p`."""
+    blocks = [b for b in output.split("\nrule ")[1:] if b.startswith(f"{rule}:\n")]
+    assert len(blocks) == 1, output
+    lines = [line.strip() for line in blocks[0].splitlines()]
+    field = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines if ": " in line}
+    resources = dict(item.split("=", 1) for item in field["resources"].split(", "))
+    return resources, int(field.get("threads", 1)), field["Shell command"]  # 1 thread is not printed
+
+
+def real_pretrain_job(workdir: Path, *args: str) -> tuple[dict[str, str], int, str]:
+    """What the real pretrain job asks Slurm for and runs: `snakemake --profile slurm --dry-run -p`."""
+    res = subprocess.run(
+        [PYTHON, "-m", "snakemake", "--profile", str(SLURM_PROFILE), "--dry-run", "-p", *args],
+        cwd=workdir, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return dry_run_job(res.stdout + res.stderr, "pretrain")
+
+
+def srun_args_of(shell_command: str) -> str | None:
+    """The --srun-args value of the pretrain command (None without one)."""
+    words = shlex.split(shell_command)
+    assert words[:4] == ["python", "-m", "storylm.pretrain", "run"], shell_command
+    return words[words.index("--srun-args") + 1] if "--srun-args" in words else None
+
 
 SNAKEFILE = """\
-import sys
+import json, shlex, sys
 
 PY = sys.executable
-DEVICES = int(config.get("devices", 1))
-NODES = int(config.get("num_nodes", 1))
-MULTI = DEVICES * NODES > 1
-
-
-def launcher(wildcards, threads, resources):
-    # One process per GPU. Under Slurm (SLURM_JOB_ID set) srun starts them; elsewhere
-    # Lightning does. Only for MULTI: a single process already runs in a job step.
-    if not MULTI:
-        return ""
-    return (
-        "${SLURM_JOB_ID:+srun --kill-on-bad-exit=1 --nodes=%d --ntasks-per-node=%d "
-        "--cpus-per-task=%d --gres=%s}" % (NODES, DEVICES, threads, resources.gres)
-    )
+DEVICES = int(config["devices"])
+NODES = int(config["num_nodes"])
+# The real pretrain job's resources and srun options (from a dry run of the real workflow).
+RESOURCES = json.loads(open("real_pretrain.json").read())
 
 
 rule all:
@@ -78,15 +105,13 @@ rule pretrain:
     output: "results/pretrain.json"
     threads: 1
     resources:
-@PRETRAIN_RESOURCES@
+        **RESOURCES["resources"]
     params:
-        launch=launcher,
-        hold=config.get("hold", ""),
+        srun=f"--srun-args {shlex.quote(RESOURCES['srun_args'])}" if RESOURCES["srun_args"] else "",
     shell:
-        # with --config hold=FILE: write partial output, then wait while FILE exists
-        "if [ -n '{params.hold}' ]; then echo partial > {output}; "
-        "while [ -e '{params.hold}' ]; do sleep 1; done; fi; "
-        "{params.launch} {PY} fabric_check.py {DEVICES} {NODES} results/ranks && "
+        # The real wrapper (storylm.pretrain run) launches `litgpt`, here bin/litgpt.
+        "PATH=$PWD/bin:$PATH PYTHONPATH=@REPO@/workflow STANDIN_DEVICES={DEVICES} STANDIN_NODES={NODES} "
+        "{PY} -m storylm.pretrain run --config pretrain.yaml {params.srun} && "
         "{PY} collect_ranks.py {output}"
 
 
@@ -94,14 +119,21 @@ rule report:
     input: "results/pretrain.json"
     output: "results/report.txt"
     shell: "cat {input} > {output}; echo report in Slurm job $SLURM_JOB_ID >> {output}"
-""".replace("@PRETRAIN_RESOURCES@\n", PRETRAIN_RESOURCES)
+""".replace("@REPO@", str(REPO))
+
+FAKE_LITGPT = """\
+#!/bin/sh
+# Stand-in for litgpt: one rank of a fake training run.
+exec "@PY@" "$(dirname "$0")/../fabric_check.py" "$@"
+""".replace("@PY@", PYTHON)
 
 FABRIC_CHECK = '''\
 """One rank of a fake training run: Lightning Fabric must see Slurm and all ranks."""
 import json, os, sys
 from pathlib import Path
 
-devices, num_nodes, outdir = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+devices, num_nodes = int(os.environ["STANDIN_DEVICES"]), int(os.environ["STANDIN_NODES"])
+outdir = Path("results/ranks")
 import torch
 from lightning_fabric import Fabric
 
@@ -112,6 +144,7 @@ fabric.launch()
 total = fabric.all_reduce(torch.tensor(1.0), reduce_op="sum") if multi else torch.tensor(1.0)
 env = getattr(fabric.strategy, "cluster_environment", None)
 record = {
+    "argv": sys.argv[1:],
     "rank": fabric.global_rank, "local_rank": fabric.local_rank, "node_rank": fabric.node_rank,
     "world_size": fabric.world_size, "all_reduce": float(total),
     "cluster_environment": type(env).__name__ if env is not None else None,
@@ -133,15 +166,29 @@ json.dump(ranks, open(sys.argv[1], "w"), indent=1)
 RULES = ("prep", "pretrain", "report")
 
 
-def make_workflow(path: Path) -> Path:
-    """The stand-in workflow, with the repository's workflow profile linked in."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "Snakefile").write_text(SNAKEFILE)
-    (path / "fabric_check.py").write_text(FABRIC_CHECK)
-    (path / "collect_ranks.py").write_text(COLLECT_RANKS)
-    (path / "profiles").mkdir(exist_ok=True)
-    (path / "profiles" / "default").symlink_to(WORKFLOW_PROFILE)
-    return path
+def make_workflow(path: Path, devices: int, overrides: dict) -> Path:
+    """The stand-in workflow, with the real pretrain job's resources and srun options for `devices`
+    (a dry run of the real workflow with the same profile overrides), and the workflow profile linked in."""
+    resources, threads, command = real_pretrain_job(real_workflow(path / "real", devices, 1),
+                                                    *profile_override_args(SLURM_PROFILE, **overrides))
+    assert threads == 1
+    profile = load_profile()
+    from_profile = set(profile["default-resources"]) | set(profile["set-resources"].get("pretrain", {}))
+    own = {key: int(value) if value.isdigit() else value for key, value in resources.items()
+           if key not in DERIVED_RESOURCES | from_profile}
+    wf = path / "wf"
+    wf.mkdir(parents=True, exist_ok=True)
+    (wf / "real_pretrain.json").write_text(json.dumps({"resources": own, "srun_args": srun_args_of(command)}))
+    (wf / "Snakefile").write_text(SNAKEFILE)
+    (wf / "fabric_check.py").write_text(FABRIC_CHECK)
+    (wf / "collect_ranks.py").write_text(COLLECT_RANKS)
+    (wf / "pretrain.yaml").write_text(yaml.safe_dump({"out_dir": "results/run"}))
+    (wf / "bin").mkdir()
+    (wf / "bin" / "litgpt").write_text(FAKE_LITGPT)
+    (wf / "bin" / "litgpt").chmod(0o755)
+    (wf / "profiles").mkdir(exist_ok=True)
+    (wf / "profiles" / "default").symlink_to(WORKFLOW_PROFILE)
+    return wf
 
 
 # --------------------------------------------------------------------------- profiles, no cluster
@@ -151,22 +198,57 @@ def test_profile_name_resolves_at_repo_root(tmp_path):
     """`snakemake --profile slurm` at the root finds profiles/slurm (via the `slurm`
     link) and adds profiles/default as workflow profile, which must not cap the
     pretrain job's GPUs or drop the Slurm defaults."""
-    wf = make_workflow(tmp_path / "wf")
+    wf = real_workflow(tmp_path / "wf", devices=2, num_nodes=1)
     res = subprocess.run(
         [PYTHON, "-m", "snakemake", "--profile", "slurm", "--snakefile", str(wf / "Snakefile"),
-         "--directory", str(wf), "--config", "devices=2", "--dry-run"],
+         "--directory", str(wf), "--dry-run", "-p"],
         cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "Using profiles slurm and workflow specific profile profiles/default" in out, out
-    block = out.split("rule pretrain:")[1].split("\n\n")[0]
-    resources = dict(item.split("=", 1) for item in block.split("resources: ")[1].splitlines()[0].split(", "))
+    resources, threads, _ = dry_run_job(out, "pretrain")
     assert resources["gres"] == "gpu:2"  # not capped by the local profile
     assert resources["tasks_per_node"] == "2" and resources["mpi"] == "srun"
     assert resources["runtime"] == str(load_profile()["set-resources"]["pretrain"]["runtime"])
+    assert resources["mem_mb_per_cpu"] == str(load_profile()["set-resources"]["pretrain"]["mem_mb_per_cpu"])
     assert resources["slurm_partition"] == ""
     assert resources["gpu_jobs"] == "1"
+    # set-threads asks for 8 CPUs per GPU process; --cores (profiles/default: all of this machine's) caps it.
+    assert resources["cpus_per_task"] == str(threads) and 1 <= threads <= 8
+
+
+@pytest.mark.parametrize("devices, num_nodes", [(1, 1), (2, 1), (1, 2), (2, 2)])
+def test_pretrain_asks_for_one_task_per_gpu_and_srun_starts_them(tmp_path, monkeypatch, devices, num_nodes):
+    """The real pretrain job (dry run of the real workflow): Lightning wants one Slurm task per GPU
+    (ntasks-per-node == devices on num_nodes nodes), and the real launch_command starts them with srun."""
+    wf = real_workflow(tmp_path / "wf", devices, num_nodes)
+    resources, threads, command = real_pretrain_job(wf, "--set-threads", "pretrain=3", "--cores", "3")
+    multi = devices * num_nodes > 1
+    assert threads == 3 and resources["cpus_per_task"] == "3"
+    assert resources["gres"] == f"gpu:{devices}"  # sbatch --gres=gpu:D: GPUs per node
+    assert resources["nodes"] == str(num_nodes)  # sbatch --nodes=M
+    assert resources.get("tasks_per_node") == (str(devices) if devices > 1 else None)  # --ntasks-per-node=D
+    # One GPU a node on several nodes: one task a node, and no --ntasks-per-gpu from the plugin.
+    assert resources.get("tasks") == (str(num_nodes) if multi and devices == 1 else None)
+    assert resources.get("tasks_per_gpu") == ("0" if multi and devices == 1 else None)
+    # The plugin must not wrap the job's command in `srun -n1`: the command calls srun itself.
+    assert resources.get("mpi") == ("srun" if multi else None)
+
+    srun_args = srun_args_of(command)
+    config_path = Path(shlex.split(command)[shlex.split(command).index("--config") + 1])
+    out_dir = wf / config_path.parent
+    litgpt = ["litgpt", "pretrain", "--config", str(config_path), "--out_dir", str(out_dir.resolve())]
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    if not multi:  # one process: the job step itself is it
+        assert srun_args is None
+        assert launch_command(config_path, out_dir, srun_args) == litgpt
+        return
+    assert launch_command(config_path, out_dir, srun_args) == [
+        "srun", "--kill-on-bad-exit=1", f"--nodes={num_nodes}", f"--ntasks-per-node={devices}",
+        "--cpus-per-task=3", f"--gres=gpu:{devices}", *litgpt]
+    monkeypatch.delenv("SLURM_JOB_ID")  # outside Slurm, Lightning starts the processes itself
+    assert launch_command(config_path, out_dir, srun_args) == litgpt
 
 
 def test_workflow_profile_leaves_slurm_settings_alone():
@@ -202,8 +284,9 @@ def test_every_job_goes_through_slurm(slurm_cluster, tmp_path):
     devices = 2 if slurm_cluster.gpus >= 2 and slurm_cluster.cpus >= 2 else 1
     if slurm_cluster.gpus < 1:
         pytest.skip("the cluster has no (fake) GPU")
-    wf = make_workflow(tmp_path)
-    run = run_snakemake(wf, "--config", f"devices={devices}", overrides=_overrides(slurm_cluster))
+    overrides = _overrides(slurm_cluster)
+    wf = make_workflow(tmp_path, devices, overrides)
+    run = run_snakemake(wf, "--config", f"devices={devices}", "num_nodes=1", overrides=overrides)
     run.check()
 
     jobs = run.submitted()
@@ -233,7 +316,10 @@ def test_every_job_goes_through_slurm(slurm_cluster, tmp_path):
 
     ranks = json.loads((wf / "results" / "pretrain.json").read_text())
     assert sorted(r["rank"] for r in ranks) == list(range(devices)), ranks
+    out_dir = str((wf / "results" / "run").resolve())
     for r in ranks:
+        # started by the real storylm.pretrain run, as litgpt would be
+        assert r["argv"] == ["pretrain", "--config", "pretrain.yaml", "--out_dir", out_dir], r
         assert r["world_size"] == devices and r["all_reduce"] == devices, r
         assert r["cluster_environment"] == "SLURMEnvironment", r
         assert r["slurm_job_id"] == pretrain.slurm_jobid, r
