@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import pytest
 import yaml
@@ -211,10 +211,10 @@ class SnakemakeRun:
             self.returncode = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise AssertionError(f"snakemake ran longer than {timeout}s\n{self.describe()}")
+            raise AssertionError(f"snakemake ran longer than {timeout}s\n{self.describe()}") from None
         return self.returncode
 
-    def check(self, timeout: float = 600) -> "SnakemakeRun":
+    def check(self, timeout: float = 600) -> SnakemakeRun:
         """Wait and assert success."""
         rc = self.wait(timeout)
         assert rc == 0, f"snakemake failed (rc={rc})\n{self.describe()}"

@@ -86,7 +86,7 @@ def test_encode_batch_is_litgpts_encode_with_eos(tokenizer, stories):
 
 
 def test_every_fixture_story_round_trips(tokenizer, stories):
-    for story, ids in zip(stories, encode_batch(tokenizer, stories, eos=False)):
+    for story, ids in zip(stories, encode_batch(tokenizer, stories, eos=False), strict=True):
         assert tokenizer.decode(torch.tensor(ids)) == story
 
 

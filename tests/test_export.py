@@ -44,7 +44,7 @@ RECORD = {"stage": "export", "hash": "e0e0e0e0e0", "inputs": {"pretrain": "p1p1p
 METRICS = {"val_bits_per_character": 1.2345, "val_loss_nats_per_token": 0.987, "val_perplexity": 2.683,
            "parameters": 0, "train_steps": 75, "train_iters": 75, "resumed_from": []}
 SAMPLE_SETTINGS = {"prompts": [PROMPT], "num_samples": 1, "max_new_tokens": 24, "temperature": 0.8, "top_k": 20,
-                   "top_p": 1.0, "seed": 7}
+                   "top_p": 1.0, "seed": 7, "num_figure_samples": 1, "copy_ngram": 20}
 DEFAULT_MODEL = dict(name="storylm-tiny", block_size=SEQ, n_layer=2, n_head=4, n_embd=32, head_size=8,
                      intermediate_size=64, mlp_class_name="LLaMAMLP", norm_class_name="RMSNorm", bias=False,
                      parallel_residual=False, rotary_percentage=1.0, norm_eps=1e-5)

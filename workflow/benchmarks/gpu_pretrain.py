@@ -277,10 +277,10 @@ def print_table(rows: list[dict]) -> None:
 
     cells = [[fmt(c, r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for line in cells:
-        print("| " + " | ".join(v.rjust(w) for v, w in zip(line, widths)) + " |")
+        print("| " + " | ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)) + " |")
 
 
 def device_line() -> str:

@@ -116,10 +116,10 @@ def print_table(rows: list[dict]) -> None:
                "stories": "{:,}", "characters": "{:,}", "tokens": "{:,}", "cpu_s": "{:.2f}", "chars/cpu_s": "{:,.0f}"}
     cells = [[formats.get(c, "{}").format(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for line in cells:
-        print("| " + " | ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(zip(line, widths)))
+        print("| " + " | ".join(v.rjust(w) if i > 2 else v.ljust(w) for i, (v, w) in enumerate(zip(line, widths, strict=True)))
               + " |")
 
 

@@ -55,11 +55,11 @@ def run_folder(run, stage):
 # Param functions: the stage's record (its settings and input hashes, written to its config.json)
 # and its settings alone, so that Snakemake's params trigger fires only for its own settings.
 def record(stage):
-    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record)
+    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record, sort_keys=True)
 
 
 def settings(stage):
-    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record["config"])
+    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record["config"], sort_keys=True)
 
 
 def stage_setting(stage, *keys):
@@ -223,7 +223,8 @@ def run_info(wildcards):
             "export_dir": run_folder(run, "export"),
             "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
             "config": PLAN.runs[run],
-        }
+        },
+        sort_keys=True,  # key order in the YAML must not change the params (and rerun the job)
     )
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from storylm.cli import write_text
 from storylm.schema import SCHEMA_PATH, load_schema

@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import unicodedata
 from array import array
 from collections.abc import Iterable, Iterator

@@ -442,7 +442,7 @@ def data_lines(record: dict) -> list[str]:
     corpus = record.get("config", {}).get("corpus")
     if not isinstance(corpus, dict) or "source" not in corpus:
         return ["Not recorded in this export's stage record (`config.corpus`); the pipeline's corpus stage"
-                f" that fed it is named by the stage hashes below."]
+                " that fed it is named by the stage hashes below."]
     source = corpus["source"]
     if source == "builtin":
         builtin = corpus.get("builtin", {})

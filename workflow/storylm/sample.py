@@ -14,6 +14,7 @@ stories whatever num_figure_samples is.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from pathlib import Path
@@ -104,7 +105,7 @@ def reference_stories(val: Path | None, count: int) -> list[str]:
     if val is None:
         return []
     texts = corpus_texts(val, "the val split")
-    return [text for _, text in zip(range(count), texts)]
+    return list(itertools.islice(texts, count))
 
 
 def main(argv: list[str] | None = None) -> None:

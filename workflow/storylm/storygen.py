@@ -21,7 +21,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 # -----------------------------------------------------------------------------
 # The world. Names are two or three characters long and none of them is a common word or

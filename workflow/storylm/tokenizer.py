@@ -107,7 +107,7 @@ def tokenizer_stats(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int 
     unknown = unk_id(tokenizer)
     chars = tokens = unknown_tokens = stories = 0
     for batch in batched(texts, batch_size):
-        for text, ids in zip(batch, encode_batch(tokenizer, batch, eos=False)):
+        for text, ids in zip(batch, encode_batch(tokenizer, batch, eos=False), strict=True):
             stories += 1
             chars += len(text)
             tokens += len(ids)
