@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import load_json
 from storylm import sample, train_copy
@@ -161,3 +162,22 @@ def test_missing_train_split_is_one_line_naming_the_file(checkpoint, tmp_path, c
     err = capsys.readouterr().err
     assert err == f"error: {missing}: the train split does not exist (run the corpus stage)\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_padded_vocabulary_rows_are_never_sampled(checkpoint):
+    """The model has 320 rows (300 ids padded to a multiple of 64): sampling must never pick 300..319."""
+    from storylm.checkpoint import load_model, load_tokenizer
+    from storylm.sample import never_sample_beyond, tokenizer_ids
+
+    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+    assert (model.config.padded_vocab_size, tokenizer_ids(tokenizer)) == (320, 300)
+    with torch.no_grad():
+        # Make every padded row the most likely token: without the mask, greedy decoding picks one.
+        model.lm_head.weight[300:] = 1e3 * model.lm_head.weight[:300].abs().max()
+        model.transformer.ln_f.weight.fill_(1.0)
+        idx = torch.randint(0, 300, (2, 8))
+        assert (model(idx).argmax(-1) >= 300).any()
+        never_sample_beyond(model, tokenizer_ids(tokenizer))
+        logits = model(idx)
+    assert torch.isinf(logits[..., 300:]).all() and torch.isfinite(logits[..., :300]).all()
+    assert (logits.argmax(-1) < 300).all()

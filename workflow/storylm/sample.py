@@ -53,9 +53,33 @@ def sample_story(model, tokenizer, prompt: str, settings: dict, seed: int) -> tu
     return tokenizer.decode(ids), finished
 
 
+def tokenizer_ids(tokenizer) -> int:
+    """How many ids the tokenizer can decode (its largest id + 1)."""
+    if tokenizer.backend == "huggingface":
+        return tokenizer.processor.get_vocab_size(with_added_tokens=True)
+    return tokenizer.vocab_size
+
+
+def never_sample_beyond(model, num_ids: int) -> None:
+    """Mask the logits of the padded rows past the tokenizer's ids (e.g. 64,789 of ChatGLM3's 65,024).
+
+    Training never sees those ids, but an undertrained model still gives them some probability,
+    and a sampled one cannot be decoded (SentencePiece: "piece id is out of range").
+    """
+    if model.config.padded_vocab_size <= num_ids:
+        return
+
+    def mask(module, inputs, logits):
+        logits[..., num_ids:] = float("-inf")
+        return logits
+
+    model.lm_head.register_forward_hook(mask)
+
+
 def sample_all(checkpoint_dir: Path, settings: dict) -> list[dict]:
     model = load_model(checkpoint_dir)
     tokenizer = load_tokenizer(checkpoint_dir)
+    never_sample_beyond(model, tokenizer_ids(tokenizer))
     samples = []
     for p, prompt in enumerate(settings["prompts"]):
         for s in range(stories_per_prompt(settings)):
