@@ -266,8 +266,8 @@ def pipeline(tmp_path_factory):
             point_hf_at(env, hub.url)
             env.setenv("WANDB_MODE", "offline")
             env.delenv("WANDB_API_KEY", raising=False)
-            snakemake(workdir, "results/samples.txt", "--cores", "2", "--configfile", "config/microstories_small.yaml",
-                      timeout=600)
+            snakemake(workdir, "results/samples.txt", "results/metrics.json", "results/loss.png", "--cores", "2",
+                      "--configfile", "config/microstories_small.yaml", timeout=600)
     finally:
         hub.stop()
     return workdir, config, rows, hub

@@ -203,7 +203,8 @@ def _tokenizer_download_fingerprint(tok: dict) -> dict:
 
 def _tokenizer_fingerprint(tok: dict) -> dict:
     if tok["kind"] == "train":
-        return {"kind": "train", "vocab_size": tok["vocab_size"], "min_frequency": tok["min_frequency"]}
+        return {"kind": "train", "vocab_size": tok["vocab_size"], "min_frequency": tok["min_frequency"],
+                "max_train_characters": tok["max_train_characters"]}
     if tok["source"] == "hf":
         return {"kind": "pretrained", "source": "hf"}  # the files are the tokenizer_download input
     # A pretrained tokenizer is identified by its files, not by where they lie.

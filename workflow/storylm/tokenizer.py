@@ -7,6 +7,7 @@ evaluation and sampling all go through litgpt's own tokenizer code.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from collections.abc import Iterable, Iterator
@@ -126,10 +127,29 @@ def tokenizer_stats(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int 
     }
 
 
+def training_texts(train_path: Path, max_characters: int | None) -> Iterator[str]:
+    """The train split's stories, or a uniform sample of about max_characters of them.
+
+    Like SentencePiece's input_sentence_size: the trainer's memory grows with its input, so a
+    corpus of 900M characters is bounded by a sample. A first pass counts the characters; the
+    second keeps each story with probability budget / total, decided by a hash of its text, so
+    the same corpus and budget always give the same sample (and the same tokenizer), whatever
+    the file order, and nothing but the running counts is held in memory.
+    """
+    total = sum(len(text) for text in iter_texts(train_path))
+    if max_characters is None or total <= max_characters:
+        yield from iter_texts(train_path)
+        return
+    threshold = int(max_characters / total * 2**64)
+    for text in iter_texts(train_path):
+        if int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") < threshold:
+            yield text
+
+
 def build(stage_config: dict, corpus_dir: Path | None, source_dir: Path | None, out_dir: Path) -> dict:
     if stage_config["kind"] == "train":
-        train_bpe(iter_texts(corpus_dir / "train.jsonl"), stage_config["vocab_size"], stage_config["min_frequency"],
-                  out_dir)
+        texts = training_texts(corpus_dir / "train.jsonl", stage_config.get("max_train_characters"))
+        train_bpe(texts, stage_config["vocab_size"], stage_config["min_frequency"], out_dir)
     else:
         copy_pretrained(source_dir, out_dir)
     tokenizer = Tokenizer(out_dir)
