@@ -15,7 +15,6 @@ seconds, CPU seconds and peak RSS (ru_maxrss):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
