@@ -7,7 +7,7 @@ stage does (storylm.tokenizer.training_texts + train_bpe, vocab 2048) and prints
 seconds, CPU seconds and peak RSS (ru_maxrss):
 
 - the whole file with tokenizer.max_train_characters at its default (100M) and at 10M;
-- no budget on the first 10M and 30M characters, to show how memory grows without one.
+- no budget on the first 10M and 30M characters and on the whole file, to show how memory grows without one.
 
     python workflow/benchmarks/tokenizer_memory.py --dir /tmp/train_copy_bench
 """
@@ -58,7 +58,7 @@ print(json.dumps({"budget": budget, "corpus_chars": prefix or "all", "trained_on
                   "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}))
 """
 
-CASES = [("100000000", 0), ("10000000", 0), ("none", 10_000_000), ("none", 30_000_000)]
+CASES = [("100000000", 0), ("10000000", 0), ("none", 10_000_000), ("none", 30_000_000), ("none", 0)]
 
 
 def main() -> None:
