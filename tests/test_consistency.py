@@ -5,6 +5,7 @@ corrupted so that one rule must fail, and the command."""
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ def stories() -> list[dict]:
 
 
 def failed(text: str, prompt: str = "") -> list[str]:
-    return check_story(text, prompt)["failed_rules"]
+    """The rules a short hand-written story fails, besides being short (tested on its own below)."""
+    return [rule for rule in check_story(text, prompt)["failed_rules"] if rule != "long_enough"]
 
 
 # -- finding names, places, objects and speakers ------------------------------------------
@@ -105,8 +107,30 @@ def test_a_lost_doll_found_as_a_scarf():
     story = "莉莉有一个布娃娃，她非常喜欢它。突然，莉莉发现她的布娃娃不见了！最后，她在草丛里找到了{}。"
     assert failed(story.format("围巾")) == ["object_consistent"]
     assert failed(story.format("布娃娃")) == []
-    # Without a loss, more than one object is just more things.
+    # A thing found that was never lost is found as what it was called.
+    assert failed("天天说：“别着急，我帮你一起找。”天天弯下腰一看，小汽车就在草丛里！“谢谢你帮我找到了小铃铛！”") \
+        == ["object_consistent"]
+    # With nothing lost or found, more than one object is just more things.
     assert failed("莉莉有一个布娃娃，还有一条绿围巾。") == []
+
+
+def test_a_dog_that_comes_home_a_cat():
+    story = "有一天，小明和他的狗去公园玩。小明和{}一起追蝴蝶。"
+    assert failed(story.format("小猫")) == ["animal_consistent"]
+    assert failed(story.format("小狗")) == []
+    # A named character's kind is not the one extra animal, and birds are scenery.
+    assert failed("在森林里，住着一只叫莉莉的小兔子。小鸟在树枝上唱歌。莉莉帮小乌龟翻了过来。") == []
+
+
+def test_a_boy_who_says_he_is_a_girl():
+    assert failed("东东说：“天黑了，我有点怕。”东东骄傲地说：“我是一个勇敢的小女孩！”") == ["gender_consistent"]
+    assert failed("东东说：“天黑了，我有点怕。”东东骄傲地说：“我是一个勇敢的小男孩！”") == []
+
+
+def test_comforting_yourself_after_a_worry():
+    assert failed("莉莉小声说：“我怕打雷！”莉莉说：“别怕，我陪着你。”") == ["self_address"]
+    assert failed("莉莉小声说：“我怕打雷！”莉莉对自己说：“别怕，我能行！”") == []
+    assert failed("莉莉小声说：“我怕打雷！”小明说：“别怕，我陪着你。”") == ["name_consistent"]
 
 
 def test_one_place_only():
@@ -138,25 +162,32 @@ def test_ended(text, ended):
     assert check_story(text)["ended"] is ended
 
 
+def test_two_sentences_and_a_moral_are_not_a_story():
+    assert check_story("朵朵和乐乐是最好的朋友。原来，多试几次就能成功。")["failed_rules"] == ["long_enough"]
+    assert check_story("朵朵和乐乐是好朋友。他们去公园玩。乐乐摔了一跤。朵朵扶起了他。乐乐笑了。")["consistent"]
+
+
 def test_verdict_lists_every_failed_rule_in_order():
     result = check_story("从前，有一个叫莉莉的小女孩。他和莉莉和莉莉去了公园，又去了海边")
-    assert result["failed_rules"] == ["gender_consistent", "self_pair", "place_consistent", "ended"]
+    assert result["failed_rules"] == ["gender_consistent", "self_pair", "place_consistent", "long_enough", "ended"]
     assert not result["consistent"]
     assert set(RULES) <= set(result)
 
 
 def test_score_fractions():
+    more = "小狗跑得很快。小明追着小狗跑。他们玩得很开心。"
     samples = [
-        {"prompt": "从前，有一个叫莉莉的小女孩", "text": "从前，有一个叫莉莉的小女孩。莉莉去公园玩。"},  # all good
-        {"prompt": "在森林里", "text": "在森林里，有一只小熊。小熊去了海边。"},                  # two places
-        {"prompt": "有一天，小明和他的狗", "text": "有一天，小明和他的狗去公园。莉莉来了。"},     # new name
-        {"prompt": "有一天，小明和他的狗", "text": "有一天，小明和他的狗去公园"},                 # cut off
+        {"prompt": "有一天，小明和他的狗", "text": "有一天，小明和他的狗去公园。" + more + "小明笑了。"},  # all good
+        {"prompt": "有一天，小明和他的狗", "text": "有一天，小明和他的狗去公园。" + more + "又去了海边。"},  # two places
+        {"prompt": "有一天，小明和他的狗", "text": "有一天，小明和他的狗去公园。" + more + "莉莉来了。"},    # new name
+        {"prompt": "有一天，小明和他的狗", "text": "有一天，小明和他的狗去公园。小明笑"},                # short, cut off
     ]
     result = score(samples)
     assert result == {"num_samples": 4, "consistent_fraction": 0.25, "name_consistent_fraction": 0.75,
                       "gender_consistent_fraction": 1.0, "self_pair_fraction": 1.0, "self_address_fraction": 1.0,
                       "self_intro_fraction": 1.0, "object_consistent_fraction": 1.0,
-                      "place_consistent_fraction": 0.75, "ended_fraction": 0.75}
+                      "animal_consistent_fraction": 1.0, "place_consistent_fraction": 0.75,
+                      "long_enough_fraction": 0.75, "ended_fraction": 0.75}
 
 
 def test_score_of_nothing():
@@ -240,8 +271,9 @@ def test_cut_story_fails_only_the_ending_rule(stories):
         text = story["text"]
         # Cut after the first sentence and inside a sentence, not right after one.
         cuts = [i for i in range(len(first_sentence(text)) + 1, len(text)) if text[i - 1] not in "。！？”"]
-        result = check_story(text[:rng.choice(cuts)])
-        assert result["failed_rules"] == ["ended"], text
+        cut = text[:rng.choice(cuts)]
+        short = ["long_enough"] if len(re.findall(r"[。！？]”?", cut)) < 5 else []
+        assert check_story(cut)["failed_rules"] == short + ["ended"], cut
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -253,13 +285,13 @@ def run_command(*args: str) -> subprocess.CompletedProcess:
 
 def test_command_adds_the_verdict_to_each_line(tmp_path):
     lines = [{"prompt": "从前", "text": "从前，有一个叫莉莉的小女孩。莉莉和莉莉成了最好的朋友。", "seed": 3},
-             {"prompt": "", "text": "小明去公园玩。"}]
+             {"prompt": "", "text": "小明去公园玩。他跑啊跑。他笑了。他累了。他回家了。"}]
     path = tmp_path / "samples.jsonl"
     path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n\n", encoding="utf-8")
     done = run_command(str(path))
     assert done.returncode == 0, done.stderr
     out = [json.loads(line) for line in done.stdout.splitlines()]
-    assert out == [{**lines[0], "consistent": False, "failed_rules": ["self_pair"]},
+    assert out == [{**lines[0], "consistent": False, "failed_rules": ["self_pair", "long_enough"]},
                    {**lines[1], "consistent": True, "failed_rules": []}]
     assert run_command(str(path), "--out", str(tmp_path / "checked.jsonl")).stdout == ""
     assert (tmp_path / "checked.jsonl").read_text(encoding="utf-8") == done.stdout

@@ -4,8 +4,9 @@ A sample's text is the prompt followed by the model's continuation. Each rule ha
 a story is consistent when it fails none of them, and its verdict lists the ones it fails.
 
 - name_consistent: a character introduced by name keeps that name. The cast is every known
-  name (storygen.NAMES) in the prompt, in the first sentence, or right after 叫
-  (一个叫乐乐的小男孩, 我叫乐乐, 名叫乐乐); any other known name in the text fails the rule.
+  name (storygen.NAMES) in the prompt, in the first sentence, right after 叫 (一个叫乐乐的
+  小男孩, 我叫乐乐, 名叫乐乐), and the first name of all (the hero of 在森林里采野花。
+  乐乐……); any other known name in the text fails the rule.
 - gender_consistent: a child keeps the gender of its name (GIRL_NAMES, BOY_NAMES): a girl's
   name is never given to a 小男孩, and a 他 or 她 outside dialogue refers to one of the last
   two people mentioned, so it must agree with one of them (莉莉……他 fails when 莉莉 is the
@@ -13,14 +14,22 @@ a story is consistent when it fails none of them, and its verdict lists the ones
 - self_pair: no character is paired with or does something to themself: the same name twice
   in one clause (莉莉和莉莉成了最好的朋友, 小明帮小明).
 - self_address: nobody thanks or speaks to themself: a line of dialogue that addresses a
-  name (谢谢你，天天！ / 天天，我来帮你！) is not said by that name.
+  name (谢谢你，天天！ / 天天，我来帮你！) is not said by that name, and a line that comforts
+  (别怕，我陪着你。) is not said by whoever just spoke a worry (我怕打雷！), unless the story
+  says they talk to themself (对自己说).
 - self_intro: nobody takes another character's name: 我叫X is said by X, and a character
   who is already in the story is not introduced again as someone new (一个叫莉莉的小女孩
   走了过来, when 莉莉 is the heroine).
-- object_consistent: in a story where something gets lost, it stays the same object (a lost
-  布娃娃 is not found as a 围巾): the story mentions one of storygen.OBJECTS.
+- object_consistent: in a story where something is lost or found, it stays the same object
+  (a lost 布娃娃 is not found as a 围巾): the story mentions at most one of storygen.OBJECTS.
+- animal_consistent: a story has at most one animal besides its named characters (the pet or
+  the animal helped, as in storygen): 小明和他的狗 does not come home with a 小猫. Birds are
+  not counted, since the scenery has them (小鸟在树枝上唱歌).
 - place_consistent: at most one known place (storygen.PLACES) is mentioned; the generator
   only ever writes a move from home to that one place (去公园玩), never between two places.
+- long_enough: the story has at least 5 sentences. The generator never writes fewer than 6,
+  and a moral straight after the opening (朵朵和乐乐是最好的朋友。原来，多试几次就能成功。)
+  is not a story.
 - ended: the text ends with 。！？, or with ” right after one of them: the model finished
   the story instead of being cut off at max_new_tokens.
 
@@ -46,7 +55,7 @@ from storylm.cli import StageError, exit_with, write_text
 from storylm.storygen import ANIMAL_KINDS, ANIMALS, BOY_NAMES, CHILD_KINDS, GIRL_NAMES, NAMES, OBJECTS, PLACES, little
 
 RULES = ("name_consistent", "gender_consistent", "self_pair", "self_address", "self_intro",
-         "object_consistent", "place_consistent", "ended")
+         "object_consistent", "animal_consistent", "place_consistent", "long_enough", "ended")
 
 
 def _longest_first(words) -> re.Pattern:
@@ -76,7 +85,16 @@ MENTION_PATTERN = _longest_first(NAMES + tuple(PEOPLE) + ANIMAL_WORDS)
 OBJECT_NAMES = {**{short: full for full, _, short in OBJECTS}, **{full: full for full, _, _ in OBJECTS}}
 OBJECT_PATTERN = _longest_first(OBJECT_NAMES)
 NOT_OBJECTS = ("小木船旁边",)
-LOST = re.compile(r"不见了|丢了|弄丢|找不到")
+LOST = re.compile(r"不见了|丢了|弄丢|找不到|找到|就在那里|找了回来")
+# Lines the generator gives to a friend who comforts or helps; nobody says them to themself.
+COMFORT = re.compile(r"^(别怕|别着急|别放弃|没关系)|我陪着你|我帮你|我来帮你")
+WORRY = re.compile(r"(?<![别不])怕|不敢|会不会|掉下去|在哪里|去哪儿")
+# The one animal a story may have (its pet or the animal helped), by every way it is named.
+ANIMAL_BASE = {**{a: a for a in ANIMALS}, **{little(a): a for a in ANIMALS},
+               **{k: k for k in ANIMAL_KINDS if k not in map(little, ANIMALS)}, "鸭妈妈": "鸭子"}
+COUNTED_ANIMALS = _longest_first(w for w, base in ANIMAL_BASE.items() if base != "小鸟")
+SENTENCE_END = re.compile(r"[。！？]”?")
+MIN_SENTENCES = 5
 
 FIRST_SENTENCE = re.compile(r"[^。！？]*[。！？]?")
 ENDED = re.compile(r"[。！？]”?$")
@@ -176,12 +194,14 @@ def addressed(line: str) -> list[str]:
 
 
 def name_consistent(text: str, prompt: str) -> bool:
-    cast = unique(find_names(prompt) + find_names(first_sentence(text)) + introduced_names(text))
-    return all(name in cast for name in find_names(text))
+    names = find_names(text)
+    cast = unique(find_names(prompt) + find_names(first_sentence(text)) + introduced_names(text) + names[:1])
+    return all(name in cast for name in names)
 
 
 def kinds(text: str) -> dict[str, str]:
-    """Each name's kind where the story says it (叫莉莉的小女孩, 我叫莉莉 said by a 小女孩).
+    """Each name's kind where the story says it (叫莉莉的小女孩, 我叫莉莉 said by a 小女孩,
+    我是一个勇敢的小男孩 said by 小明).
     A name given two kinds keeps the first; self_intro catches the second."""
     found = {}
     for pattern in INTRODUCED_AS:
@@ -191,6 +211,10 @@ def kinds(text: str) -> dict[str, str]:
         for m in re.finditer(rf"我叫(?P<name>{NAME_PATTERN.pattern})", q.text):
             if q.speaker in CHILD_KINDS or q.speaker in ANIMAL_KINDS:
                 found.setdefault(m.group("name"), (q.start, q.speaker))
+        # 我是一个勇敢的小男孩！ said by a name.
+        for m in re.finditer(rf"我是一[个只][^，。！？]{{0,6}}?(?P<kind>{KINDS_PATTERN})", q.text):
+            if q.speaker in NAMES:
+                found.setdefault(q.speaker, (q.start, m.group("kind")))
     return {name: kind for name, (_, kind) in sorted(found.items(), key=lambda item: item[1][0])}
 
 
@@ -232,7 +256,15 @@ def self_pair(text: str, prompt: str = "") -> bool:
 
 
 def self_address(text: str, prompt: str = "") -> bool:
-    return not any(q.speaker in addressed(q.text) for q in quotes(text) if q.speaker)
+    lines = quotes(text)
+    if any(q.speaker in addressed(q.text) for q in lines if q.speaker):
+        return False
+    for before, q in zip(lines, lines[1:]):
+        between = text[before.start + len(before.text):q.start]
+        if (q.speaker and q.speaker == before.speaker and WORRY.search(before.text) and COMFORT.search(q.text)
+                and "自己" not in between):
+            return False  # 莉莉说：“我怕打雷！”莉莉说：“别怕，我陪着你。”
+    return True
 
 
 def self_intro(text: str, prompt: str = "") -> bool:
@@ -253,8 +285,18 @@ def object_consistent(text: str, prompt: str = "") -> bool:
     return not LOST.search(text) or len(find_objects(text)) <= 1
 
 
+def animal_consistent(text: str, prompt: str = "") -> bool:
+    characters = {ANIMAL_BASE[kind] for kind in kinds(text).values() if kind in ANIMAL_BASE}
+    animals = {ANIMAL_BASE[m.group()] for m in COUNTED_ANIMALS.finditer(text)} - characters
+    return len(animals) <= 1
+
+
 def place_consistent(text: str, prompt: str = "") -> bool:
     return len(find_places(text)) <= 1
+
+
+def long_enough(text: str, prompt: str = "") -> bool:
+    return len(SENTENCE_END.findall(text)) >= MIN_SENTENCES
 
 
 def ended(text: str, prompt: str = "") -> bool:
@@ -268,7 +310,9 @@ RULE_CHECKS = {
     "self_address": self_address,
     "self_intro": self_intro,
     "object_consistent": object_consistent,
+    "animal_consistent": animal_consistent,
     "place_consistent": place_consistent,
+    "long_enough": long_enough,
     "ended": ended,
 }
 
