@@ -123,14 +123,34 @@ def test_a_dog_that_comes_home_a_cat():
 
 
 def test_a_boy_who_says_he_is_a_girl():
-    assert failed("东东说：“天黑了，我有点怕。”东东骄傲地说：“我是一个勇敢的小女孩！”") == ["gender_consistent"]
-    assert failed("东东说：“天黑了，我有点怕。”东东骄傲地说：“我是一个勇敢的小男孩！”") == []
+    assert failed("东东心里有点害怕。东东说：“天黑了，我有点怕。”东东骄傲地说：“我是一个勇敢的小女孩！”") == ["gender_consistent"]
+    assert failed("东东心里有点害怕。东东说：“天黑了，我有点怕。”东东骄傲地说：“我是一个勇敢的小男孩！”") == []
 
 
 def test_comforting_yourself_after_a_worry():
-    assert failed("莉莉小声说：“我怕打雷！”莉莉说：“别怕，我陪着你。”") == ["self_address"]
-    assert failed("莉莉小声说：“我怕打雷！”莉莉对自己说：“别怕，我能行！”") == []
-    assert failed("莉莉小声说：“我怕打雷！”小明说：“别怕，我陪着你。”") == ["name_consistent"]
+    assert failed("莉莉吓得捂住了耳朵。莉莉小声说：“我怕打雷！”莉莉说：“别怕，我陪着你。”") == ["self_address"]
+    assert failed("莉莉吓得捂住了耳朵。莉莉小声说：“我怕打雷！”莉莉对自己说：“别怕，我能行！”") == []
+    assert failed("莉莉吓得捂住了耳朵。莉莉小声说：“我怕打雷！”小明说：“别怕，我陪着你。”") == ["name_consistent"]
+
+
+def test_a_plot_keeps_to_one_task_or_fear_and_has_its_core():
+    bike = "莉莉想学骑自行车。可是她刚骑上去，车子一歪，就摔倒了。莉莉对自己说：“再试一次！”"
+    assert failed(bike + "这一次，她坐得稳稳的，眼睛看着前面，用力一蹬，车子一下子骑出去好远。") == []
+    assert failed(bike + "这一次，她找来一根长长的树枝，轻轻一碰，果子就掉进了她的手里。") == ["plot_consistent"]
+    thunder = "突然，天上“轰隆隆”地打起了雷。天天吓得捂住了耳朵。天天小声说：“我怕打雷！”"
+    assert failed(thunder + "天天深深地吸了一口气，数了一、二、三，雷声慢慢地变小了。") == []
+    assert failed(thunder + "天天抬起头，看见天上亮起了好多星星，月亮也出来了。") == ["plot_consistent"]
+    # The overcoming of a fear that was never told (default-final seed 2026 in the labelled set).
+    assert failed("在森林里浇花。豆豆闭上眼睛，“呼”地一下滑了下来。原来滑滑梯一点也不可怕，还特别好玩！") \
+        == ["plot_consistent"]
+
+
+def test_a_moral_needs_its_plot():
+    kite = "在森林里采野花。天天想放风筝。可是风筝刚飞起来，就一头栽到了地上。天天说：“没关系，我们再来一次！”"
+    moral = "天天明白了，只要不放弃，就一定能做到。"
+    assert failed(kite + moral) == ["plot_consistent"]
+    assert failed(kite + "这一次，他迎着风跑了起来，风筝越飞越高，像一只大鸟在天上飞。" + moral) == []
+    assert failed("朵朵和乐乐是最好的朋友。朵朵明白了，勇敢就是害怕的时候也敢试一试。") == ["plot_consistent"]
 
 
 def test_one_place_only():
@@ -163,7 +183,7 @@ def test_ended(text, ended):
 
 
 def test_two_sentences_and_a_moral_are_not_a_story():
-    assert check_story("朵朵和乐乐是最好的朋友。原来，多试几次就能成功。")["failed_rules"] == ["long_enough"]
+    assert check_story("朵朵和乐乐是最好的朋友。原来，帮助别人是一件这么快乐的事。")["failed_rules"] == ["long_enough"]
     assert check_story("朵朵和乐乐是好朋友。他们去公园玩。乐乐摔了一跤。朵朵扶起了他。乐乐笑了。")["consistent"]
 
 
@@ -186,7 +206,8 @@ def test_score_fractions():
     assert result == {"num_samples": 4, "consistent_fraction": 0.25, "name_consistent_fraction": 0.75,
                       "gender_consistent_fraction": 1.0, "self_pair_fraction": 1.0, "self_address_fraction": 1.0,
                       "self_intro_fraction": 1.0, "object_consistent_fraction": 1.0,
-                      "animal_consistent_fraction": 1.0, "place_consistent_fraction": 0.75,
+                      "animal_consistent_fraction": 1.0, "plot_consistent_fraction": 1.0,
+                      "place_consistent_fraction": 0.75,
                       "long_enough_fraction": 0.75, "ended_fraction": 0.75}
 
 

@@ -21,10 +21,18 @@ a story is consistent when it fails none of them, and its verdict lists the ones
   who is already in the story is not introduced again as someone new (一个叫莉莉的小女孩
   走了过来, when 莉莉 is the heroine).
 - object_consistent: in a story where something is lost or found, it stays the same object
-  (a lost 布娃娃 is not found as a 围巾): the story mentions at most one of storygen.OBJECTS.
+  (a lost 布娃娃 is not found as a 围巾): the story mentions at most one of storygen.OBJECTS,
+  and nothing is found (找到, 就在那里) before something was lost (不见了, 没找到).
 - animal_consistent: a story has at most one animal besides its named characters (the pet or
   the animal helped, as in storygen): 小明和他的狗 does not come home with a 小猫. Birds are
   not counted, since the scenery has them (小鸟在树枝上唱歌).
+- plot_consistent: a plot the generator writes keeps to itself: what a child tries again and
+  again (storygen.TASKS), a fear and how it is overcome (FEARS), an animal's or a friend's
+  trouble and the help (ANIMAL_PROBLEMS, FRIEND_PROBLEMS) each come from one entry (learning
+  to ride a bike does not end with a fruit picked; a fear of thunder is not overcome by
+  looking at the stars); a plot has its core (a failure before the success, the fear before
+  it is overcome, the trouble before the help); and a moral needs its plot: 只要不放弃，就一定能做到 only after the
+  success, 勇敢就是害怕的时候也敢试一试 only after a fear and its overcoming.
 - place_consistent: at most one known place (storygen.PLACES) is mentioned; the generator
   only ever writes a move from home to that one place (去公园玩), never between two places.
 - long_enough: the story has at least 5 sentences. The generator never writes fewer than 6,
@@ -52,10 +60,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storylm.cli import StageError, exit_with, write_text
-from storylm.storygen import ANIMAL_KINDS, ANIMALS, BOY_NAMES, CHILD_KINDS, GIRL_NAMES, NAMES, OBJECTS, PLACES, little
+from storylm.storygen import (ANIMAL_KINDS, ANIMAL_PROBLEMS, ANIMALS, BOY_NAMES, CHILD_KINDS, FEARS, FRIEND_PROBLEMS,
+                              GIRL_NAMES, NAMES, OBJECTS, PLACES, TASKS, little)
 
 RULES = ("name_consistent", "gender_consistent", "self_pair", "self_address", "self_intro",
-         "object_consistent", "animal_consistent", "place_consistent", "long_enough", "ended")
+         "object_consistent", "animal_consistent", "plot_consistent", "place_consistent", "long_enough", "ended")
 
 
 def _longest_first(words) -> re.Pattern:
@@ -85,7 +94,8 @@ MENTION_PATTERN = _longest_first(NAMES + tuple(PEOPLE) + ANIMAL_WORDS)
 OBJECT_NAMES = {**{short: full for full, _, short in OBJECTS}, **{full: full for full, _, _ in OBJECTS}}
 OBJECT_PATTERN = _longest_first(OBJECT_NAMES)
 NOT_OBJECTS = ("小木船旁边",)
-LOST = re.compile(r"不见了|丢了|弄丢|找不到|找到|就在那里|找了回来")
+LOST = re.compile(r"不见了|丢了|弄丢|找不到|没找到|吹走了")
+FOUND = re.compile(r"找到|就在那里|找了回来|就在[^，。！？]{0,8}[里下面后旁边]+[！。]")
 # Lines the generator gives to a friend who comforts or helps; nobody says them to themself.
 COMFORT = re.compile(r"^(别怕|别着急|别放弃|没关系)|我陪着你|我帮你|我来帮你")
 WORRY = re.compile(r"(?<![别不])怕|不敢|会不会|掉下去|在哪里|去哪儿")
@@ -111,6 +121,29 @@ INTRODUCED_AS = (
 )
 # 一个叫莉莉的 / 名叫莉莉: a new character enters the story.
 NEW_CHARACTER = re.compile(rf"(?:一[个只]叫|名叫)(?P<name>{NAME_PATTERN.pattern})")
+
+
+def signature(template: str) -> str:
+    """The longest literal run of a storygen template, up to 16 characters: what a model that
+    writes this sentence (with any name or pronoun in its slots) reproduces. Shorter cuts
+    are not unique (找来一根长长的树枝 both reaches the fruit and helps the squirrel)."""
+    return max(re.split(r"\{[a-z_0-9]+\}", template), key=len).strip("，。！？")[:16]
+
+
+# Plots: each family's entries by their sentences' signatures. A story draws one entry of a
+# family; the beats below are what a moral needs before it.
+PLOTS = {
+    "task": [[signature(t) for t in task[1:]] for task in TASKS],
+    "fear": [[signature(t) for t in fear] for fear in FEARS["any"] + sum((FEARS[c] for c in FEARS if c != "any"), ())],
+    "animal_problem": [[signature(t) for t in problem[1:]] for problem in ANIMAL_PROBLEMS],
+    "friend_problem": [[signature(t) for t in problem] for problem in FRIEND_PROBLEMS],
+}
+# The beat without which the others make no sense: trying again needs a failure, overcoming a
+# fear needs the fear, help needs the trouble.
+CORE_BEAT = {"task": 1, "fear": 1, "animal_problem": 0, "friend_problem": 0}
+# moral -> (family, index of the beat within an entry that must come first)
+MORALS = {"只要不放弃，就一定能做到": ("task", 2), "多试几次就能成功": ("task", 2),
+          "勇敢就是害怕的时候也敢试一试": ("fear", 3), "变得更勇敢了": ("fear", 3)}
 
 
 def unique(items) -> list:
@@ -282,7 +315,32 @@ def self_intro(text: str, prompt: str = "") -> bool:
 
 
 def object_consistent(text: str, prompt: str = "") -> bool:
-    return not LOST.search(text) or len(find_objects(text)) <= 1
+    lost, found = LOST.search(text), FOUND.search(text)
+    if found and find_objects(text) and not (lost and lost.start() < found.start()):
+        return False  # 小汽车就在草丛里！ when nothing was lost
+    return not (lost or found) or len(find_objects(text)) <= 1
+
+
+def plot_entries(text: str, family: str) -> dict[int, list[int]]:
+    """The entries of a plot family whose sentences the story has: {entry: [beats found]}."""
+    found = {}
+    for entry, beats in enumerate(PLOTS[family]):
+        hits = [beat for beat, sig in enumerate(beats) if sig and sig in text]
+        if hits:
+            found[entry] = hits
+    return found
+
+
+def plot_consistent(text: str, prompt: str = "") -> bool:
+    entries = {family: plot_entries(text, family) for family in PLOTS}
+    if any(len(found) > 1 for found in entries.values()):
+        return False  # two tasks, two fears or two troubles mixed into one plot
+    if any(CORE_BEAT[family] not in beats for family, found in entries.items() for beats in found.values()):
+        return False  # 滑了下来 with no fear of the slide, help with no trouble
+    for moral, (family, beat) in MORALS.items():
+        if moral in text and not any(beat in beats for beats in entries[family].values()):
+            return False  # the moral of a plot that never happened
+    return True
 
 
 def animal_consistent(text: str, prompt: str = "") -> bool:
@@ -311,6 +369,7 @@ RULE_CHECKS = {
     "self_intro": self_intro,
     "object_consistent": object_consistent,
     "animal_consistent": animal_consistent,
+    "plot_consistent": plot_consistent,
     "place_consistent": place_consistent,
     "long_enough": long_enough,
     "ended": ended,
