@@ -83,7 +83,7 @@ PEOPLE = {"妈妈": "f", "奶奶": "f", "姐姐": "f", "妹妹": "f", "阿姨": 
           **KIND_GENDER}
 # Animals: a 他/她 never needs to agree with one, but they can speak (小猫……好像在说).
 ANIMAL_WORDS = tuple(ANIMAL_KINDS) + tuple(little(a) for a in ANIMALS) + ANIMALS + ("鸭妈妈", "大白鹅")
-# The measure word an introduction uses: 一个叫莉莉的小女孩, 一只叫莉莉的小熊.
+# The kinds an introduction gives a name: 一个叫莉莉的小女孩, 一只叫莉莉的小熊.
 KINDS_PATTERN = "|".join(sorted(set(CHILD_KINDS) | set(ANIMAL_KINDS), key=len, reverse=True))
 
 NAME_PATTERN = _longest_first(NAMES)
