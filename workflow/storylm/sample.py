@@ -105,15 +105,17 @@ def render_text(samples: list[dict], settings: dict, hashes: dict, scores: dict,
         f"# figures (of {figs['num_samples']} samples): finished {_figure(figs['finished_fraction'])},"
         f" repeated 4-grams {_figure(figs['repeated_4gram_fraction'])}, distinct-2 {_figure(figs['distinct_2'])},"
         f" train copy ({figs['train_copy_n']}-grams) {_figure(figs['train_copy_fraction'])}{reference}",
-        f"# consistency (fraction of samples): all rules {scores['consistent_fraction']:.2f},"
-        f" names {scores['name_consistent_fraction']:.2f}, place {scores['place_consistent_fraction']:.2f},"
-        f" finished {scores['ended_fraction']:.2f} (of {scores['num_samples']} samples)",
+        f"# builtin-world checker (fraction of {scores['num_samples']} samples passing):"
+        f" all rules {scores['consistent_fraction']:.2f}; "
+        + ", ".join(f"{key.removesuffix('_fraction')} {value:.2f}" for key, value in scores.items()
+                    if key.endswith("_fraction") and key != "consistent_fraction"),
         "",
     ]
     for prompt in settings["prompts"]:
         lines += ["=" * 60, f"Prompt: {prompt}", "=" * 60]
         for sample in (s for s in samples if s["prompt"] == prompt and s["shown"]):
-            mark = "consistent" if sample["check"]["consistent"] else "inconsistent"
+            failed = sample["check"]["failed_rules"]
+            mark = "consistent" if not failed else "inconsistent: " + ", ".join(failed)
             lines += [f"--- story {sample['sample']} (seed {sample['seed']}, {mark})", sample["text"], ""]
     return "\n".join(lines) + "\n"
 
