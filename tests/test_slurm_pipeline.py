@@ -22,7 +22,7 @@ from storylm.pretrain import step_checkpoints
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # The stage jobs; the steps that gather results (run_results, compare_runs, ...) are local rules.
-RULES = {"corpus", "tokenizer", "shards", "pretrain_config", "pretrain", "evaluate", "sample"}
+RULES = {"corpus", "tokenizer", "shards", "pretrain_config", "pretrain", "evaluate", "sample", "export"}
 TIMINGS = ("train_seconds", "train_tokens_per_second")  # wall-clock figures differ from run to run
 
 

@@ -194,6 +194,13 @@ def gpu_resource(kind):
     return value
 
 
+def local_gpu_jobs(wildcards):
+    """1 for a local run, where profiles/default allows one GPU job at a time; 0 under a cluster
+    executor, where that global limit (the workflow profile applies there too) must not queue
+    the runs' trainings one behind another: Slurm shares out the GPUs."""
+    return 1 if workflow.local_exec else 0
+
+
 # Per-run results.
 def run_inputs(wildcards):
     run = wildcards.run

@@ -50,7 +50,7 @@ rule pretrain:
         tasks=gpu_resource("tasks"),
         tasks_per_gpu=gpu_resource("tasks_per_gpu"),
         mpi=gpu_resource("mpi"),
-        gpu_jobs=1,  # at most one GPU job at a time on a local machine (profiles/default)
+        gpu_jobs=local_gpu_jobs,  # one GPU job at a time locally (profiles/default), any number on Slurm
     params:
         srun=srun_args,
     shell:
