@@ -99,6 +99,9 @@ rule all_samples:
 # run's are in results/runs/<run>/).
 if ONE_RUN:
 
+    localrules:
+        single_run,
+
     rule single_run:
         input:
             metrics=expand("results/runs/{run}/metrics.json", run=RUNS),
