@@ -122,6 +122,7 @@ def plot_comparison(run_dirs: list[Path], table: pd.DataFrame, png: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, (by_tokens, by_flops, bpc) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=110)
+    colors = []
     for run_dir, (_, row) in zip(run_dirs, table.iterrows(), strict=True):
         curve = pd.read_csv(run_dir / "val_curve.tsv", sep="\t")
         # The final point is the evaluate stage's val loss of the final checkpoint.
@@ -130,6 +131,7 @@ def plot_comparison(run_dirs: list[Path], table: pd.DataFrame, png: Path) -> Non
         losses = [*curve["val_loss_nats_per_token"], row["val_loss_nats_per_token"]]
         line, = by_tokens.plot(tokens, losses, "o-", label=row["run"])
         by_flops.plot(flops, losses, "o-", color=line.get_color(), label=row["run"])
+        colors.append(line.get_color())
     for ax, unit in ((by_tokens, "training tokens"), (by_flops, "training FLOPs (litgpt estimate)")):
         ax.set_xscale("log")
         ax.set_xlabel(unit)
@@ -138,7 +140,7 @@ def plot_comparison(run_dirs: list[Path], table: pd.DataFrame, png: Path) -> Non
         ax.legend(fontsize=8)
     by_tokens.set_title("val loss against tokens")
     by_flops.set_title("val loss against compute")
-    bars = bpc.bar(table["run"], table["val_bits_per_character"], color="tab:green")
+    bars = bpc.bar(table["run"], table["val_bits_per_character"], color=colors)
     bpc.bar_label(bars, fmt="%.3f", fontsize=8)
     bpc.set_ylabel("val bits per character (lower is better)")
     bpc.set_title("bits per character (comparable across tokenizers)")
