@@ -239,8 +239,8 @@ def test_labelled_set_is_well_formed():
 def test_agreement_with_hand_labels():
     samples = labelled()
     verdicts = [check_story(s["text"], s["prompt"])["consistent"] for s in samples]
-    false_positives = [s["reason"] for s, v in zip(samples, verdicts) if v and not s["label"]]
-    false_negatives = [s["reason"] for s, v in zip(samples, verdicts) if not v and s["label"]]
+    false_positives = [s["reason"] for s, v in zip(samples, verdicts, strict=True) if v and not s["label"]]
+    false_negatives = [s["reason"] for s, v in zip(samples, verdicts, strict=True) if not v and s["label"]]
     agree = len(samples) - len(false_positives) - len(false_negatives)
     assert (len(samples), agree) == (AGREEMENT["samples"], AGREEMENT["agree"])
     assert len(false_positives) == AGREEMENT["false_positives"], false_positives

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import itertools
 import re
 import sys
 from dataclasses import dataclass
@@ -292,7 +293,7 @@ def self_address(text: str, prompt: str = "") -> bool:
     lines = quotes(text)
     if any(q.speaker in addressed(q.text) for q in lines if q.speaker):
         return False
-    for before, q in zip(lines, lines[1:]):
+    for before, q in itertools.pairwise(lines):
         between = text[before.start + len(before.text):q.start]
         if (q.speaker and q.speaker == before.speaker and WORRY.search(before.text) and COMFORT.search(q.text)
                 and "自己" not in between):
