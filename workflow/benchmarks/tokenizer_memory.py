@@ -9,7 +9,7 @@ seconds, CPU seconds and peak RSS (ru_maxrss):
 - the whole file with tokenizer.max_train_characters at its default (100M) and at 10M;
 - no budget on the first 10M and 30M characters and on the whole file, to show how memory grows without one.
 
-    python workflow/benchmarks/tokenizer_memory.py --dir /tmp/train_copy_bench
+    python workflow/benchmarks/tokenizer_memory.py --dir /tmp/tokbench
 """
 
 from __future__ import annotations
