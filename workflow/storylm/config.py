@@ -270,24 +270,29 @@ def active_stages(config: dict) -> list[str]:
     return [stage for stage in STAGE_ORDER if stage not in skip]
 
 
-def stage_hashes(config: dict) -> dict[str, str]:
+def stage_records(config: dict) -> dict[str, dict]:
+    """Every stage's record: its settings and the hashes it was built from (a folder's config.json).
+
+    Computed once for all stages: the settings read and hash files (a pretrained tokenizer's,
+    the extra evaluation sets).
+    """
     configs, inputs = stage_configs(config), stage_inputs(config)
-    hashes: dict[str, str] = {}
+    records: dict[str, dict] = {}
     for stage in STAGE_ORDER:
-        upstream = {name: hashes[name] for name in inputs[stage]}
-        hashes[stage] = short_hash({"stage": stage, "config": configs[stage], "inputs": upstream})
-    return hashes
+        upstream = {name: records[name]["hash"] for name in inputs[stage]}
+        records[stage] = {"stage": stage,
+                          "hash": short_hash({"stage": stage, "config": configs[stage], "inputs": upstream}),
+                          "inputs": upstream, "config": configs[stage]}
+    return records
+
+
+def stage_hashes(config: dict) -> dict[str, str]:
+    return {stage: record["hash"] for stage, record in stage_records(config).items()}
 
 
 def stage_record(config: dict, stage: str) -> dict:
     """What a stage folder's config.json holds: its settings and the hashes it was built from."""
-    hashes = stage_hashes(config)
-    return {
-        "stage": stage,
-        "hash": hashes[stage],
-        "inputs": {name: hashes[name] for name in stage_inputs(config)[stage]},
-        "config": stage_configs(config)[stage],
-    }
+    return stage_records(config)[stage]
 
 
 def write_stage_record(record_json: str, out_dir: Path, name: str = "config.json") -> None:

@@ -134,10 +134,10 @@ def plan(config: dict) -> Plan:
     base, runs = resolve(config)
     hashes, stages = {}, {}
     for name, run_config in runs.items():
-        hashes[name] = stage_config.stage_hashes(run_config)
+        records = stage_config.stage_records(run_config)
+        hashes[name] = {stage: record["hash"] for stage, record in records.items()}
         for stage in stage_config.active_stages(run_config):
             hash_ = hashes[name][stage]
-            entry = stages.setdefault(stage, {}).setdefault(
-                hash_, Stage(stage, hash_, stage_config.stage_record(run_config, stage), run_config))
+            entry = stages.setdefault(stage, {}).setdefault(hash_, Stage(stage, hash_, records[stage], run_config))
             entry.runs.append(name)
     return Plan(base, runs, hashes, stages)
