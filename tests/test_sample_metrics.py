@@ -167,7 +167,8 @@ def test_missing_train_split_is_one_line_naming_the_file(checkpoint, tmp_path, c
 def test_padded_vocabulary_rows_are_never_sampled(checkpoint):
     """The model has 320 rows (300 ids padded to a multiple of 64): sampling must never pick 300..319."""
     from storylm.checkpoint import load_model, load_tokenizer
-    from storylm.sample import never_sample_beyond, tokenizer_ids
+    from storylm.config import tokenizer_ids
+    from storylm.sample import never_sample_beyond
 
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
     assert (model.config.padded_vocab_size, tokenizer_ids(tokenizer)) == (320, 300)

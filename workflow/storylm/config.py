@@ -94,6 +94,11 @@ def directory_vocab_size(path: Path, key: str) -> int:
         tokenizer = Tokenizer(path)
     except NotImplementedError:
         raise ConfigError(f"{key}: {path} holds neither tokenizer.json nor tokenizer.model") from None
+    return tokenizer_ids(tokenizer)
+
+
+def tokenizer_ids(tokenizer) -> int:
+    """How many ids a litgpt.Tokenizer can produce and decode (its largest id + 1)."""
     if tokenizer.backend == "huggingface":
         return tokenizer.processor.get_vocab_size(with_added_tokens=True)
     return tokenizer.vocab_size

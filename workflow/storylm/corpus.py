@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storylm.cli import exit_with
+from storylm.cli import exit_with, write_json
 from storylm.config import write_stage_record
 from storylm.readers import FileCounts, ReadError, iter_texts
 
@@ -68,7 +68,7 @@ def build_corpus(corpus_cfg: dict, files: list[Path] | None, out_dir: Path) -> d
         "val": {"stories": int(is_val.sum()), "chars": int(chars[is_val].sum())},
         "settings": {key: corpus_cfg[key] for key in ("normalize", "dedup", "max_stories", "split")},
     }
-    _write_json(out_dir / "stats.json", stats)
+    write_json(out_dir / "stats.json", stats)
     return stats
 
 
@@ -235,12 +235,6 @@ def _write_splits(pending: Path, kept: np.ndarray, is_val: np.ndarray, out_dir: 
 
 def _json_line(text: str) -> bytes:
     return (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _no_stories_message(cfg: dict, file_counts: list[FileCounts], read: int, empty: int) -> str:

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from storylm.archive import ArchiveError, archive_stem, is_archive, safe_extract
-from storylm.cli import exit_with
+from storylm.cli import exit_with, write_json
 from storylm.config import file_sha256
 
 CONNECT_TIMEOUT_S = 10  # to open a connection (the hub's own metadata timeout is 10 s too)
@@ -418,9 +418,7 @@ def write_manifest(raw_dir: Path, source: str, downloads: list[dict], files: lis
         "files": [{"path": relative(p), "size": p.stat().st_size} for p in files],
     }
     out = raw_dir / "manifest.json"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_json(out, manifest)
     return out
 
 

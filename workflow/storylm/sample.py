@@ -25,6 +25,7 @@ from litgpt.generate.base import generate
 from storylm import consistency, jsonl
 from storylm.checkpoint import load_model, load_tokenizer
 from storylm.cli import StageError, exit_with, write_json, write_text
+from storylm.config import tokenizer_ids
 from storylm.sample_metrics import figures
 
 
@@ -51,13 +52,6 @@ def sample_story(model, tokenizer, prompt: str, settings: dict, seed: int) -> tu
     if finished:
         ids = ids[:-1]
     return tokenizer.decode(ids), finished
-
-
-def tokenizer_ids(tokenizer) -> int:
-    """How many ids the tokenizer can decode (its largest id + 1)."""
-    if tokenizer.backend == "huggingface":
-        return tokenizer.processor.get_vocab_size(with_added_tokens=True)
-    return tokenizer.vocab_size
 
 
 def never_sample_beyond(model, num_ids: int) -> None:
