@@ -222,11 +222,8 @@ def run_info(wildcards):
     return json.dumps(
         {
             "run": run,
-            "stage_hashes": {
-                stage: PLAN.hashes[run][stage]
-                for stage in PLAN.stages
-                if stage in PLAN.hashes[run] and PLAN.hashes[run][stage] in PLAN.stages[stage]
-            },
+            # The stages the run uses (not, say, a download for builtin stories).
+            "stage_hashes": {stage: h for stage, h in PLAN.hashes[run].items() if h in PLAN.stages.get(stage, {})},
             "export_dir": run_folder(run, "export"),
             "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
             "config": PLAN.runs[run],

@@ -31,13 +31,12 @@ TABLE_COLUMNS = ["run", "differs_from_base", "parameters", "train_tokens", "trai
                  "train_tokens_per_second", "val_loss_nats_per_token", "val_bits_per_character"]
 
 
-def flops_per_token(pretrain_yaml: Path) -> float:
+def flops_per_token(litgpt_config: dict) -> float:
     """litgpt's estimate of training FLOPs per token for the rendered model (on the meta device: no memory)."""
     import torch
     from litgpt import GPT, Config
     from litgpt.utils import estimate_flops
 
-    litgpt_config = yaml.safe_load(pretrain_yaml.read_text())
     seq_length = litgpt_config["train"]["max_seq_length"]
     with torch.device("meta"):
         model = GPT(Config(**litgpt_config["model_config"]))
@@ -70,7 +69,7 @@ def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: 
     train = litgpt_config["train"]
     tokens_per_iter = train["micro_batch_size"] * train["max_seq_length"] * litgpt_config["devices"] \
         * litgpt_config["num_nodes"]
-    flops = flops_per_token(pretrain_dir / "pretrain.yaml")
+    flops = flops_per_token(litgpt_config)
     performance = litgpt_log.performance(pretrain_dir / "train.log")
     evaluation = json.loads((evaluate_dir / "metrics.json").read_text())
     if performance["train_tokens"] is None:  # a log without litgpt's closing lines
@@ -95,9 +94,9 @@ def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: 
                + yaml.safe_dump(info["config"], sort_keys=False, allow_unicode=True))
     with atomic_path(out / "val_curve.tsv") as tmp:
         val_curve(pretrain_dir / "train.log", tokens_per_iter, flops).to_csv(tmp, sep="\t", index=False)
-    for name in ("samples.txt", "loss.png"):
-        with atomic_path(out / name) as tmp:
-            shutil.copyfile((sample_dir if name == "samples.txt" else evaluate_dir) / name, tmp)
+    for source in (sample_dir / "samples.txt", evaluate_dir / "loss.png"):
+        with atomic_path(out / source.name) as tmp:
+            shutil.copyfile(source, tmp)
     return metrics
 
 
