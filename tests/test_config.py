@@ -153,3 +153,20 @@ def test_schema_rejects(key, value, failure):
     with pytest.raises(WorkflowError, match=re.escape(f"ValidationError: {failure}")) as error:
         validate(config, SCHEMA)
     assert f"On instance{at}:" in str(error.value)
+
+
+def test_an_optimizer_argument_set_to_null_is_left_out_and_litgpt_builds_the_optimizer():
+    """betas: null lets a user pick an optimizer without betas (SGD); litgpt's own helper then builds it."""
+    import torch
+    from litgpt.utils import instantiate_torch_optimizer
+
+    from storylm.pretrain import optimizer_args
+    from storylm.schema import validate as fill_defaults
+
+    config = fill_defaults({"optimizer": {"class_path": "torch.optim.SGD",
+                                          "init_args": {"lr": 0.1, "betas": None, "momentum": "0.9"}}})
+    optimizer = optimizer_args(config["optimizer"])
+    assert optimizer == {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1, "weight_decay": 0.1, "momentum": 0.9}}
+    built = instantiate_torch_optimizer(optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(built, torch.optim.SGD)
+    assert (built.defaults["lr"], built.defaults["momentum"], built.defaults["weight_decay"]) == (0.1, 0.9, 0.1)

@@ -61,6 +61,14 @@ def test_an_error_names_the_run_and_the_key(override, message):
     assert str(error.value) == message
 
 
+def test_a_run_that_sets_only_the_learning_rate_keeps_the_other_optimizer_defaults():
+    # The base sets no optimizer at all, as config/config.yaml: each init_args key has its own default.
+    config = {"corpus": {"source": "builtin"}, "runs": {"base": {}, "hot": {"optimizer": {"init_args": {"lr": 0.01}}}}}
+    _, runs = resolve(config)
+    assert runs["base"]["optimizer"]["init_args"] == {"lr": 0.003, "weight_decay": 0.1, "betas": [0.9, 0.95]}
+    assert runs["hot"]["optimizer"]["init_args"] == {"lr": 0.01, "weight_decay": 0.1, "betas": [0.9, 0.95]}
+
+
 def test_a_run_name_must_be_plain():
     with pytest.raises(RunError, match=r"^runs: 'two words' does not match"):
         resolve(with_runs({"two words": {}}))

@@ -60,7 +60,7 @@ def render(stage_config: dict, shards_dir: Path, tokenizer_dir: Path, out_dir: P
         },
         "train": train,
         "eval": stage_config["eval"],
-        "optimizer": stage_config["optimizer"],
+        "optimizer": optimizer_args(stage_config["optimizer"]),
         "devices": stage_config["devices"],
         "num_nodes": stage_config["num_nodes"],
         "tokenizer_dir": str(tokenizer_dir),
@@ -70,6 +70,12 @@ def render(stage_config: dict, shards_dir: Path, tokenizer_dir: Path, out_dir: P
     if stage_config["logger_name"] == "wandb":
         litgpt_config["log"] = {"project": stage_config["wandb_project"]}
     return litgpt_config
+
+
+def optimizer_args(optimizer: dict) -> dict:
+    """The optimizer as litgpt takes it; init_args set to null are left out (the class does not take them)."""
+    init_args = {key: value for key, value in optimizer["init_args"].items() if value is not None}
+    return {"class_path": optimizer["class_path"], "init_args": init_args}
 
 
 def model_with_vocab(model_config: dict, tokenizer_dir: Path) -> dict:
