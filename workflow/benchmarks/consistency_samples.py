@@ -24,7 +24,8 @@ import torch
 
 from storylm import consistency
 from storylm.checkpoint import load_model, load_tokenizer
-from storylm.sample import sample_story, story_seed
+from storylm.config import tokenizer_ids
+from storylm.sample import never_sample_beyond, sample_story, story_seed
 
 PIPELINE_PROMPTS = ["从前，有一个叫莉莉的小女孩", "有一天，小明和他的狗", "在森林里"]
 # Two more characters' openings and a place, so the shapes with a friend come up too.
@@ -61,10 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     jobs = (calibration_seeds(prompts, args.first_seed, args.num) if args.num
             else pipeline_seeds(prompts, args.seed, args.num_per_prompt))
     model, tokenizer = load_model(args.checkpoint), load_tokenizer(args.checkpoint)
+    never_sample_beyond(model, tokenizer_ids(tokenizer))  # as the sample stage does
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
                 "top_p": 1.0}
-    samples = [{"prompt": prompt, "text": sample_story(model, tokenizer, prompt, settings, seed),
-                "source": args.source, "seed": seed} for prompt, seed in jobs]
+    samples = []
+    for prompt, seed in jobs:
+        text, finished = sample_story(model, tokenizer, prompt, settings, seed)
+        samples.append({"prompt": prompt, "text": text, "finished": finished, "source": args.source, "seed": seed})
     args.out.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
     scores = consistency.score(samples)
     print(json.dumps({"checkpoint": str(args.checkpoint), "temperature": args.temperature, "top_k": args.top_k,
