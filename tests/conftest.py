@@ -131,3 +131,21 @@ def tiny_local_run(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     return copy_workflow(tmp_path / "wf")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Groups for `pytest -n 2` (pytest-xdist, --dist loadgroup), and the order they are handed out in.
+
+    A module's tests stay on one worker, so its module fixtures (a whole pipeline run) run once;
+    the Slurm tests form one group, so only one of them uses the cluster at a time. The Slurm
+    group goes first: it mostly waits for the cluster, and the other worker meanwhile runs the
+    rest, slow modules first, so that no long module starts last.
+    """
+    def group(item) -> str:
+        return "slurm" if item.get_closest_marker("slurm") else item.module.__name__
+
+    slow_groups = {group(item) for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: (group(item) != "slurm", group(item) not in slow_groups))  # stable
