@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from conftest import copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
+from conftest import REPO, copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
 from storylm.runs import STAGE_PARENTS as STAGE_FOLDERS
 from storylm.runs import RunError, plan, resolve
 
@@ -281,3 +282,14 @@ def test_clean_lists_every_folder_and_removes_only_the_unused(two_runs):
         assert dry_run_jobs(workdir) == {"compare_runs": 1, "all_samples": 1, "single_run": 1, "all": 1}
     finally:
         write_config(workdir, config)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config" / "sweeps").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_sweep_file_plans_its_runs_on_one_corpus(path):
+    """Each file in config/sweeps/, as `--configfile` lays it over config/config.yaml, is valid and shares its data."""
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8")) or {}
+    sweep = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert not set(base) & set(sweep), "a key in both files would need a deep merge here"
+    sweep_plan = plan({**base, **sweep})
+    assert list(sweep_plan.runs) == list(sweep["runs"])
+    assert len({hashes["corpus"] for hashes in sweep_plan.hashes.values()}) == 1
