@@ -53,7 +53,7 @@ def test_the_config_readme_table_is_the_schemas():
     readme = (REPO / "config/README.md").read_text(encoding="utf-8")
     assert readme == config_docs.readme_with_table(readme), "run: python -m storylm.config_docs"
     # Each default appears in its row, as the schema has it.
-    assert "| `sample.temperature` | `0.5` |" in readme and "| `shards.chunk_bytes` | `\"16MB\"` |" in readme
+    assert "| `sample.temperature` | `0.4` |" in readme and "| `shards.chunk_bytes` | `\"16MB\"` |" in readme
 
 
 def test_the_embedded_default_is_the_schemas_defaults():
