@@ -19,7 +19,7 @@ from storylm.storygen import NAMES, PLACES, generate_stories
 REPO = Path(__file__).resolve().parents[1]
 LABELLED = REPO / "tests" / "data" / "labelled_samples.jsonl"
 # The checker against the hand labels (docs/evaluation.md); the target is at least 90% agreement.
-AGREEMENT = {"samples": 138, "agree": 138, "false_positives": 0, "false_negatives": 0}
+AGREEMENT = {"samples": 216, "agree": 215, "false_positives": 1, "false_negatives": 0}
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +210,7 @@ def test_score_fractions():
                       "gender_consistent_fraction": 1.0, "self_pair_fraction": 1.0, "self_address_fraction": 1.0,
                       "self_intro_fraction": 1.0, "object_consistent_fraction": 1.0,
                       "animal_consistent_fraction": 1.0, "plot_consistent_fraction": 1.0,
+                      "group_consistent_fraction": 1.0, "game_consistent_fraction": 1.0,
                       "place_consistent_fraction": 0.75,
                       "long_enough_fraction": 0.75, "ended_fraction": 0.75}
 
@@ -232,7 +233,7 @@ def test_labelled_set_is_well_formed():
     for s in samples:
         assert set(s) == {"prompt", "text", "label", "reason", "source", "seed"}, s
         assert s["text"].startswith(s["prompt"]) and isinstance(s["label"], bool) and s["reason"].strip()
-    assert {s["source"] for s in samples} >= {"default-step100", "default-final", "larger-final"}
+    assert {s["source"] for s in samples} >= {"default-step100", "default-final", "larger-final", "tuned-final"}
     assert len({(s["source"], s["seed"]) for s in samples}) == len(samples)
 
 
@@ -308,12 +309,49 @@ def test_friend_renamed_as_the_hero_fails_a_role_rule(stories):
     assert renamed > 300
 
 
+def test_a_group_pronoun_for_a_lone_hero_fails_only_the_group_rule(stories):
+    """他们 when the hero is alone (the tuned default's commonest slip): nobody for 他们 to be."""
+    alone = [s for s in stories[:1500] if len(s["names"]) == 1 and not s["animal"] and "们" not in s["text"]]
+    assert len(alone) > 100
+    for story in alone:
+        first = first_sentence(story["text"])
+        text = first + "他们玩得很开心。" + story["text"][len(first):]
+        assert check_story(text)["failed_rules"] == ["group_consistent"], text
+    # With company, 他们 is fine: a friend, or the pet.
+    assert not failed("朵朵和乐乐去山谷玩。风把朵朵的帽子吹走了！他们追着帽子跑啊跑。")
+    assert not failed("有一天，小明和他的狗去小镇上玩。风把小明的帽子吹走了！他们追着帽子跑啊跑。")
+    assert failed("在森林里采野花。风把琪琪的帽子吹走了！他们追着帽子跑啊跑。") == ["group_consistent"]
+
+
+def test_playing_another_game_than_the_one_proposed_fails_only_the_game_rule(stories):
+    played = re.compile(r"(和[^，。]{1,4}一起)(玩捉迷藏|玩老鹰捉小鸡|玩过家家|玩木头人|比赛跑步)")
+    changed = 0
+    for story in stories:
+        m = played.search(story["text"])
+        if not m or "一起" + m.group(2) not in story["text"][:m.start()]:
+            continue  # no game, or one played without being proposed
+        other = "玩木头人" if m.group(2) != "玩木头人" else "玩过家家"
+        text = story["text"][:m.start(2)] + other + story["text"][m.end(2):]
+        assert check_story(text)["failed_rules"] == ["game_consistent"], text
+        changed += 1
+    assert changed > 100
+
+
+def test_a_new_animal_brought_in_is_not_the_pet_changing():
+    # 一只小兔子 enters the story: a pet dog and the rabbit it helps (held-out sample tuned-final 3019).
+    helped = "有一天，小明和他的狗去池塘边玩。突然，小明看见一只小兔子的腿被一根绳子缠住了。小明解开了绳子。"
+    assert "animal_consistent" not in failed(helped)
+    # The duckling just turns up where the dog was: the pet changed (tuned-final 3001).
+    swapped = "有一天，小明和他的狗去幼儿园玩。小明摔倒了。小鸭子在旁边转来转去，好像在给小明加油。"
+    assert "animal_consistent" in failed(swapped)
+
+
 def test_second_place_fails_only_the_place_rule(stories):
     rng = random.Random(2)
     for story in stories[:500]:
         other = rng.choice([p for p in PLACES if p != story["place"]])
         first = first_sentence(story["text"])
-        text = first + f"后来，他们又去了{other}。" + story["text"][len(first):]
+        text = first + f"后来又去了{other}。" + story["text"][len(first):]
         result = check_story(text)
         assert result["failed_rules"] == ["place_consistent"], text
         assert set(result["places"]) == {story["place"], other}

@@ -23,9 +23,15 @@ a story is consistent when it fails none of them, and its verdict lists the ones
 - object_consistent: in a story where something is lost or found, it stays the same object
   (a lost 布娃娃 is not found as a 围巾): the story mentions at most one of storygen.OBJECTS,
   and nothing is found (找到, 就在那里) before something was lost (不见了, 没找到).
-- animal_consistent: a story has at most one animal besides its named characters (the pet or
-  the animal helped, as in storygen): 小明和他的狗 does not come home with a 小猫. Birds are
-  not counted, since the scenery has them (小鸟在树枝上唱歌).
+- animal_consistent: the pet stays the pet: an animal beyond the first one (besides the named
+  characters) must be brought in as a new one (看见一只小兔子), not turn up where the pet was
+  (小明和他的狗 …… 小鸭子在旁边转来转去). Birds are not counted, since the scenery has them
+  (小鸟在树枝上唱歌).
+- group_consistent: 他们/她们 in the narration needs someone besides the hero in the story
+  already (a friend, a person, the pet, a 小男孩): 风把琪琪的帽子吹走了！他们追着帽子跑 fails
+  when 琪琪 is alone (the generator writes 她 there).
+- game_consistent: the game proposed (我们一起玩过家家吧！) is the game played (莉莉和乐乐
+  一起玩过家家): storygen fills both from one slot.
 - plot_consistent: a plot the generator writes keeps to itself: what a child tries again and
   again (storygen.TASKS), a fear and how it is overcome (FEARS), an animal's or a friend's
   trouble and the help (ANIMAL_PROBLEMS, FRIEND_PROBLEMS) each come from one entry (learning
@@ -65,7 +71,8 @@ from storylm.storygen import (ANIMAL_KINDS, ANIMAL_PROBLEMS, ANIMALS, BOY_NAMES,
                               GIRL_NAMES, NAMES, OBJECTS, PLACES, TASKS, little)
 
 RULES = ("name_consistent", "gender_consistent", "self_pair", "self_address", "self_intro",
-         "object_consistent", "animal_consistent", "plot_consistent", "place_consistent", "long_enough", "ended")
+         "object_consistent", "animal_consistent", "plot_consistent", "group_consistent", "game_consistent",
+         "place_consistent", "long_enough", "ended")
 
 
 def _longest_first(words) -> re.Pattern:
@@ -104,6 +111,14 @@ WORRY = re.compile(r"(?<![别不])怕|不敢|会不会|掉下去|在哪里|去�
 ANIMAL_BASE = {**{a: a for a in ANIMALS}, **{little(a): a for a in ANIMALS},
                **{k: k for k in ANIMAL_KINDS if k not in map(little, ANIMALS)}, "鸭妈妈": "鸭子"}
 COUNTED_ANIMALS = _longest_first(w for w, base in ANIMAL_BASE.items() if base != "小鸟")
+INTRODUCED_ANIMAL = re.compile(r"一只[^，。！？“”]{0,4}$")
+# 他们/她们: a group, so someone besides the hero must be in the story already.
+GROUP_PRONOUN = re.compile(r"[他她]们")
+COMPANY_PATTERN = _longest_first(NAMES + tuple(PEOPLE) + tuple(w for w in ANIMAL_WORDS if w != "小鸟")  # birds: scenery
+                                 + tuple(CHILD_KINDS) + ("狗", "猫"))
+# The game a child proposes (我们一起玩过家家吧！) and the one the two then play (莉莉和乐乐一起玩木头人).
+PROPOSED_GAME = re.compile(r"(?:我们一起|和我一起)(?P<game>[^，。！？“”]{2,8}?)(?:吧|吗)")
+PLAYED_GAME = re.compile(rf"(?:{NAME_PATTERN.pattern})和(?:{NAME_PATTERN.pattern})一起(?P<game>[^，。！？“”]{{2,8}}?)[，。]")
 SENTENCE_END = re.compile(r"[。！？]”?")
 MIN_SENTENCES = 5
 
@@ -346,8 +361,34 @@ def plot_consistent(text: str, prompt: str = "") -> bool:
 
 def animal_consistent(text: str, prompt: str = "") -> bool:
     characters = {ANIMAL_BASE[kind] for kind in kinds(text).values() if kind in ANIMAL_BASE}
-    animals = {ANIMAL_BASE[m.group()] for m in COUNTED_ANIMALS.finditer(text)} - characters
-    return len(animals) <= 1
+    first_mentions = {}  # each animal's first mention: where it enters the story
+    for m in COUNTED_ANIMALS.finditer(text):
+        first_mentions.setdefault(ANIMAL_BASE[m.group()], m.start())
+    later = [start for animal, start in first_mentions.items() if animal not in characters][1:]
+    # Beyond the first, an animal must be brought in as a new one (看见一只小兔子); one that just
+    # turns up where the pet was (小鸭子在旁边转来转去, after 小明和他的狗) is the pet changing.
+    return all(INTRODUCED_ANIMAL.search(text[:start]) for start in later)
+
+
+def company(text: str) -> list[str]:
+    """Who is in the story: names, people, animals, and unnamed children (一个小男孩); the kind
+    in an introduction (一个叫兰兰的小女孩) is the named child, not someone else."""
+    naming = {m.start("kind") for pattern in INTRODUCED_AS for m in pattern.finditer(text)}
+    return unique(m.group() for m in COMPANY_PATTERN.finditer(text) if m.start() not in naming)
+
+
+def group_consistent(text: str, prompt: str = "") -> bool:
+    narration = outside_quotes(text)
+    for m in GROUP_PRONOUN.finditer(narration):
+        if len(company(text[:m.start()])) < 2:
+            return False  # 风把琪琪的帽子吹走了！他们追着帽子跑, with 琪琪 alone
+    return True
+
+
+def game_consistent(text: str, prompt: str = "") -> bool:
+    proposed = PROPOSED_GAME.search(text)
+    played = proposed and PLAYED_GAME.search(text, proposed.end())
+    return not played or played.group("game") == proposed.group("game")
 
 
 def place_consistent(text: str, prompt: str = "") -> bool:
@@ -371,6 +412,8 @@ RULE_CHECKS = {
     "object_consistent": object_consistent,
     "animal_consistent": animal_consistent,
     "plot_consistent": plot_consistent,
+    "group_consistent": group_consistent,
+    "game_consistent": game_consistent,
     "place_consistent": place_consistent,
     "long_enough": long_enough,
     "ended": ended,
