@@ -8,7 +8,7 @@ Writes JSON lines {"prompt", "text", "source", "seed"} and prints how many the c
           --source default-step100 --first-seed 1000 --num 24 --prompts calibration --out s100.jsonl
   tuning       (the pipeline's three prompts, story seeds as storylm.sample gives them)
       python workflow/benchmarks/consistency_samples.py results/pretrain/<hash>/final \\
-          --num-per-prompt 16 --temperature 0.5 --top-k 20 --out tune.jsonl
+          --num-per-prompt 16 --temperature 0.4 --top-k 20 --out tune.jsonl
 
 A step-* checkpoint of litgpt pretrain holds model_config.yaml and the tokenizer files beside
 lit_model.pth, so it samples like the final one.
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--num-per-prompt", type=int, default=16, help="without --num: storylm.sample's seeds")
     parser.add_argument("--seed", type=int, default=7, help="sample.seed for storylm.sample's seeds")
-    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=0.4)
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=200)
     args = parser.parse_args(argv)
