@@ -23,7 +23,7 @@ def test_every_config_key_has_a_description_and_is_documented():
         assert f"`{key}`" in readme, f"{key} is missing from config/README.md"
 
 
-TOOLS = ("snakemake", "snakemake-executor-plugin-slurm", "pytest", "snakefmt", "ruff")
+TOOLS = ("snakemake", "snakemake-executor-plugin-slurm", "pytest", "pytest-xdist", "snakefmt", "ruff")
 
 
 def test_conda_env_mirrors_the_pip_pins():
