@@ -133,19 +133,30 @@ def workdir(tmp_path) -> Path:
     return copy_workflow(tmp_path / "wf")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Groups for `pytest -n 2` (pytest-xdist, --dist loadgroup), and the order they are handed out in.
+def xdist_group(nodeid: str) -> str:
+    """The worker group of a test: its module, except that every test_slurm* module is one group."""
+    module = nodeid.split("::", 1)[0]
+    return "slurm" if Path(module).name.startswith("test_slurm") else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`pytest -n 2` hands out whole groups (xdist_group above), in collection order.
 
     A module's tests stay on one worker, so its module fixtures (a whole pipeline run) run once;
-    the Slurm tests form one group, so only one of them uses the cluster at a time. The Slurm
-    group goes first: it mostly waits for the cluster, and the other worker meanwhile runs the
-    rest, slow modules first, so that no long module starts last.
+    the Slurm tests stay together, so only one of them uses the cluster at a time. (xdist's own
+    --dist loadgroup cannot do this with pytest 9, whose node ids it can no longer rename.)
     """
-    def group(item) -> str:
-        return "slurm" if item.get_closest_marker("slurm") else item.module.__name__
+    from xdist.scheduler import LoadScopeScheduling
 
-    slow_groups = {group(item) for item in items if item.get_closest_marker("slow")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
-    items.sort(key=lambda item: (group(item) != "slurm", group(item) not in slow_groups))  # stable
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Slurm group first: it mostly waits for the cluster, and the other worker meanwhile runs
+    the rest, slow modules first, so that no long module starts last."""
+    slow_groups = {xdist_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (xdist_group(item.nodeid) != "slurm", xdist_group(item.nodeid) not in slow_groups))
