@@ -116,7 +116,7 @@ def test_stage_record_names_its_inputs():
         ("corpus.split.val_size", 6000, "corpus.split.val_size"),
         ("corpus.split.val_size", 12.5, "corpus.split.val_size"),
         ("train.max_seq_length", 1024, "train.max_seq_length"),
-        ("train.global_batch_size", 24, "train.global_batch_size"),
+        ("train.global_batch_size", 20, "train.global_batch_size"),  # micro_batch_size is 8
         ("tokenizer.kind", "pretrained", "tokenizer.path"),
     ],
 )

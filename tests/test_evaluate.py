@@ -155,4 +155,4 @@ def test_schema_fills_the_extra_set_defaults():
     config = {"evaluate": {"extra_sets": [{"path": "mine.txt"}]}}
     validate(config, str(REPO / "config" / "schema.yaml"))
     assert config["evaluate"]["extra_sets"] == [{"path": "mine.txt", "text_field": "text", "name": None}]
-    assert config["sample"]["num_figure_samples"] == 100 and config["sample"]["copy_ngram"] == 20
+    assert config["sample"]["num_figure_samples"] == 300 and config["sample"]["copy_ngram"] == 20

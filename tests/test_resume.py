@@ -18,7 +18,9 @@ from storylm.pretrain import set_aside_corrupt_checkpoints, step_checkpoints
 
 pytestmark = pytest.mark.slow
 
-STEPS = 60
+# The tiny model takes ~0.1 s a step: 200 steps leave the test ~15 s after the step-10 checkpoint
+# to send its signal, even on a loaded machine (with 60 the run sometimes finished first).
+STEPS = 200
 SAVE_INTERVAL = 5
 
 
@@ -77,7 +79,6 @@ def test_an_interrupted_run_resumes_from_its_latest_checkpoint(shared_workdir, s
     try:
         wait_for(lambda: (out / "step-00000010" / "lit_model.pth").exists() and litgpt_pids(out),
                  timeout=300, what="the second checkpoint")
-        time.sleep(0.5)  # let training go on past the checkpoint
         for pid in litgpt_pids(out):
             os.kill(pid, signum)
         output, _ = pipeline.communicate(timeout=120)

@@ -84,7 +84,8 @@ def test_a_scancelled_pretrain_job_resumes_from_its_latest_checkpoint(slurm_run,
     workdir, _, _, config = slurm_run
     config = copy.deepcopy(config)
     config["seed"] = 5  # a new pretrain stage; corpus, tokenizer and shards are reused
-    config["train"].update(max_tokens=60 * 4 * 64, save_interval=5, log_interval=1)
+    steps = 200  # ~0.1 s each: time to scancel after the step-10 checkpoint, even on a loaded machine
+    config["train"].update(max_tokens=steps * 4 * 64, save_interval=5, log_interval=1)
     config["eval"].update(interval=1000)
     write_config(workdir, config)
     out = workdir / "results" / "pretrain" / stage_hashes(config)["pretrain"]
@@ -103,7 +104,7 @@ def test_a_scancelled_pretrain_job_resumes_from_its_latest_checkpoint(slurm_run,
         first.stop()
     assert not (out / "final" / "lit_model.pth").exists()
     latest = int(step_checkpoints(out)[0].parent.name.split("-")[1])
-    assert 10 <= latest < 60
+    assert 10 <= latest < steps
 
     second = run_snakemake(workdir, "--until", "pretrain", profile=profile, overrides=overrides(slurm_cluster),
                            timeout=900)
@@ -115,7 +116,7 @@ def test_a_scancelled_pretrain_job_resumes_from_its_latest_checkpoint(slurm_run,
     first_step_after = int(text[text.rindex("Resuming training from"):].split(" step ", 1)[1].split()[0])
     assert first_step_after == latest + 1
     train, _ = litgpt_log.parse(log)
-    assert train["step"].max() == 60
+    assert train["step"].max() == steps
     assert (out / "final" / "lit_model.pth").is_file()
 
 
