@@ -41,9 +41,12 @@ def shared_workdir(tmp_path_factory) -> Path:
 
 
 def start_pipeline(workdir: Path) -> subprocess.Popen:
+    """The pipeline as a background job of a shell starts it (`snakemake ... &`): with SIGINT ignored,
+    which every process it starts inherits; a SIGINT to litgpt must still stop it."""
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
     return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
 
 def litgpt_pids(run: Path) -> list[int]:

@@ -171,8 +171,12 @@ def run(config_path: Path, srun_args: str | None = None, log_path: Path | None =
           flush=True)
     command = launch_command(config_path, out_dir, srun_args)
     print("running: " + shlex.join(command), flush=True)
+    # litgpt gets the default SIGINT handling even where this job was started with SIGINT ignored
+    # (a shell's background job, a pytest-xdist worker): an ignored SIGINT is inherited, and litgpt
+    # would then ignore the SIGINT passed on below and train to the end.
     process = subprocess.Popen(command, env=litgpt_env(out_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1, start_new_session=True)
+                               text=True, bufsize=1, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _frame: process.send_signal(s))
     # The train log is kept beside the checkpoints and appended to, so a resumed run's log continues.
