@@ -370,17 +370,17 @@ def animal_consistent(text: str, prompt: str = "") -> bool:
     return all(INTRODUCED_ANIMAL.search(text[:start]) for start in later)
 
 
-def company(text: str) -> list[str]:
-    """Who is in the story: names, people, animals, and unnamed children (一个小男孩); the kind
-    in an introduction (一个叫兰兰的小女孩) is the named child, not someone else."""
+def company(text: str) -> list[tuple[int, str]]:
+    """Who enters the story where: names, people, animals, and unnamed children (一个小男孩); the
+    kind in an introduction (一个叫兰兰的小女孩) is the named child, not someone else."""
     naming = {m.start("kind") for pattern in INTRODUCED_AS for m in pattern.finditer(text)}
-    return unique(m.group() for m in COMPANY_PATTERN.finditer(text) if m.start() not in naming)
+    return [(m.start(), m.group()) for m in COMPANY_PATTERN.finditer(text) if m.start() not in naming]
 
 
 def group_consistent(text: str, prompt: str = "") -> bool:
-    narration = outside_quotes(text)
-    for m in GROUP_PRONOUN.finditer(narration):
-        if len(company(text[:m.start()])) < 2:
+    mentions = company(text)
+    for m in GROUP_PRONOUN.finditer(outside_quotes(text)):
+        if len({who for start, who in mentions if start < m.start()}) < 2:
             return False  # 风把琪琪的帽子吹走了！他们追着帽子跑, with 琪琪 alone
     return True
 
