@@ -38,21 +38,15 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 
 def tiny_config() -> dict:
-    """The default config shrunk so that the whole pipeline runs in about a minute on 2 cores."""
-    from storylm.schema import defaults
+    """config/test.yaml over config/config.yaml, resolved: the whole pipeline in about a minute on 2 cores."""
+    from storylm.runs import deep_merge
+    from storylm.schema import validate
 
-    config = defaults()
+    config = {}
+    for name in ("config.yaml", "test.yaml"):
+        config = deep_merge(config, yaml.safe_load((REPO / "config" / name).read_text(encoding="utf-8")) or {})
+    config = validate(config)
     del config["runs"]
-    config["corpus"]["builtin"]["num_stories"] = 400
-    config["corpus"]["split"]["val_size"] = 40
-    config["tokenizer"]["vocab_size"] = 400
-    config["model_config"].update(block_size=64, n_layer=1, n_head=2, n_embd=32, head_size=16, intermediate_size=64)
-    config["train"].update(global_batch_size=4, micro_batch_size=4, max_seq_length=64, max_tokens=4 * 64 * 12,
-                           lr_warmup_steps=2, log_interval=2, save_interval=4)
-    config["eval"].update(interval=6, max_iters=2)
-    config["evaluate"].update(max_tokens=2000)
-    config["sample"].update(prompts=["从前，有一个叫莉莉的小女孩"], num_samples=1, max_new_tokens=20,
-                            num_figure_samples=4)
     return config
 
 
@@ -106,7 +100,7 @@ def with_defaults(config: dict) -> dict:
 
 
 def stage_hashes(config: dict) -> dict[str, str]:
-    from storylm.config import stage_hashes as hashes
+    from storylm.stages import hashes
 
     return hashes(with_defaults(config))
 
@@ -122,9 +116,11 @@ def tiny_local_run(tmp_path_factory) -> tuple[Path, dict]:
     Tests that change its config put the original back before they end.
     """
     workdir = copy_workflow(tmp_path_factory.mktemp("pipeline") / "wf")
+    # The smoke config's documented command, default target: every stage, the export included.
+    snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+    # Then the same config, resolved, as the workdir's config.yaml: the tests change it from there.
     config = tiny_config()
     write_config(workdir, config)
-    snakemake(workdir, "--cores", "2")  # the default target: every stage, the export included
     return workdir, config
 
 

@@ -21,7 +21,8 @@ from storylm import config as storylm_config
 from storylm import shards
 from storylm.config import ConfigError
 from storylm.jsonl import write_texts
-from storylm.tokenizer import encode_batch, tokenizer_stats
+from storylm.tokenizer import tokenizer_stats
+from storylm.tokens import encode_batch
 
 pytestmark = needs_chatglm3
 

@@ -1,4 +1,4 @@
-"""Stage hashes and config checks (storylm/config.py), without running any stage."""
+"""Config checks (storylm/config.py) and the schema's refusals, without running any stage."""
 
 from __future__ import annotations
 
@@ -32,79 +32,6 @@ def changed(config: dict, dotted: str, value) -> dict:
         node = node[parent]
     node[key] = value
     return config
-
-
-def changed_stages(before: dict, after: dict) -> set[str]:
-    a, b = storylm_config.stage_hashes(before), storylm_config.stage_hashes(after)
-    return {stage for stage in a if a[stage] != b[stage]}
-
-
-def test_key_order_does_not_change_hashes():
-    config = default_config()
-    reordered = {key: config[key] for key in reversed(list(config))}
-    reordered["model_config"] = dict(reversed(list(config["model_config"].items())))
-    assert storylm_config.stage_hashes(reordered) == storylm_config.stage_hashes(config)
-
-
-@pytest.mark.parametrize(
-    "key, value, expected",
-    [
-        ("sample.temperature", 0.9, {"sample", "export"}),
-        ("sample.prompts", ["在森林里"], {"sample", "export"}),
-        ("evaluate.batch_size", 4, {"evaluate", "export"}),
-        ("export.license", "mit", {"export"}),
-        ("model_config.n_layer", 3, {"pretrain", "evaluate", "sample", "export"}),
-        ("optimizer.init_args", {"lr": 0.001, "weight_decay": 0.1, "betas": [0.9, 0.95]},
-         {"pretrain", "evaluate", "sample", "export"}),
-        ("shards.chunk_bytes", "8MB", {"shards", "pretrain", "evaluate", "sample", "export"}),
-        ("tokenizer.vocab_size", 1024, {"tokenizer", "shards", "pretrain", "evaluate", "sample", "export"}),
-        ("corpus.split.val_size", 200,
-         {"corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample", "export"}),
-        ("corpus.builtin.seed", 5, {"corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample", "export"}),
-        # Settings of sources that are not in use, and encoding batch sizes, change nothing.
-        ("corpus.hf.repo_id", "someone/else", set()),
-        ("corpus.text_field", "story_zh", set()),
-        ("tokenizer.hf.repo_id", "someone/else", {"tokenizer_download"}),  # not used: no job has this hash
-        ("logger_name", "tensorboard", {"pretrain", "evaluate", "sample", "export"}),
-    ],
-)
-def test_a_setting_invalidates_its_stage_and_downstream_only(key, value, expected):
-    config = default_config()
-    assert changed_stages(config, changed(config, key, value)) == expected
-
-
-def test_switching_back_gives_the_earlier_hashes():
-    config = default_config()
-    there = changed(config, "model_config.n_layer", 4)
-    back = changed(there, "model_config.n_layer", config["model_config"]["n_layer"])
-    assert storylm_config.stage_hashes(back) == storylm_config.stage_hashes(config)
-
-
-def test_pretrained_tokenizer_is_hashed_by_content(tmp_path):
-    """Two copies of one tokenizer folder hash alike; a changed file changes the hash."""
-    from storylm.storygen import generate_stories
-    from storylm.tokenizer import train_bpe
-
-    config = changed(default_config(), "tokenizer.kind", "pretrained")
-    copy_a, copy_b = tmp_path / "a", tmp_path / "b"
-    train_bpe((story["text"] for story in generate_stories(50, seed=1)), 300, 2, copy_a)
-    copy_b.mkdir()
-    for f in copy_a.iterdir():
-        (copy_b / f.name).write_bytes(f.read_bytes())
-    a = storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_a)))
-    b = storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b)))
-    assert a == b
-    (copy_b / "README.md").write_text("not a file litgpt reads")
-    assert storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b))) == a
-    tokenizer_config = copy_b / "tokenizer_config.json"
-    tokenizer_config.write_text(tokenizer_config.read_text().replace('"add_bos_token": false', '"add_bos_token": true'))
-    assert storylm_config.stage_hashes(changed(config, "tokenizer.path", str(copy_b)))["tokenizer"] != a["tokenizer"]
-
-
-def test_stage_record_names_its_inputs():
-    record = storylm_config.stage_record(default_config(), "shards")
-    assert set(record["inputs"]) == {"corpus", "tokenizer"}
-    assert record["config"] == {"chunk_bytes": "16MB"}
 
 
 @pytest.mark.parametrize(

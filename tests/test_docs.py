@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_workflow
 
 
 def schema_keys(properties: dict, prefix: str = ""):
@@ -63,3 +70,111 @@ def test_the_embedded_default_is_the_schemas_defaults():
 
     default_file = yaml.safe_load((REPO / "config/config.yaml").read_text())
     assert differences(defaults(), validate(default_file)) == {}
+
+
+def module_map() -> dict[str, list[str]]:
+    """The module map of workflow/storylm/__init__.py: {section: [module, ...]}."""
+    import storylm
+
+    sections, current = {}, None
+    for line in storylm.__doc__.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            current = line.rstrip(":").split(",")[0]
+            sections[current] = []
+        elif current and line.startswith("    ") and line.split():
+            sections[current].append(line.split()[0])
+    return sections
+
+
+def test_the_module_map_lists_every_module_once():
+    modules = sorted(p.stem for p in (REPO / "workflow/storylm").glob("*.py") if p.stem != "__init__")
+    listed = [name for names in module_map().values() for name in names]
+    assert sorted(listed) == modules
+
+
+def test_stage_commands_import_helpers_never_each_other():
+    import ast
+
+    sections = module_map()
+    commands = set(sections["Stage commands"]) | set(sections["Tools a person runs"])
+    for name in commands:
+        tree = ast.parse((REPO / "workflow/storylm" / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and node.module == "storylm" for alias in node.names}
+        imported |= {node.module.split(".")[1] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and (node.module or "").startswith("storylm.")}
+        assert not (imported & commands) - {name}, (name, imported & commands)
+
+
+def test_every_public_exception_derives_from_the_one_root():
+    import importlib
+    import inspect
+
+    from storylm.entry import StageError
+
+    for path in (REPO / "workflow/storylm").glob("*.py"):
+        module = importlib.import_module(f"storylm.{path.stem}" if path.stem != "__init__" else "storylm")
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__ \
+                    and not name.startswith("_"):
+                assert issubclass(obj, StageError), f"{module.__name__}.{name}"
+
+
+def readme_commands() -> list[str]:
+    """Every command of the README: the lines of its bash blocks and its inline `snakemake ...` and
+    `python -m storylm...` commands, with comments and placeholders (<hash>) as written."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        commands += [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    commands += re.findall(r"`((?:snakemake|python -m storylm\.\w+)(?: [^`]*)?)`", text)
+    # One command per `&&` step, on one line.
+    steps = [" ".join(step.split()) for command in commands for step in command.split("&&")]
+    return list(dict.fromkeys(steps))
+
+
+# Commands a test elsewhere runs for real, or that need what a test machine has not: each says which.
+RUN_ELSEWHERE = {
+    "pip install": "the install runs in CI's own step (.ci/run) and on every user's machine",
+    "venv": "part of the install",
+    "pytest": "the test command: CI runs it (tests/test_docs.py::test_ci_runs_the_readme_test_command)",
+    "--report": "tests/test_runs.py renders a real report in Chromium",
+    "--profile slurm": "tests/test_slurm*.py run the Slurm profile on a real cluster",
+    "conda": "needs conda, which the pip install does not bring",
+}
+
+
+def why_not_here(command: str) -> str | None:
+    for marker, why in RUN_ELSEWHERE.items():
+        if marker in command:
+            return why
+    return None
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs(tmp_path):
+    """Each snakemake command of the README as a dry run in a fresh copy of the workflow, and each
+    storylm command for real: an option renamed, a config file moved or a module gone fails here."""
+    workdir = copy_workflow(tmp_path / "wf")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "PYTHONPATH": str(workdir / "workflow")}
+    ran = []
+    for command in readme_commands():
+        if why_not_here(command):
+            continue
+        words = shlex.split(command)
+        if words[0] == "snakemake" and "--unlock" not in words:
+            words += ["--dry-run"]
+        elif words[0] == "snakemake" and len(words) == 1:
+            continue
+        elif words[:2] == ["python", "-m"]:
+            words[0] = sys.executable
+        elif words[0] != "snakemake":
+            continue
+        if words[0] == "snakemake":
+            words = [sys.executable, "-m", "snakemake", *words[1:]]
+        result = subprocess.run(words, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
+        ran.append(command)
+    assert "snakemake --cores all results/samples.txt" in ran and any("microstories.yaml" in c for c in ran), ran
+    assert any(command.startswith("python -m storylm.clean") for command in ran), ran

@@ -13,7 +13,8 @@ from hubserver import (REPO_ROOT, closed_port_url, corpus_config, hf_env, jsonl_
                        small_tinystories_archive, tinystories_rows)
 from storylm import download
 from storylm.corpus import build_corpus
-from storylm.download import DownloadError, fetch, manifest_files
+from storylm.download import DownloadError, fetch
+from storylm.manifest import manifest_files
 
 REPO = "adam89/TinyStoriesChinese"
 ARCHIVE = "TinyStories_all_data_zh.tar.gz"

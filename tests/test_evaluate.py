@@ -12,9 +12,9 @@ import torch
 from conftest import REPO
 from storylm import evaluate
 from storylm.checkpoint import load_model, load_tokenizer
-from storylm.cli import StageError, run_stage
+from storylm.entry import StageError, run_stage
 from storylm.jsonl import write_texts
-from storylm.tokenizer import encode_batch
+from storylm.tokens import encode_batch
 from tiny_checkpoint import make_checkpoint
 
 SEQ = 8

@@ -21,11 +21,12 @@ import pytest
 import torch
 import yaml
 
-from storylm import consistency, export
-from storylm.cli import run_stage
+from storylm import consistency, export, export_check, model_card
+from storylm.entry import run_stage
 from storylm.sample import sample_all
 from storylm.storygen import generate_stories
-from storylm.tokenizer import encode_batch, train_bpe
+from storylm.tokenizer import train_bpe
+from storylm.tokens import encode_batch
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("STORYLM_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -231,7 +232,7 @@ def test_tokenizer_ids_equal_litgpts_on_the_val_split(kind, request):
 
     kind = request.getfixturevalue(kind)
     hf = AutoTokenizer.from_pretrained(kind.folder)
-    texts = kind.val_texts + list(export.PROBE_TEXTS)
+    texts = kind.val_texts + list(export_check.PROBE_TEXTS)
     assert [hf(t)["input_ids"] for t in texts] == [kind.tokenizer.encode(t).tolist() for t in texts]
     # And back: the ids decode to the text litgpt decodes them to (both leave special tokens out).
     assert [hf.decode(kind.tokenizer.encode(t).tolist(), skip_special_tokens=True) for t in texts] == \
@@ -251,7 +252,7 @@ def test_chatglm3_goes_as_llama_tokenizers_with_litgpts_ids(microstories_kind):
         assert 13 in tokenizer("第一行\n第二行")["input_ids"]
     texts = microstories_kind.val_texts
     assert [slow(t)["input_ids"] for t in texts] == [microstories_kind.tokenizer.encode(t).tolist() for t in texts]
-    checks = json.loads((microstories_kind.folder / export.CHECKS).read_text())
+    checks = json.loads((microstories_kind.folder / model_card.CHECKS).read_text())
     assert checks["tokenizer_ids_equal"] is True and checks["tokenizer_mismatch_count"] == 0
 
 
@@ -289,10 +290,10 @@ def test_default_kind_folder(default_kind):
     folder = default_kind.folder
     names = {p.name for p in folder.iterdir()}
     assert {"config.json", export.OUTPUT_FILE, "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "README.md", export.STAGE_RECORD, export.CHECKS} <= names
+            "special_tokens_map.json", "README.md", model_card.STAGE_RECORD, model_card.CHECKS} <= names
     config = json.loads((folder / "config.json").read_text())
     assert (config["vocab_size"], config["head_dim"], config["tie_word_embeddings"]) == (512, 8, True)
-    assert json.loads((folder / export.STAGE_RECORD).read_text()) == RECORD
+    assert json.loads((folder / model_card.STAGE_RECORD).read_text()) == RECORD
     generation = json.loads((folder / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 1)
     assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 20)
@@ -410,7 +411,8 @@ def test_a_missing_checkpoint_file_is_named_by_the_command(default_kind, tmp_pat
                              str(checkpoint), "--out", str(tmp_path / "export")], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
     assert result.returncode == 1
-    assert result.stderr == f"error: {checkpoint / 'lit_model.pth'}: missing (the checkpoint's weights)\n"
+    assert result.stderr == (f"error: {checkpoint / 'lit_model.pth'}: missing (the checkpoint's weights);"
+                             " rerun pretrain (snakemake --forcerun pretrain ...)\n")
     assert not (tmp_path / "export").exists()
 
 
@@ -458,10 +460,10 @@ def test_card_names_a_hub_dataset_and_a_chosen_licence():
     corpus = {"source": "hf", "hf": {"repo_id": "adam89/TinyStoriesChinese", "revision": "abc123"},
               "text_field": "story_zh"}
     record = {"config": {"license": "apache-2.0", "corpus": corpus}}
-    metadata = export.card_metadata(record, {"source": "THUDM/chatglm3-6b"})
+    metadata = model_card.card_metadata(record, {"source": "THUDM/chatglm3-6b"})
     assert metadata["datasets"] == ["adam89/TinyStoriesChinese"]
     assert metadata["license"] == "apache-2.0" and "license_name" not in metadata
-    lines = "\n".join(export.data_lines(record))
+    lines = "\n".join(model_card.data_lines(record))
     assert "The Hugging Face dataset `adam89/TinyStoriesChinese` (revision `abc123`)." in lines
     assert 'text_field: `"story_zh"`' in lines
 
@@ -470,6 +472,6 @@ def test_card_spells_out_tokenizer_differences():
     info = {"backend": "sentencepiece", "vocab_size": 64789, "eos_id": 2, "use_bos": False}
     checks = {"tokenizer_ids_equal": False, "tokenizer_texts_compared": 12, "tokenizer_mismatch_count": 1,
               "tokenizer_mismatches": [{"text": " 开头", "litgpt": [265, 34211], "transformers": [30910, 34211]}]}
-    lines = "\n".join(export.tokenizer_lines(info, checks))
+    lines = "\n".join(model_card.tokenizer_lines(info, checks))
     assert "**Its ids differ from `litgpt.Tokenizer`'s** (the ids the model was trained on) on 1 of 12 texts" in lines
     assert '- `" 开头"`: litgpt `[265, 34211]`, transformers `[30910, 34211]`' in lines

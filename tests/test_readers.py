@@ -7,12 +7,12 @@ import pytest
 
 from conftest import PICTUREBOOKS, TINYSTORIES_ROW, needs_real_stories
 from hubserver import jsonl_bytes, real_row, tinystories_rows
-from storylm.readers import FileCounts, ReadError, field_value, iter_texts
+from storylm.readers import FileCounts, ReadError, field_value, raw_texts
 
 
 def read(path, text_field="text", limit=0.5):
     counts = FileCounts(str(path))
-    texts = list(iter_texts(path, text_field, counts, limit))
+    texts = list(raw_texts(path, text_field, counts, limit))
     return texts, counts
 
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
-from storylm.runs import STAGE_PARENTS as STAGE_FOLDERS
+from storylm import stages
 from storylm.runs import RunError, plan, resolve
 
 
@@ -278,7 +278,7 @@ def test_clean_lists_every_folder_and_removes_only_the_unused(two_runs):
         assert not (workdir / "results/runs/two").exists()
         # Run one's folders, shared ones included, are untouched: nothing for snakemake to redo but the gathering.
         for stage in ("corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample", "export"):
-            assert (workdir / STAGE_FOLDERS[stage] / hashes["one"][stage]).is_dir(), stage
+            assert (workdir / stages.folder(stage, hashes["one"][stage])).is_dir(), stage
         assert dry_run_jobs(workdir) == {"compare_runs": 1, "all_samples": 1, "single_run": 1, "all": 1}
     finally:
         write_config(workdir, config)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import load_json
 from storylm import sample, train_copy
-from storylm.cli import run_stage
+from storylm.entry import run_stage
 from storylm.jsonl import iter_texts, write_texts
 from storylm.sample_metrics import continuation, distinct_n, figures, repeated_ngram_counts, repeated_ngram_fraction
 from tiny_checkpoint import make_checkpoint
@@ -167,7 +167,7 @@ def test_missing_train_split_is_one_line_naming_the_file(checkpoint, tmp_path, c
 def test_padded_vocabulary_rows_are_never_sampled(checkpoint):
     """The model has 320 rows (300 ids padded to a multiple of 64): sampling must never pick 300..319."""
     from storylm.checkpoint import load_model, load_tokenizer
-    from storylm.config import tokenizer_ids
+    from storylm.tokens import tokenizer_ids
     from storylm.sample import never_sample_beyond
 
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from storylm import config as storylm_config
+from storylm import stages
 from storylm.jsonl import iter_texts
 from storylm.schema import defaults
 from storylm.storygen import write_jsonl
@@ -44,8 +44,8 @@ def test_the_budget_is_part_of_the_tokenizer_hash():
     smaller = defaults()
     del smaller["runs"]
     smaller["tokenizer"]["max_train_characters"] = 1000
-    assert storylm_config.stage_hashes(config)["tokenizer"] != storylm_config.stage_hashes(smaller)["tokenizer"]
-    assert storylm_config.stage_hashes(config)["corpus"] == storylm_config.stage_hashes(smaller)["corpus"]
+    assert stages.hashes(config)["tokenizer"] != stages.hashes(smaller)["tokenizer"]
+    assert stages.hashes(config)["corpus"] == stages.hashes(smaller)["corpus"]
 
 
 def test_a_sampled_tokenizer_differs_from_the_full_one(tmp_path):

@@ -24,7 +24,7 @@ import torch
 
 from storylm import consistency
 from storylm.checkpoint import load_model, load_tokenizer
-from storylm.config import tokenizer_ids
+from storylm.tokens import tokenizer_ids
 from storylm.sample import never_sample_beyond, sample_story, story_seed
 
 PIPELINE_PROMPTS = ["从前，有一个叫莉莉的小女孩", "有一天，小明和他的狗", "在森林里"]

@@ -8,7 +8,7 @@ tokenizer trained by the pipeline's own code, each on
 
 through storylm.shards.build, the litdata optimize path the pipeline runs (JSONL in, shards
 out, EOS after each story), at each --workers count; plus, as a baseline without litdata and
-without process start-up, one in-process storylm.tokenizer.encode_batch pass on one core.
+without process start-up, one in-process storylm.tokens.encode_batch pass on one core.
 
     python workflow/benchmarks/tokenize_throughput.py --tokenizer-dir ../shared/fixtures/chatglm3-6b \\
         --stories 50000 --workers 1 2
@@ -93,7 +93,8 @@ def in_process(tokenizer_dir: Path, texts: list[str], batch_size: int) -> tuple[
     """Wall seconds, CPU seconds and tokens of encode_batch over texts in this process (no litdata)."""
     from litgpt import Tokenizer
 
-    from storylm.tokenizer import batched, encode_batch
+    from storylm.tokenizer import batched
+    from storylm.tokens import encode_batch
 
     tokenizer = Tokenizer(tokenizer_dir)
     start, cpu = time.perf_counter(), cpu_seconds()

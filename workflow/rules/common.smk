@@ -1,13 +1,12 @@
 # Helpers shared by the rules: the runs, their stage folders, and the input and param functions.
 #
-# Every stage folder is named by a hash of its settings (storylm/config.py). The plan below
+# Every stage folder is named by a hash of its settings (storylm/stages.py). The plan below
 # resolves every run of the config (storylm/runs.py) and keeps one entry per distinct hash, so
 # each rule is a wildcard rule over its hash folders and each folder is built by one job, for
 # however many runs use it.
 
 import json
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,11 +17,13 @@ STORYLM_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, STORYLM_PATH)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)}; ")
 
-from storylm.runs import STAGE_PARENTS, RunError, deep_merge, plan  # noqa: E402
+from storylm.entry import StageError  # noqa: E402
+from storylm.runs import differences, plan  # noqa: E402
+from storylm.tokens import TOKENIZER_FILES  # noqa: E402
 
 try:
     PLAN = plan(config)
-except RunError as error:
+except StageError as error:
     raise WorkflowError(f"Invalid config: {error}") from None
 
 RUNS = list(PLAN.runs)
@@ -35,21 +36,17 @@ def hash_pattern(stage):
     return "|".join(PLAN.stages.get(stage, {})) or "(?!)"
 
 
-def folder(stage, hash_):
-    return f"{STAGE_PARENTS[stage]}/{hash_}"
-
-
 def stage_of(stage, wildcards):
     return PLAN.stage(stage, wildcards.hash)
 
 
 def upstream(stage, wildcards, name):
     """The folder of the stage `name` that the `stage` folder of this job reads."""
-    return folder(name, stage_of(stage, wildcards).record["inputs"][name])
+    return PLAN.stage(name, stage_of(stage, wildcards).record["inputs"][name]).folder
 
 
 def run_folder(run, stage):
-    return folder(stage, PLAN.hashes[run][stage])
+    return PLAN.run_stage(run, stage).folder
 
 
 # Param functions: the stage's record (its settings and input hashes, written to its config.json)
@@ -109,8 +106,6 @@ def tokenizer_files(wildcards):
         return []
     if tok["source"] == "hf":
         return f"{upstream('tokenizer', wildcards, 'tokenizer_download')}/manifest.json"
-    from storylm.config import TOKENIZER_FILES
-
     return [f"{tok['path']}/{name}" for name in TOKENIZER_FILES if Path(tok["path"], name).is_file()]
 
 
@@ -136,20 +131,20 @@ def extra_set_files(wildcards):
 
 
 def shards_stats(stage):
-    return lambda wildcards: f"{upstream(stage, wildcards, 'shards')}/stats.json"
+    return upstream_file(stage, "shards", "stats.json")
 
 
 def tokenizer_config(stage):
-    return lambda wildcards: f"{upstream(stage, wildcards, 'tokenizer')}/tokenizer_config.json"
+    return upstream_file(stage, "tokenizer", "tokenizer_config.json")
 
 
 def final_checkpoint(stage):
-    return lambda wildcards: f"{upstream(stage, wildcards, 'pretrain')}/final/lit_model.pth"
+    return upstream_file(stage, "pretrain", "final/lit_model.pth")
 
 
-def input_dir(name, up=1):
-    """Param function: the folder holding the named input file (or its parent, with up=2)."""
-    return lambda wildcards, input: str(Path(input[name]).parents[up - 1])
+def input_dir(name):
+    """Param function: the folder holding the named input file."""
+    return lambda wildcards, input: str(Path(input[name]).parent)
 
 
 # Lightning wants one process per device: D = devices per node, M = num_nodes. On Slurm the job
@@ -206,6 +201,7 @@ def run_inputs(wildcards):
     run = wildcards.run
     return {
         "pretrain_config": f"{run_folder(run, 'pretrain')}/pretrain.yaml",
+        "train_log": f"{run_folder(run, 'pretrain')}/train.log",
         "checkpoint": f"{run_folder(run, 'pretrain')}/final/lit_model.pth",
         "evaluate": f"{run_folder(run, 'evaluate')}/metrics.json",
         "plot": f"{run_folder(run, 'evaluate')}/loss.png",
@@ -216,8 +212,6 @@ def run_inputs(wildcards):
 
 def run_info(wildcards):
     """Param function of run_results: the run's stage hashes, config, and how it differs from the base."""
-    from storylm.runs import differences
-
     run = wildcards.run
     return json.dumps(
         {

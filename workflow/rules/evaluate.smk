@@ -4,6 +4,7 @@
 rule evaluate:
     input:
         checkpoint=final_checkpoint("evaluate"),
+        train_log=upstream_file("evaluate", "pretrain", "train.log"),
         shards=shards_stats("evaluate"),
         train=corpus_split("evaluate", "train"),
         corpus_stats=upstream_file("evaluate", "corpus", "stats.json"),
@@ -22,11 +23,10 @@ rule evaluate:
     params:
         record=record("evaluate"),
         checkpoint_dir=input_dir("checkpoint"),
-        run_dir=input_dir("checkpoint", up=2),
         shards=input_dir("shards"),
         seq_length=stage_setting("evaluate", "train", "max_seq_length"),
         out=output_dir("metrics"),
     shell:
         "python -m storylm.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
-        " --shards {params.shards} --train-log {params.run_dir}/train.log --seq-length {params.seq_length}"
+        " --shards {params.shards} --train-log {input.train_log} --seq-length {params.seq_length}"
         " --train {input.train} --out {params.out} > {log} 2>&1"

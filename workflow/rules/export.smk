@@ -4,6 +4,7 @@
 rule export:
     input:
         checkpoint=final_checkpoint("export"),
+        hyperparameters=upstream_file("export", "pretrain", "final/hyperparameters.yaml"),
         metrics=upstream_file("export", "evaluate", "metrics.json"),
         samples=upstream_file("export", "sample", "samples.json"),
     output:

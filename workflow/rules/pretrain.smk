@@ -1,7 +1,9 @@
 # Stage 4: render the litgpt pretrain YAML, then run `litgpt pretrain --config` on it.
 #
-# Only the final checkpoint is declared as output: litgpt's step-* checkpoints beside it are
-# not Snakemake's to delete when a job fails, and `resume: auto` continues from the latest.
+# Declared outputs are what a finished training leaves: the final checkpoint, its litgpt
+# settings and the whole train log. litgpt's step-* checkpoints and the live log (progress.log,
+# appended across resumed runs) are not Snakemake's to delete when a job fails, and `resume: auto`
+# continues from the latest checkpoint.
 # Runs that share a pretrain hash share one training; different ones are independent jobs,
 # submitted together on Slurm, one at a time locally (gpu_jobs, profiles/default).
 
@@ -34,6 +36,8 @@ rule pretrain:
         shards=shards_stats("pretrain"),
     output:
         checkpoint="results/pretrain/{hash}/final/lit_model.pth",
+        hyperparameters="results/pretrain/{hash}/final/hyperparameters.yaml",
+        train_log="results/pretrain/{hash}/train.log",
     log:
         log_path("pretrain"),
     benchmark:

@@ -1,0 +1,46 @@
+"""storylm: the Python package behind the Snakemake rules (workflow/rules/*.smk).
+
+Module map. Stage commands are run by the rules as `python -m storylm.<module>`; each writes one
+stage folder (storylm.stages names it) and imports helpers, never another stage command.
+
+Stage commands, in the order they run:
+    download        the raw corpus files (hf, url, local), and a hub tokenizer's files
+    corpus          stories cleaned, deduplicated and split into train.jsonl / val.jsonl
+    tokenizer       a byte-level BPE trained on the train split, or a pretrained tokenizer copied
+    shards          token ids of every story into litdata shards (train/, val/)
+    pretrain        the litgpt pretrain YAML rendered, then `litgpt pretrain --config` with resume
+    evaluate        val loss, bits per character, extra sets and loss curves of the final checkpoint
+    sample          stories from the final checkpoint, with their figures and the checker's verdicts
+    export          the final model as a Hugging Face folder
+    report          each run's results folder, the runs table, the comparison plot, all samples
+
+Tools a person runs:
+    clean           list stage folders with the runs that use them; remove the unused ones
+    config_docs     config/README.md's table of keys, from config/schema.yaml
+
+Helpers:
+    entry           the error model (StageError, one line, exit 1) and atomic writes
+    schema          config/schema.yaml: validation and the one source of defaults
+    config          config checks the schema cannot express
+    stages          the stage table: folders, inputs, fingerprints, hashes, what a key reruns
+    runs            a config's runs resolved, and the plan of every stage folder they need
+    filehash        sha256 of files
+    archive         safe extraction of .tar.gz archives
+    manifest        a download folder's manifest.json
+    readers         story texts from .jsonl, .json, .parquet and .txt files, every problem counted
+    storytext       the one cleaning rule of stories
+    jsonl           the corpus stage's split files
+    storygen        the builtin corpus: a seeded generator of Chinese children's stories
+    consistency     the builtin-world story checker (also a command on a file of stories)
+    tokens          token ids as litgpt makes them (batch encoding, special tokens)
+    checkpoint      the one loader of litgpt checkpoints
+    litgpt_log      loss curves and throughput from litgpt's printed log
+    extra_sets      evaluate.extra_sets: a user's own stories, read strictly
+    sample_metrics  figures of sampled stories that hold for any corpus
+    train_copy      how much sampled text is copied from the train split
+    figures         which JSON files hold figures, and their numbers by dotted key
+    hf_model        a litgpt model as LlamaForCausalLM: config and weights
+    hf_tokenizer    a litgpt tokenizer as a transformers tokenizer class
+    export_check    an export folder loaded with transformers and compared with litgpt
+    model_card      the export's README.md
+"""

@@ -15,10 +15,12 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from storylm.entry import StageError
+
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(StageError):
     """An archive that cannot be extracted safely; the message names the archive and the member."""
 
 

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from storylm.cli import StageError
-from storylm.runs import STAGE_PARENTS, RunError, deep_merge, plan
-
-HASH_LENGTH = 10
+from storylm import stages
+from storylm.entry import StageError
+from storylm.runs import deep_merge, plan
 
 
 def load_config(configfiles: list[Path], overrides: list[str]) -> dict:
@@ -45,9 +44,9 @@ def load_config(configfiles: list[Path], overrides: list[str]) -> dict:
 def stage_folders(root: Path) -> list[Path]:
     """Every hash folder under the stages' parents, and every run's results folder."""
     found = set()
-    for parent in set(STAGE_PARENTS.values()):
+    for parent in {spec.parent for spec in stages.STAGES}:
         if (root / parent).is_dir():
-            found |= {p for p in (root / parent).iterdir() if p.is_dir() and len(p.name) == HASH_LENGTH}
+            found |= {p for p in (root / parent).iterdir() if p.is_dir() and len(p.name) == stages.HASH_LENGTH}
     if (root / "results/runs").is_dir():
         found |= {p for p in (root / "results/runs").iterdir() if p.is_dir()}
     return sorted(found)
@@ -57,7 +56,7 @@ def usage(config: dict, root: Path) -> list[tuple[Path, list[str]]]:
     """(folder, runs that use it) for every folder on disk; an empty list: no run uses it."""
     try:
         the_plan = plan(config)
-    except RunError as error:
+    except StageError as error:
         raise StageError(f"Invalid config: {error}") from None
     used = {root / folder: runs for folder, runs in the_plan.folders().items()}
     used.update({root / "results/runs" / run: [run] for run in the_plan.runs})

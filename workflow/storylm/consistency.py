@@ -66,7 +66,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from storylm.cli import StageError, exit_with, write_text
+from storylm.entry import StageError, exit_with, write_text
 from storylm.storygen import (ANIMAL_KINDS, ANIMAL_PROBLEMS, ANIMALS, BOY_NAMES, CHILD_KINDS, FEARS, FRIEND_PROBLEMS,
                               GIRL_NAMES, NAMES, OBJECTS, PLACES, TASKS, little)
 
@@ -451,7 +451,7 @@ def score(samples: list[dict]) -> dict:
 # The command: JSON lines in, the same lines with the verdict added out.
 
 
-def read_samples(path: Path) -> list[dict]:
+def read_sample_lines(path: Path) -> list[dict]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -486,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("samples", type=Path, help='JSON lines with "prompt" and "text"')
     parser.add_argument("--out", type=Path, help="where to write the checked lines (default: stdout)")
     args = parser.parse_args(argv)
-    output = checked_lines(read_samples(args.samples))
+    output = checked_lines(read_sample_lines(args.samples))
     if args.out:
         write_text(args.out, output)
     else:

@@ -18,19 +18,19 @@ import argparse
 import hashlib
 import json
 import os
-import unicodedata
 from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from storylm.cli import exit_with, write_json
-from storylm.config import write_stage_record
-from storylm.readers import FileCounts, ReadError, iter_texts
+from storylm.entry import StageError, exit_with, write_json, write_record
+from storylm.manifest import manifest_files
+from storylm.readers import FileCounts, raw_texts
+from storylm.storytext import clean
 
 
-class CorpusError(ValueError):
+class CorpusError(StageError):
     """The corpus cannot be built as configured; the message names the config key."""
 
 
@@ -91,14 +91,7 @@ def _stories_from_files(files: list[Path], cfg: dict, file_counts: list[FileCoun
     for path in files:  # sorted: the same files always give the same order
         counts = FileCounts(str(path))
         file_counts.append(counts)
-        yield from iter_texts(path, cfg["text_field"], counts, cfg["max_malformed_fraction"])
-
-
-def clean(text: str, normalize: str | None) -> str:
-    """The form in which a story is stored, compared for duplicates, and hashed for the split."""
-    if normalize:
-        text = unicodedata.normalize(normalize, text)
-    return text.strip()
+        yield from raw_texts(path, cfg["text_field"], counts, cfg["max_malformed_fraction"])
 
 
 # ---------------------------------------------------------------------------
@@ -263,8 +256,6 @@ def summary(stats: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from storylm.download import manifest_files
-
     parser = argparse.ArgumentParser(prog="python -m storylm.corpus", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the corpus config as JSON (schema defaults applied)")
     parser.add_argument("--out", required=True, type=Path, help="folder for train.jsonl, val.jsonl, stats.json")
@@ -279,11 +270,9 @@ def main(argv: list[str] | None = None) -> None:
         files = manifest_files(args.raw)
     stats = build_corpus(cfg, files, args.out)
     if args.record:
-        write_stage_record(args.record, args.out)
+        write_record(args.record, args.out)
     print(summary(stats))
 
 
 if __name__ == "__main__":
-    from storylm.download import DownloadError
-
-    exit_with(main, errors=(CorpusError, ReadError, DownloadError))
+    exit_with(main)

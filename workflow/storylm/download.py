@@ -30,8 +30,9 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from storylm.archive import ArchiveError, archive_stem, is_archive, safe_extract
-from storylm.cli import exit_with, write_json
-from storylm.config import file_sha256
+from storylm.entry import StageError, exit_with
+from storylm.filehash import file_sha256
+from storylm.manifest import write_manifest
 
 CONNECT_TIMEOUT_S = 10  # to open a connection (the hub's own metadata timeout is 10 s too)
 READ_TIMEOUT_S = 60  # between two chunks of a download
@@ -49,7 +50,7 @@ LOCAL_HINT = (
 )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(StageError):
     """A file could not be fetched or failed its check; the message says what was tried."""
 
 
@@ -401,36 +402,6 @@ def check_file(path: Path, size: int | None, sha256: str | None, what: str) -> N
             raise DownloadError(f"{what}: sha256 mismatch, expected {sha256}, got {actual} ({path})")
 
 
-def write_manifest(raw_dir: Path, source: str, downloads: list[dict], files: list[Path]) -> Path:
-    """raw_dir/manifest.json: the downloaded files (with origin and sha256) and the files to read."""
-    def relative(path) -> str:
-        path = Path(path).resolve()
-        root = raw_dir.resolve()
-        return str(path.relative_to(root)) if root in path.parents else str(path)
-
-    manifest = {
-        "source": source,
-        "downloads": [
-            {"path": relative(d["path"]), "size": d["size"], **({"sha256": d["sha256"]} if d.get("sha256") else {}),
-             **({"origin": d["origin"]} if d.get("origin") else {})}
-            for d in downloads
-        ],
-        "files": [{"path": relative(p), "size": p.stat().st_size} for p in files],
-    }
-    out = raw_dir / "manifest.json"
-    write_json(out, manifest)
-    return out
-
-
-def manifest_files(raw_dir: Path) -> list[Path]:
-    """The readable files listed in raw_dir/manifest.json (relative paths are under raw_dir)."""
-    manifest_path = Path(raw_dir) / "manifest.json"
-    if not manifest_path.is_file():
-        raise DownloadError(f"{manifest_path}: no manifest; run the download stage first")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    return [Path(raw_dir) / entry["path"] for entry in manifest["files"]]
-
-
 def _short_error(error: Exception) -> str:
     """One line for an exception. requests wraps urllib3's MaxRetryError, whose reason is the real cause."""
     inner = error.args[0] if error.args else None
@@ -457,4 +428,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    exit_with(main, errors=(DownloadError, ArchiveError))
+    exit_with(main)

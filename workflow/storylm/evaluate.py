@@ -21,8 +21,8 @@ import torch
 
 from storylm import extra_sets, jsonl, litgpt_log
 from storylm.checkpoint import load_model, load_tokenizer, parameter_count
-from storylm.cli import StageError, atomic_path, exit_with, write_json
-from storylm.tokenizer import encode_batch
+from storylm.entry import StageError, atomic_path, exit_with, write_json
+from storylm.tokens import encode_batch
 
 
 @torch.no_grad()

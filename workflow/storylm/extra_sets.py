@@ -2,7 +2,7 @@
 
 The corpus stage forgives a few bad lines in a big download; an extra set is small and
 chosen by hand, so any bad line is an error that names the file, the line and the config
-key. Stories are cleaned exactly as the corpus stage cleans them (storylm.corpus.clean),
+key. Stories are cleaned exactly as the corpus stage cleans them (storylm.storytext.clean),
 so bits per character measure the text the model was trained to read, and a story of the
 set is "in the train split" when its cleaned text equals a train story.
 """
@@ -14,9 +14,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from storylm.cli import StageError
-from storylm.corpus import clean
+from storylm.entry import StageError
 from storylm.readers import field_value
+from storylm.storytext import clean
 
 SUFFIXES = (".jsonl", ".txt")
 

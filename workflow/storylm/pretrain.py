@@ -7,6 +7,10 @@
 so a rerun after an interruption continues from the latest `step-*` checkpoint. Before
 launching it sets aside a latest checkpoint that cannot be loaded (a half-written file
 from a kill during saving), so litgpt falls back to the previous one.
+
+litgpt's output goes to progress.log as it comes, appended across resumed runs (the file
+to watch); when training ends, the whole of it becomes train.log, the stage's declared log
+(an output, so Snakemake deletes it when a job fails: the live log is kept apart).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +28,12 @@ from pathlib import Path
 
 import yaml
 
-from storylm.cli import StageError, exit_with, write_text
-from storylm.config import ConfigError, check_vocab, directory_vocab_size, write_stage_record
+from storylm.config import ConfigError, check_vocab, directory_vocab_size
+from storylm.entry import StageError, atomic_path, exit_with, write_record, write_text
 
 CHECKPOINT_NAME = "lit_model.pth"
+LIVE_LOG = "progress.log"
+TRAIN_LOG = "train.log"
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:
@@ -135,12 +142,12 @@ def set_aside_corrupt_checkpoints(out_dir: Path) -> list[Path]:
     return moved
 
 
-def litgpt_env(out_dir: Path) -> dict:
+def litgpt_env() -> dict:
     env = dict(os.environ)
     # wandb without an API key would prompt for one; log offline instead (sync later with `wandb sync`).
+    # It writes to ./wandb/: Lightning's WandbLogger passes save_dir="." to wandb.init.
     if not env.get("WANDB_API_KEY") and "WANDB_MODE" not in env:
         env["WANDB_MODE"] = "offline"
-    env.setdefault("WANDB_DIR", str(out_dir))
     return env
 
 
@@ -174,19 +181,23 @@ def run(config_path: Path, srun_args: str | None = None, log_path: Path | None =
     # litgpt gets the default SIGINT handling even where this job was started with SIGINT ignored
     # (a shell's background job, a pytest-xdist worker): an ignored SIGINT is inherited, and litgpt
     # would then ignore the SIGINT passed on below and train to the end.
-    process = subprocess.Popen(command, env=litgpt_env(out_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, env=litgpt_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda s, _frame: process.send_signal(s))
-    # The train log is kept beside the checkpoints and appended to, so a resumed run's log continues.
-    log = open(log_path or out_dir / "train.log", "a", encoding="utf-8")
-    with log:
+    # The live log is kept beside the checkpoints and appended to, so a resumed run's log continues.
+    live = log_path or out_dir / LIVE_LOG
+    with open(live, "a", encoding="utf-8") as log:
         for line in process.stdout:
             sys.stdout.write(line)
             log.write(line)
             log.flush()
-    return process.wait()
+    returncode = process.wait()
+    if returncode == 0:
+        with atomic_path(out_dir / TRAIN_LOG) as tmp:
+            shutil.copyfile(live, tmp)
+    return returncode
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,8 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         litgpt_config = render(record["config"], args.shards, args.tokenizer, args.out_dir)
         header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
                   f" with:\n#   litgpt pretrain --config {args.output}\n")
-        write_stage_record(args.record, args.out_dir)
         write_text(args.output, header + yaml.safe_dump(litgpt_config, sort_keys=False, allow_unicode=True))
+        write_record(args.record, args.out_dir)  # last: a folder with its record has its litgpt config
     else:
         sys.exit(run(args.config, args.srun_args))
 

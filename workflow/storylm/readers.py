@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from storylm.entry import StageError
+
 SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 
 PARQUET_BATCH_ROWS = 8192
 
 
-class ReadError(ValueError):
+class ReadError(StageError):
     """A file that cannot be read as stories; the message names the file and the first problem."""
 
 
@@ -44,7 +46,7 @@ class FileCounts:
         return asdict(self)
 
 
-def iter_texts(path: Path, text_field: str, counts: FileCounts | None = None,
+def raw_texts(path: Path, text_field: str, counts: FileCounts | None = None,
                max_malformed_fraction: float = 1.0) -> Iterator[str]:
     """Yield the non-empty story texts of one file; problems are counted in `counts`.
 

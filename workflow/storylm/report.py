@@ -20,7 +20,8 @@ import pandas as pd
 import yaml
 
 from storylm import litgpt_log
-from storylm.cli import atomic_path, exit_with, write_json, write_text
+from storylm.entry import atomic_path, exit_with, write_json, write_text
+from storylm.figures import numeric_figures, sample_figure_files
 
 # The runs table's columns before the sample figures, in order, with their units in the name.
 # The few columns the report's first page shows (results/runs_summary.tsv).
@@ -53,17 +54,6 @@ def val_curve(train_log: Path, tokens_per_iter: int, flops: float) -> pd.DataFra
     return curve
 
 
-def numeric_figures(obj: dict) -> dict:
-    """The numbers of a figures JSON, flattened (nested keys joined with a dot)."""
-    flat = {}
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in numeric_figures(value).items()})
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[key] = value
-    return flat
-
-
 def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: Path, out: Path) -> dict:
     litgpt_config = yaml.safe_load((pretrain_dir / "pretrain.yaml").read_text())
     train = litgpt_config["train"]
@@ -75,9 +65,8 @@ def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: 
     if performance["train_tokens"] is None:  # a log without litgpt's closing lines
         performance["train_tokens"] = evaluation["train_iters"] * tokens_per_iter
     sample_figures = {}
-    for name in sorted(p.name for p in sample_dir.glob("*.json")):
-        if name not in ("samples.json", "config.json"):
-            sample_figures.update(json.loads((sample_dir / name).read_text()))
+    for path in sample_figure_files(sample_dir):
+        sample_figures.update(json.loads(path.read_text()))
     metrics = {
         "run": info["run"],
         "differs_from_base": info["differs_from_base"],

@@ -5,7 +5,7 @@ config (the base). No `runs:` means one run named `default`. Each run's resolved
 goes through the schema and the checks of storylm.config, and an error names the run and
 the key (`runs.wide.model_config.n_embd: ...`).
 
-Every stage folder is named by the hash of its settings (storylm.config), so two runs that
+Every stage folder is named by the hash of its settings (storylm.stages), so two runs that
 differ only in model settings have the same corpus, tokenizer and shards hashes: the
 stage table below holds one entry per distinct hash, and Snakemake plans one job for it.
 """
@@ -16,27 +16,16 @@ import copy
 import re
 from dataclasses import dataclass, field
 
-from storylm import config as stage_config
+from storylm import config as config_checks
+from storylm import stages
+from storylm.entry import StageError
 from storylm.schema import SchemaError, validate
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEFAULT_RUN = "default"
 
-# Where each stage writes its hash folders.
-STAGE_PARENTS = {
-    "download": "Data/raw",
-    "corpus": "Data/corpus",
-    "tokenizer_download": "Data/raw",
-    "tokenizer": "Data/tokenizer",
-    "shards": "Data/shards",
-    "pretrain": "results/pretrain",
-    "evaluate": "results/evaluate",
-    "sample": "results/sample",
-    "export": "results/export",
-}
 
-
-class RunError(ValueError):
+class RunError(StageError):
     """A run's config cannot work; the message names the run and the key."""
 
 
@@ -71,8 +60,8 @@ def resolve(config: dict) -> tuple[dict, dict[str, dict]]:
         except SchemaError as error:
             raise RunError(str(error)) from None
         try:
-            stage_config.check(resolved)
-        except stage_config.ConfigError as error:
+            config_checks.check(resolved)
+        except config_checks.ConfigError as error:
             raise RunError(prefix + str(error)) from None
         runs[name] = resolved
     return base, runs
@@ -102,7 +91,7 @@ class Stage:
 
     @property
     def folder(self) -> str:
-        return f"{STAGE_PARENTS[self.name]}/{self.hash}"
+        return stages.folder(self.name, self.hash)
 
 
 @dataclass
@@ -132,12 +121,12 @@ class Plan:
 
 def plan(config: dict) -> Plan:
     base, runs = resolve(config)
-    hashes, stages = {}, {}
+    hashes, by_stage = {}, {}
     for name, run_config in runs.items():
-        records = stage_config.stage_records(run_config)
+        records = stages.records(run_config)
         hashes[name] = {stage: record["hash"] for stage, record in records.items()}
-        for stage in stage_config.active_stages(run_config):
+        for stage in stages.active(run_config):
             hash_ = hashes[name][stage]
-            entry = stages.setdefault(stage, {}).setdefault(hash_, Stage(stage, hash_, records[stage], run_config))
+            entry = by_stage.setdefault(stage, {}).setdefault(hash_, Stage(stage, hash_, records[stage], run_config))
             entry.runs.append(name)
-    return Plan(base, runs, hashes, stages)
+    return Plan(base, runs, hashes, by_stage)

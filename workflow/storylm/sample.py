@@ -24,9 +24,9 @@ from litgpt.generate.base import generate
 
 from storylm import consistency, jsonl
 from storylm.checkpoint import load_model, load_tokenizer
-from storylm.cli import StageError, exit_with, write_json, write_text
-from storylm.config import tokenizer_ids
+from storylm.entry import StageError, exit_with, write_json, write_text
 from storylm.sample_metrics import figures
+from storylm.tokens import tokenizer_ids
 
 
 def story_seed(seed: int, prompt_index: int, sample_index: int) -> int:

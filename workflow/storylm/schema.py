@@ -15,13 +15,15 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from storylm.entry import StageError
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 JSON_TYPES = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None), "string": str,
               "array": list, "object": dict}
 
 
-class SchemaError(ValueError):
+class SchemaError(StageError):
     """A config value the schema rejects; the message starts with the dotted key."""
 
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from storylm.cli import exit_with, write_json
-from storylm.config import write_stage_record
+from storylm.entry import exit_with, write_json, write_record
 from storylm.jsonl import iter_texts
 
 _TOKENIZERS: dict[str, object] = {}  # one tokenizer per worker process, loaded on first use
@@ -54,7 +53,7 @@ def tokenize_range(item: tuple[str, int, int], tokenizer_dir: str):
     """litdata worker function: yields one int32 tensor of token ids per story."""
     from litgpt import Tokenizer
 
-    from storylm.tokenizer import encode_batch
+    from storylm.tokens import encode_batch
 
     if tokenizer_dir not in _TOKENIZERS:
         _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir)
@@ -139,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     record = json.loads(args.record)
     stats = build(args.corpus, args.tokenizer, args.out, record["config"]["chunk_bytes"], args.batch_size,
                   args.workers)
-    write_stage_record(args.record, args.out)
     write_json(args.out / "stats.json", stats)
+    write_record(args.record, args.out)  # last: a folder with its record is a finished stage
     print(json.dumps(stats, indent=2))
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from litgpt import Tokenizer
 
-from storylm.cli import StageError, atomic_path, exit_with, write_json
-from storylm.config import SPECIAL_TOKENS, TOKENIZER_FILES, write_stage_record
+from storylm.entry import StageError, atomic_path, exit_with, write_json, write_record
 from storylm.jsonl import iter_texts
+from storylm.tokens import SPECIAL_TOKENS, TOKENIZER_FILES, encode_batch, unk_id
 
 UNK, BOS, EOS = SPECIAL_TOKENS
 
@@ -61,35 +61,6 @@ def copy_pretrained(src: Path, out_dir: Path) -> None:
     for name in copied:
         with atomic_path(out_dir / name) as tmp:
             shutil.copy2(src / name, tmp)
-
-
-def encode_batch(tokenizer: Tokenizer, texts: list[str], eos: bool = True) -> list[list[int]]:
-    """litgpt.Tokenizer.encode for many texts at once through the backend's batch call.
-
-    Applies exactly litgpt's BOS/EOS rules so shards match what litgpt itself would produce.
-    """
-    if tokenizer.backend == "huggingface":
-        encoded = [e.ids for e in tokenizer.processor.encode_batch(texts, add_special_tokens=False)]
-    else:
-        encoded = tokenizer.processor.encode(texts)
-    return [_apply_special_tokens(tokenizer, ids, eos) for ids in encoded]
-
-
-def _apply_special_tokens(tokenizer: Tokenizer, ids: list[int], eos: bool) -> list[int]:
-    if tokenizer.use_bos:
-        if not ids or ids[0] != tokenizer.bos_id:
-            ids = [tokenizer.bos_id] + ids
-    elif ids and ids[0] == tokenizer.bos_id:
-        ids = ids[1:]
-    if eos and (not ids or ids[-1] != tokenizer.eos_id):
-        ids = ids + [tokenizer.eos_id]
-    return ids
-
-
-def unk_id(tokenizer: Tokenizer) -> int | None:
-    if tokenizer.backend == "sentencepiece":
-        return tokenizer.processor.unk_id()
-    return tokenizer.processor.token_to_id(UNK)
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -167,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     record = json.loads(args.record)
     stats = build(record["config"], args.corpus, args.pretrained, args.out)
-    write_stage_record(args.record, args.out)
     write_json(args.out / "stats.json", stats)
+    write_record(args.record, args.out)  # last: a folder with its record is a finished stage
     print(json.dumps(stats, indent=2))
 
 

@@ -1,0 +1,264 @@
+"""The stage table (storylm/stages.py): pinned hashes, what each setting invalidates, and the table against
+what its fingerprints really read. No stage runs here."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_workflow, snakemake
+from storylm import config_docs, stages
+from storylm.runs import deep_merge, plan
+from storylm.schema import validate
+
+SCHEMA = str(REPO / "config" / "schema.yaml")
+
+
+def load_config(*files: str) -> dict:
+    """config/config.yaml with each file merged over it, as `snakemake --configfile FILE` does."""
+    config = {}
+    for name in ("config/config.yaml", *files):
+        config = deep_merge(config, yaml.safe_load((REPO / name).read_text(encoding="utf-8")) or {})
+    return config
+
+
+def default_config() -> dict:
+    config = validate(load_config())
+    del config["runs"]
+    return config
+
+
+def changed(config: dict, dotted: str, value) -> dict:
+    config = copy.deepcopy(config)
+    *parents, key = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[key] = value
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Pinned: the folders of the shipped configs. A user's trained models live in these folders; a
+# change here makes every user retrain, so it must be deliberate, said in the commit, and updated here.
+
+PINNED = {
+    (): {"corpus": "e34e4fb7fe", "tokenizer": "580b9be183", "shards": "9310c0e430", "pretrain": "a49e2bcb9c",
+         "evaluate": "fbcc4f1a4c", "sample": "6043e38c86", "export": "1819a73fce"},
+    ("config/microstories.yaml",): {
+        "download": "bff869ee32", "tokenizer_download": "d736acf3e3", "corpus": "c8bf15a0ce",
+        "tokenizer": "cfccba79fe", "shards": "d90ea2c002", "pretrain": "ee94c536c1", "evaluate": "a0971783b7",
+        "sample": "01559b290e", "export": "45ecbdeb71"},
+}
+
+PINNED_SWEEPS = {
+    "config/sweeps/model_size.yaml": {"pretrain": {"9be915bba3", "a49e2bcb9c", "cd5e1a42d3", "f6b7434eee"},
+                                      "sample": {"0b72a0f078", "6043e38c86", "65a16fd74a", "9d5ddf4f73"}},
+    "config/sweeps/tokenizer.yaml": {"tokenizer": {"567e2a8f17", "580b9be183", "e17fa2c5ac", "e9095d0da4"},
+                                     "pretrain": {"0388af3d75", "a49e2bcb9c", "c00af309ca", "e9e41e473b"}},
+    "config/sweeps/budget.yaml": {"pretrain": {"9aa22ebe53", "a49e2bcb9c", "b8fda322ab", "d48e1567be",
+                                               "f496014016"}},
+}
+
+
+@pytest.mark.parametrize("files", list(PINNED), ids=lambda files: files[0] if files else "default")
+def test_the_shipped_configs_keep_their_stage_folders(files):
+    the_plan = plan(load_config(*files))
+    assert {stage: set(by_hash) for stage, by_hash in the_plan.stages.items()} == \
+        {stage: {hash_} for stage, hash_ in PINNED[files].items()}
+
+
+@pytest.mark.parametrize("sweep", list(PINNED_SWEEPS))
+def test_the_sweeps_keep_their_stage_folders(sweep):
+    the_plan = plan(load_config(sweep))
+    for stage, hashes in PINNED_SWEEPS[sweep].items():
+        assert set(the_plan.stages[stage]) == hashes, stage
+
+
+@pytest.mark.parametrize("files", list(PINNED), ids=lambda files: files[0] if files else "default")
+def test_snakemake_plans_exactly_these_folders(tmp_path, files):
+    """The dry run as a user sees it: the rules' input functions name the table's folders."""
+    workdir = copy_workflow(tmp_path / "wf")
+    args = [arg for name in files for arg in ("--configfile", name)]
+    dry_run = snakemake(workdir, "--dry-run", *args).stdout
+    planned = set(re.findall(r"(?:Data|results)/[a-z_]+/[0-9a-f]{10}\b", dry_run))
+    assert planned == {stages.folder(stage, hash_) for stage, hash_ in PINNED[files].items()}
+
+
+# ---------------------------------------------------------------------------
+# What a setting invalidates
+
+def changed_stages(before: dict, after: dict) -> set[str]:
+    a, b = stages.hashes(before), stages.hashes(after)
+    return {stage for stage in a if a[stage] != b[stage]}
+
+
+def test_key_order_does_not_change_hashes():
+    config = default_config()
+    reordered = {key: config[key] for key in reversed(list(config))}
+    reordered["model_config"] = dict(reversed(list(config["model_config"].items())))
+    assert stages.hashes(reordered) == stages.hashes(config)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("sample.temperature", 0.9, {"sample", "export"}),
+        ("sample.prompts", ["在森林里"], {"sample", "export"}),
+        ("evaluate.batch_size", 4, {"evaluate", "export"}),
+        ("export.license", "mit", {"export"}),
+        ("model_config.n_layer", 3, {"pretrain", "evaluate", "sample", "export"}),
+        ("optimizer.init_args", {"lr": 0.001, "weight_decay": 0.1, "betas": [0.9, 0.95]},
+         {"pretrain", "evaluate", "sample", "export"}),
+        ("shards.chunk_bytes", "8MB", {"shards", "pretrain", "evaluate", "sample", "export"}),
+        ("tokenizer.vocab_size", 1024, {"tokenizer", "shards", "pretrain", "evaluate", "sample", "export"}),
+        ("corpus.split.val_size", 200,
+         {"corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample", "export"}),
+        ("corpus.builtin.seed", 5, {"corpus", "tokenizer", "shards", "pretrain", "evaluate", "sample", "export"}),
+        # Settings of sources that are not in use, and encoding batch sizes, change nothing.
+        ("corpus.hf.repo_id", "someone/else", set()),
+        ("corpus.text_field", "story_zh", set()),
+        ("tokenizer.hf.repo_id", "someone/else", {"tokenizer_download"}),  # not used: no job has this hash
+        ("logger_name", "tensorboard", {"pretrain", "evaluate", "sample", "export"}),
+    ],
+)
+def test_a_setting_invalidates_its_stage_and_downstream_only(key, value, expected):
+    config = default_config()
+    assert changed_stages(config, changed(config, key, value)) == expected
+    # config/README.md never promises less than what really reruns.
+    assert expected <= set(stages.reruns(key)[0])
+
+
+def test_switching_back_gives_the_earlier_hashes():
+    config = default_config()
+    there = changed(config, "model_config.n_layer", 4)
+    back = changed(there, "model_config.n_layer", config["model_config"]["n_layer"])
+    assert stages.hashes(back) == stages.hashes(config)
+
+
+def test_pretrained_tokenizer_is_hashed_by_content(tmp_path):
+    """Two copies of one tokenizer folder hash alike; a changed file changes the hash."""
+    from storylm.storygen import generate_stories
+    from storylm.tokenizer import train_bpe
+
+    config = changed(default_config(), "tokenizer.kind", "pretrained")
+    copy_a, copy_b = tmp_path / "a", tmp_path / "b"
+    train_bpe((story["text"] for story in generate_stories(50, seed=1)), 300, 2, copy_a)
+    copy_b.mkdir()
+    for f in copy_a.iterdir():
+        (copy_b / f.name).write_bytes(f.read_bytes())
+    a = stages.hashes(changed(config, "tokenizer.path", str(copy_a)))
+    b = stages.hashes(changed(config, "tokenizer.path", str(copy_b)))
+    assert a == b
+    (copy_b / "README.md").write_text("not a file litgpt reads")
+    assert stages.hashes(changed(config, "tokenizer.path", str(copy_b))) == a
+    tokenizer_config = copy_b / "tokenizer_config.json"
+    tokenizer_config.write_text(tokenizer_config.read_text().replace('"add_bos_token": false', '"add_bos_token": true'))
+    assert stages.hashes(changed(config, "tokenizer.path", str(copy_b)))["tokenizer"] != a["tokenizer"]
+
+
+def test_stage_record_names_its_inputs():
+    record = stages.records(default_config())["shards"]
+    assert set(record["inputs"]) == {"corpus", "tokenizer"}
+    assert record["config"] == {"chunk_bytes": "16MB"}
+
+
+# ---------------------------------------------------------------------------
+# The table against what the fingerprints really read
+
+
+class Tracked(dict):
+    """A config section that notes the dotted key of every value read from it."""
+
+    def __init__(self, data: dict, prefix: str, seen: set[str]):
+        super().__init__({key: Tracked(value, f"{prefix}{key}.", seen) if isinstance(value, dict) else value
+                          for key, value in data.items()})
+        self.prefix, self.seen = prefix, seen
+
+    def __getitem__(self, key):
+        self.seen.add(self.prefix + key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.seen.add(self.prefix + key)
+        return super().get(key, default)
+
+
+def configs_of_every_kind(tmp_path: Path) -> list[dict]:
+    """Configs that together take every branch of the fingerprints."""
+    local = tmp_path / "stories"
+    local.mkdir()
+    (local / "a.jsonl").write_text('{"text": "从前"}\n', encoding="utf-8")
+    extra = tmp_path / "extra.txt"
+    extra.write_text("一个故事\n", encoding="utf-8")
+    tokenizer_dir = tmp_path / "tok"
+    tokenizer_dir.mkdir()
+    (tokenizer_dir / "tokenizer.json").write_text("{}")
+    base = default_config()
+    return [
+        base,
+        changed(changed(base, "corpus.source", "local"), "corpus.local.paths", [str(local)]),
+        changed(base, "corpus.source", "url"),
+        changed(changed(base, "corpus.source", "hf"), "logger_name", "wandb"),
+        changed(changed(changed(base, "tokenizer.kind", "pretrained"), "tokenizer.source", "hf"),
+                "evaluate.extra_sets", [{"path": str(extra), "text_field": "text", "name": None}]),
+        changed(changed(base, "tokenizer.kind", "pretrained"), "tokenizer.path", str(tokenizer_dir)),
+    ]
+
+
+def read_keys(spec: stages.StageSpec, config: dict) -> set[str]:
+    """The dotted keys of the values a fingerprint uses whole (not just to look further inside)."""
+    seen: set[str] = set()
+    spec.fingerprint(Tracked(config, "", seen))
+    return {key for key in seen if not any(other.startswith(key + ".") for other in seen)}
+
+
+def covered(key: str, reads) -> bool:
+    return any(key == read or key.startswith(read + ".") for read in reads)
+
+
+def test_each_stage_declares_every_key_its_fingerprint_reads(tmp_path):
+    used = {spec.name: set() for spec in stages.STAGES}
+    for config in configs_of_every_kind(tmp_path):
+        for spec in stages.STAGES:
+            keys = read_keys(spec, config)
+            assert all(covered(key, spec.reads) for key in keys), (spec.name, keys - set(spec.reads))
+            used[spec.name] |= keys
+    # And declares nothing it never reads.
+    for spec in stages.STAGES:
+        for read in spec.reads:
+            assert any(key == read or key.startswith(read + ".") or read.startswith(key + ".")
+                       for key in used[spec.name]), (spec.name, read)
+
+
+def test_each_stage_reads_only_stages_above_it():
+    for index, spec in enumerate(stages.STAGES):
+        assert set(spec.inputs) <= set(stages.ORDER[:index]), spec.name
+
+
+def test_the_reruns_column_is_derived_from_the_table():
+    assert config_docs.reruns("sample.temperature") == "sample → export"
+    assert config_docs.reruns("seed") == "pretrain → evaluate, sample → export"
+    assert config_docs.reruns("corpus.hf.revision") == (
+        "download → corpus → tokenizer → shards → pretrain → evaluate, sample → export (when corpus.source is hf)")
+    assert config_docs.reruns("tokenizer.hf.files").startswith("tokenizer download → tokenizer → shards")
+    assert config_docs.reruns("runs.small") == config_docs.META_KEYS["runs"]
+
+
+def test_every_schema_key_reruns_something():
+    """A key no stage reads and no META_KEYS entry explains would be a setting that does nothing."""
+    from storylm.schema import load_schema
+
+    def leaves(properties: dict, prefix: str = ""):
+        for key, spec in properties.items():
+            if spec.get("type") == "object" and "properties" in spec:
+                yield from leaves(spec["properties"], f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    for key in leaves(load_schema()["properties"]):
+        assert config_docs.reruns(key), key
