@@ -417,3 +417,24 @@ def test_offline_the_tokenizer_error_says_how_to_use_local_files(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: Could not get the file list of model {TOKENIZER_REPO}")
     assert "    source: local\n    path: path/to/chatglm3-6b" in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# A hostile mirror: the file names it lists must not leave the download folder
+
+
+@pytest.mark.parametrize("name", ["../../../../{outside}/x.jsonl", "{outside}/x.jsonl", "data\\..\\..\\x.jsonl",
+                                  "data/../../x.jsonl"])
+def test_a_mirror_listing_names_outside_the_download_folder_is_refused_before_any_byte(hf_env, tmp_path, name):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    name = name.format(outside=str(outside).lstrip("/") if name.startswith("..") else outside)
+    hf_env.add_dataset_file(REPO, "data/good.jsonl", jsonl_bytes(tinystories_rows(3)))
+    hf_env.add_dataset_file(REPO, name, jsonl_bytes(tinystories_rows(3)))
+    raw = tmp_path / "project" / "Data" / "raw" / "abc"
+    with pytest.raises(DownloadError, match=r"^corpus\.hf: dataset adam89/TinyStoriesChinese .* lists a file named "
+                                            r".*: it would be written outside .*\. Nothing was downloaded; check that"
+                                            r" HF_ENDPOINT points at a hub you trust$"):
+        fetch(hf_config(hf={"repo_id": REPO, "allow_patterns": ["*.jsonl"]}), raw)
+    assert not list(outside.rglob("*")) and not (tmp_path / "x.jsonl").exists()
+    assert not [r for r in hf_env.requests if "/resolve/" in r.path or "/cdn/" in r.path]  # not even the good file

@@ -54,10 +54,11 @@ class DownloadError(StageError):
     """A file could not be fetched or failed its check; the message says what was tried."""
 
 
-def fetch(corpus_cfg: dict, raw_dir: Path) -> list[Path]:
+def fetch(corpus_cfg: dict, raw_dir: Path, local_paths: list[str] | None = None) -> list[Path]:
     """Fetch the files of corpus_cfg's source into raw_dir; return the readable files, sorted.
 
-    Also writes raw_dir/manifest.json.
+    A local source's files are `local_paths` (else corpus_cfg's local.paths). Also writes
+    raw_dir/manifest.json.
     """
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,7 @@ def fetch(corpus_cfg: dict, raw_dir: Path) -> list[Path]:
     elif source == "url":
         downloads = fetch_urls(corpus_cfg["url"]["files"], raw_dir / "url")
     elif source == "local":
-        downloads = local_files(corpus_cfg["local"]["paths"])
+        downloads = local_files(local_paths or corpus_cfg.get("local", {}).get("paths", []))
     else:
         raise DownloadError(f"corpus.source: '{source}' has no files to fetch (builtin stories are generated)")
 
@@ -122,6 +123,8 @@ def fetch_hf(hf_cfg: dict, local_dir: Path, repo_type: str = "dataset", key: str
             f"{key}.allow_patterns: {hf_cfg['allow_patterns']} match none of the files of {where}:"
             f" {sorted(siblings)[:20]}"
         )
+    for filename in wanted:  # every name first: nothing is written when one of them is unsafe
+        check_repo_name(filename, local_dir, key, where)
     expected_sizes = _expected_hf_sizes(hf_cfg.get("sizes") or {}, wanted, siblings)
 
     downloads = []
@@ -141,6 +144,27 @@ def fetch_hf(hf_cfg: dict, local_dir: Path, repo_type: str = "dataset", key: str
         downloads.append({"path": path, "size": path.stat().st_size, "sha256": expected_sha,
                           "origin": f"{repo_id}@{info.sha}/{filename}"})
     return downloads
+
+
+def check_repo_name(filename: str, local_dir: Path, key: str, where: str) -> None:
+    """A file name a hub lists must stay under the download folder.
+
+    Neither huggingface_hub nor this stage chooses the names: a mirror (HF_ENDPOINT) does. So
+    absolute names, '..' parts and backslashes are refused, as archive members are, and the
+    resolved path must lie under local_dir.
+    """
+    problem = None
+    if filename.startswith("/") or (len(filename) > 1 and filename[1] == ":"):
+        problem = "an absolute path"
+    elif "\\" in filename:
+        problem = "a backslash"
+    elif ".." in filename.split("/"):
+        problem = "a '..' part"
+    elif not (local_dir / filename).resolve().is_relative_to(local_dir.resolve()):
+        problem = "a path outside the download folder"
+    if problem:
+        raise DownloadError(f"{key}: {where} lists a file named {filename!r}, {problem}: it would be written outside"
+                            f" {local_dir}. Nothing was downloaded; check that HF_ENDPOINT points at a hub you trust")
 
 
 def _expected_hf_sizes(config_sizes: dict, wanted: list[str], siblings: dict) -> dict:
@@ -331,7 +355,9 @@ def local_files(paths: list[str]) -> list[dict]:
         raise DownloadError("corpus.local.paths: empty, but corpus.source is 'local'")
     found = []
     for raw in paths:
-        path = Path(raw).expanduser().resolve()
+        # Absolute, but links kept: a file's own name (a Hugging Face cache's train.jsonl -> ../../blobs/<sha>)
+        # is what corpus.include and the file type are read from.
+        path = Path(os.path.abspath(Path(raw).expanduser()))
         if not path.exists():
             raise DownloadError(
                 f"corpus.local.paths: {raw} does not exist (resolved to {path}, working directory {Path.cwd()})"
@@ -418,12 +444,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="the corpus config as JSON (schema defaults applied)")
     parser.add_argument("--out", required=True, type=Path, help="raw_dir: where files and manifest.json go")
     parser.add_argument("--tokenizer", action="store_true", help="--config is the tokenizer config (source hf)")
+    parser.add_argument("--local", action="append", default=[], help="a file or folder of a local corpus")
     args = parser.parse_args(argv)
     if args.tokenizer:
         folder = fetch_tokenizer(json.loads(args.config), args.out)
         print(f"tokenizer files ready in {folder}, listed in {args.out / 'manifest.json'}")
         return
-    files = fetch(json.loads(args.config), args.out)
+    files = fetch(json.loads(args.config), args.out, args.local)
     print(f"{len(files)} files ready, listed in {args.out / 'manifest.json'}")
 
 

@@ -6,6 +6,7 @@ The download stage writes it; the corpus and tokenizer stages read the files it 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from storylm.entry import StageError, write_json
@@ -14,8 +15,8 @@ from storylm.entry import StageError, write_json
 def write_manifest(raw_dir: Path, source: str, downloads: list[dict], files: list[Path]) -> Path:
     """raw_dir/manifest.json: the downloaded files (with origin and sha256) and the files to read."""
     def relative(path) -> str:
-        path = Path(path).resolve()
-        root = raw_dir.resolve()
+        # Links are kept, not resolved: a file's name is what the corpus stage reads its type from.
+        path, root = Path(os.path.abspath(path)), Path(os.path.abspath(raw_dir))
         return str(path.relative_to(root)) if root in path.parents else str(path)
 
     manifest = {

@@ -47,21 +47,30 @@ class FileCounts:
 
 
 def raw_texts(path: Path, text_field: str, counts: FileCounts | None = None,
-               max_malformed_fraction: float = 1.0) -> Iterator[str]:
+              max_malformed_fraction: float = 1.0, max_characters: int | None = None) -> Iterator[str]:
     """Yield the non-empty story texts of one file; problems are counted in `counts`.
 
     text_field is a dotted path into nested objects ("instruction.prompt:"); it is split on
     "." only, so keys that end in ":" work. Plain .txt files hold one story per line and
     ignore text_field. After the last record, raises ReadError when the fraction of
     malformed records, or of records without the field, exceeds max_malformed_fraction.
+
+    A story longer than max_characters is a ReadError naming the file and the line: the later
+    stages hold a story whole while they tokenize it, at about 160 bytes a character.
     """
     path = Path(path)
     counts = counts if counts is not None else FileCounts(str(path))
     records = _records(path, counts)
     if path.suffix == ".txt":
-        yield from _texts_from_lines(records, counts)
+        texts = _texts_from_lines(records, counts)
     else:
-        yield from _texts_from_records(records, text_field, counts)
+        texts = _texts_from_records(records, text_field, counts)
+    for where, text in texts:
+        if max_characters is not None and len(text) > max_characters:
+            raise ReadError(f"{path}: {where}: a story of {len(text):,} characters, more than"
+                            f" corpus.max_story_characters ({max_characters:,}); split it into stories or raise"
+                            f" the limit")
+        yield text
     _check_fractions(path, text_field, counts, max_malformed_fraction)
 
 
@@ -158,7 +167,7 @@ def _parquet_records(path: Path, counts: FileCounts) -> Iterator[tuple[str, obje
 # Texts
 
 
-def _texts_from_records(records, text_field: str, counts: FileCounts) -> Iterator[str]:
+def _texts_from_records(records, text_field: str, counts: FileCounts) -> Iterator[tuple[str, str]]:
     for where, record in records:
         if not isinstance(record, dict):
             counts.problem("malformed", where, f"expected a JSON object, found {type(record).__name__}")
@@ -174,13 +183,13 @@ def _texts_from_records(records, text_field: str, counts: FileCounts) -> Iterato
             counts.problem("empty", where, f"field '{text_field}' is empty")
         else:
             counts.texts += 1
-            yield value
+            yield where, value
 
 
-def _texts_from_lines(records, counts: FileCounts) -> Iterator[str]:
-    for _, line in records:
+def _texts_from_lines(records, counts: FileCounts) -> Iterator[tuple[str, str]]:
+    for where, line in records:
         counts.texts += 1
-        yield line.rstrip("\r\n")
+        yield where, line.rstrip("\r\n")
 
 
 def field_value(record: dict, text_field: str):

@@ -11,7 +11,14 @@ import unicodedata
 
 
 def clean(text: str, normalize: str | None) -> str:
-    """The form in which a story is stored, compared for duplicates, and hashed for the split."""
+    """The form in which a story is stored, compared for duplicates, and hashed for the split; "" for
+    a story with nothing to read."""
     if normalize:
         text = unicodedata.normalize(normalize, text)
-    return text.strip()
+    text = text.strip()
+    # Nothing but invisible characters (zero-width spaces and joiners, byte order marks: Unicode's
+    # format characters, category Cf, between whitespace) is no story. all() stops at the first
+    # visible character, so a real story costs one look.
+    if all(char.isspace() or unicodedata.category(char) == "Cf" for char in text):
+        return ""
+    return text
