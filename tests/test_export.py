@@ -126,9 +126,11 @@ def make_stage_dirs(root: Path, checkpoint: Path) -> tuple[Path, Path]:
     samples = sample_all(checkpoint, SAMPLE_SETTINGS)
     (sample_dir / "samples.json").write_text(json.dumps(samples, ensure_ascii=False))
     (sample_dir / "consistency.json").write_text(json.dumps(consistency.score(samples)))
-    # A figures file with keys the export has never heard of: the card must show them all the same.
-    (sample_dir / "metrics.json").write_text(json.dumps({"distinct_2": 0.625, "finished_fraction": 0.5,
+    # The figures file with keys the export has never heard of: the card must show them all the same;
+    # a JSON file that holds no figures (the prompts' token counts) must not appear.
+    (sample_dir / "figures.json").write_text(json.dumps({"distinct_2": 0.625, "finished_fraction": 0.5,
                                                          "nested": {"mean_characters": 41.5}}))
+    (sample_dir / "prompt_tokens.json").write_text(json.dumps({"prompt_tokens": [9], "block_size": 32}))
     (sample_dir / "config.json").write_text(json.dumps({"stage": "sample", "config": SAMPLE_SETTINGS}))
     return evaluate_dir, sample_dir
 
@@ -335,7 +337,8 @@ def test_model_card(default_kind):
     assert ModelCard(card).data.to_dict()["pipeline_tag"] == "text-generation"
     assert "| val_bits_per_character | 1.234 |" in body
     assert "| train_steps (measured) | 75 |" in body
-    assert "| metrics.distinct_2 | 0.625 |" in body and "| metrics.nested.mean_characters | 41.5 |" in body
+    assert "| figures.distinct_2 | 0.625 |" in body and "| figures.nested.mean_characters | 41.5 |" in body
+    assert "prompt_tokens" not in body
     assert "| consistency.consistent_fraction |" in body
     samples = json.loads((default_kind.sample_dir / "samples.json").read_text())
     assert "> " + samples[0]["text"].replace("\n", "\n> ") in body

@@ -154,7 +154,7 @@ def test_same_checkpoint_settings_and_seed_give_the_same_stories(pipeline_run, t
     sample_dir = only_folder(workdir, "results/sample")
     record = (sample_dir / "config.json").read_text()
     run = only_folder(workdir, "results/pretrain")
-    subprocess.run([sys.executable, "-m", "storylm.sample", "--record", record, "--hashes", "{}",
+    subprocess.run([sys.executable, "-m", "storylm.sample", "stories", "--record", record, "--hashes", "{}",
                     "--checkpoint", str(run / "final"), "--out", str(tmp_path),
                     "--train", str(only_folder(workdir, "Data/corpus") / "train.jsonl")], check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(workdir / "workflow")})
@@ -178,15 +178,15 @@ def check_reruns(workdir, config):
     hotter = copy.deepcopy(config)
     hotter["sample"]["temperature"] = 1.2
     write_config(workdir, hotter)
-    assert dry_run_jobs(workdir) == {"sample": 1, "export": 1, **REPORT_JOBS}
+    assert dry_run_jobs(workdir) == {"sample_prompts": 1, "sample": 1, "export": 1, **REPORT_JOBS}
 
     # A model setting reruns pretraining and what reads it, not corpus, tokenizer or shards.
     wider = copy.deepcopy(config)
     wider["model_config"]["n_embd"] = 64
     wider["model_config"]["head_size"] = 32
     write_config(workdir, wider)
-    assert dry_run_jobs(workdir) == {"pretrain_config": 1, "pretrain": 1, "evaluate": 1, "sample": 1, "export": 1,
-                                     **REPORT_JOBS}
+    assert dry_run_jobs(workdir) == {"pretrain_config": 1, "pretrain": 1, "evaluate": 1, "sample_prompts": 1,
+                                     "sample": 1, "export": 1, **REPORT_JOBS}
 
     # Run the sampling change for real, then switch back: the earlier folders are reused.
     try:
@@ -266,7 +266,7 @@ def test_jobs_import_the_workflows_own_package_without_an_inherited_pythonpath(p
                                 timeout=600)
         assert result.returncode == 0, result.stderr
         importers = (workdir / "imported-from-the-workflow").read_text().splitlines()
-        assert any("-m storylm.sample --record" in line for line in importers), importers
+        assert any("-m storylm.sample stories --record" in line for line in importers), importers
     finally:
         init.write_text(original)
         (workdir / "imported-from-the-workflow").unlink(missing_ok=True)

@@ -71,7 +71,7 @@ def test_a_run_that_sets_only_the_learning_rate_keeps_the_other_optimizer_defaul
 
 
 def test_a_run_name_must_be_plain():
-    with pytest.raises(RunError, match=r"^runs: 'two words' does not match"):
+    with pytest.raises(RunError, match=r"^runs\.two words: a run name may hold only letters, digits, _ \. and -$"):
         resolve(with_runs({"two words": {}}))
 
 
@@ -99,7 +99,7 @@ def test_runs_share_the_folders_of_the_settings_they_share():
         "hot": {"sample": {"temperature": 1.0}},
         "same": {},
     }))
-    h = p.hashes
+    h = {run: p.run_hashes(run) for run in p.runs}
     for stage in ("corpus", "tokenizer", "shards"):
         assert len({h[run][stage] for run in h}) == 1, stage
     assert h["wide"]["pretrain"] != h["a"]["pretrain"] == h["hot"]["pretrain"]
@@ -124,8 +124,8 @@ def two_runs(tmp_path_factory):
     write_config(workdir, config)
     # One job list for both runs: each shared stage once, each pretraining once.
     assert dry_run_jobs(workdir, "--cores", "2") == {
-        "corpus": 1, "tokenizer": 1, "shards": 1, "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample": 2,
-        "export": 2, "run_results": 2, "compare_runs": 1, "all_samples": 1, "all": 1}
+        "corpus": 1, "tokenizer": 1, "shards": 1, "pretrain_config": 2, "pretrain": 2, "evaluate": 2,
+        "sample_prompts": 2, "sample": 2, "export": 2, "run_results": 2, "compare_runs": 1, "all_samples": 1, "all": 1}
     snakemake(workdir, "--cores", "2")
     return workdir, config
 
@@ -133,22 +133,29 @@ def two_runs(tmp_path_factory):
 @pytest.mark.slow
 def test_every_run_has_its_results_and_the_table_compares_them(two_runs):
     workdir, config = two_runs
+    by_seed = pd.read_csv(workdir / "results/runs_by_seed.tsv", sep="\t")
     table = pd.read_csv(workdir / "results/runs.tsv", sep="\t")
-    assert list(table["run"]) == ["one", "two"]
+    assert list(by_seed["run"]) == list(table["run"]) == ["one", "two"]
+    assert list(by_seed["seed"]) == [42, 42] and list(table["n_seeds"]) == [1, 1]
     assert list(table["differs_from_base"]) == ["(base)", "model_config.n_layer=2"]
     for run in ("one", "two"):
-        metrics = load_json(workdir / f"results/runs/{run}/metrics.json")
-        row = table.set_index("run").loc[run]
+        metrics = load_json(workdir / f"results/runs/{run}/seed-42/metrics.json")
+        row, mean = by_seed.set_index("run").loc[run], table.set_index("run").loc[run]
         assert row["val_bits_per_character"] == pytest.approx(metrics["val_bits_per_character"], rel=1e-5)
+        assert mean["val_story_bits_per_character"] == pytest.approx(metrics["val_story_bits_per_character"], rel=1e-5)
         assert row["hash.pretrain"] == metrics["stage_hashes"]["pretrain"]
         # 12 steps of 4 sequences of 64 tokens, as train.max_tokens asks.
         assert metrics["train_tokens"] == row["train_tokens"] == 12 * 4 * 64
         assert metrics["train_flops"] == pytest.approx(metrics["flops_per_token"] * 12 * 4 * 64)
-        assert (workdir / f"results/runs/{run}/loss.png").read_bytes()[:4] == b"\x89PNG"
-        resolved = (workdir / f"results/runs/{run}/config.yaml").read_text()
+        assert (workdir / f"results/runs/{run}/seed-42/loss.png").read_bytes()[:4] == b"\x89PNG"
+        resolved = (workdir / f"results/runs/{run}/seed-42/config.yaml").read_text()
         assert f"n_layer: {2 if run == 'two' else 1}\n" in resolved
-    assert table.loc[1, "parameters"] > table.loc[0, "parameters"]
-    assert table.loc[1, "train_flops"] > table.loc[0, "train_flops"]
+    assert by_seed.loc[1, "parameters"] > by_seed.loc[0, "parameters"]
+    assert by_seed.loc[1, "train_flops"] > by_seed.loc[0, "train_flops"]
+    # One seed each: no seed spread, so no verdict can be given, and the tables say why.
+    verdicts = pd.read_csv(workdir / "results/verdicts.tsv", sep="\t")
+    assert set(verdicts["verdict"]) == {"cannot tell"} and verdicts["noise"].str.contains("not measured").all()
+    assert table["noise"].str.contains("seed variance not measured").all()
     samples = (workdir / "results/samples.txt").read_text(encoding="utf-8")
     assert samples.index("# run: one") < samples.index("# run: two")
     assert (workdir / "results/compare.png").read_bytes()[:4] == b"\x89PNG"
@@ -161,7 +168,7 @@ def test_adding_a_run_plans_only_its_new_jobs(two_runs):
     workdir, config = two_runs
     write_config(workdir, with_runs({**TWO_RUNS, "hot": {"sample": {"temperature": 1.0}}}))
     try:
-        assert dry_run_jobs(workdir) == {"sample": 1, "export": 1, "run_results": 1, "compare_runs": 1,
+        assert dry_run_jobs(workdir) == {"sample_prompts": 1, "sample": 1, "export": 1, "run_results": 1, "compare_runs": 1,
                                          "all_samples": 1, "all": 1}
     finally:
         write_config(workdir, config)
@@ -188,7 +195,7 @@ def test_a_nested_number_from_the_command_line_is_the_same_run(two_runs):
     # Snakemake hands "2" over as a string; coerced, it is run two's config exactly: nothing to do.
     assert dry_run_jobs(workdir, "--config", "runs={one: {}, two: {model_config: {n_layer: 2}}}") == {}
     assert dry_run_jobs(workdir, "--config", "model_config={n_embd: 64}") == {
-        "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample": 2, "export": 2, "run_results": 2,
+        "pretrain_config": 2, "pretrain": 2, "evaluate": 2, "sample_prompts": 2, "sample": 2, "export": 2, "run_results": 2,
         "compare_runs": 1, "all_samples": 1, "all": 1}
 
 
@@ -203,7 +210,7 @@ def test_with_keep_going_a_failing_run_does_not_stop_the_others(two_runs):
     try:
         result = snakemake(workdir, "--cores", "2", "--keep-going", check=False)
         assert result.returncode != 0
-        assert (workdir / "results/runs/reseeded/metrics.json").is_file()
+        assert (workdir / "results/runs/reseeded/seed-7/metrics.json").is_file()
         assert not (workdir / "results/runs/broken").exists()
         logs = "".join(p.read_text() for p in (workdir / "logs/pretrain_config").glob("*.log"))
         assert "error: corpus.split.val_size" in logs and "Traceback" not in logs
@@ -243,8 +250,10 @@ def test_the_report_shows_the_runs_table_first_in_a_browser(two_runs, tmp_path):
     start = shown.index("The runs compared")
     assert start < shown.index("1. Runs compared holds")
     rows = shown[start:shown.index("1. Runs compared holds")]
-    for run, bpc in zip(table["run"], table["val_bits_per_character"], strict=True):
-        assert re.search(rf"\b{run}\b .*?\b{bpc:.4g}\b", rows), (run, bpc, rows)
+    for run, bpc, lo, hi in zip(table["run"], table["val_story_bits_per_character"],
+                                table["val_story_bits_per_character_lo"], table["val_story_bits_per_character_hi"],
+                                strict=True):
+        assert re.search(rf"\b{run}\b .*?{bpc:.4f} \[{lo:.4f}, {hi:.4f}\]", rows), (run, bpc, rows)
     # One category per run, after the comparison.
     assert shown.index("1. Runs compared") < shown.index(" one ") and " two " in shown
 
@@ -258,7 +267,7 @@ def test_clean_lists_every_folder_and_removes_only_the_unused(two_runs):
         return subprocess.run([sys.executable, "-m", "storylm.clean", *args], cwd=workdir, env=env,
                               capture_output=True, text=True, check=True).stdout
 
-    hashes = {run: load_json(workdir / f"results/runs/{run}/metrics.json")["stage_hashes"] for run in ("one", "two")}
+    hashes = {run: load_json(workdir / f"results/runs/{run}/seed-42/metrics.json")["stage_hashes"] for run in ("one", "two")}
     listing = clean()
     assert f"Data/shards/{hashes['one']['shards']}" in listing and "one, two" in listing
     assert f"results/pretrain/{hashes['two']['pretrain']}" in listing
@@ -292,4 +301,4 @@ def test_every_sweep_file_plans_its_runs_on_one_corpus(path):
     assert not set(base) & set(sweep), "a key in both files would need a deep merge here"
     sweep_plan = plan({**base, **sweep})
     assert list(sweep_plan.runs) == list(sweep["runs"])
-    assert len({hashes["corpus"] for hashes in sweep_plan.hashes.values()}) == 1
+    assert len({sweep_plan.run_hashes(run)["corpus"] for run in sweep_plan.runs}) == 1

@@ -125,7 +125,7 @@ def run_sample(checkpoint, tmp_path, out_name: str, settings: dict, train=None) 
         write_texts(train, ["从前，有一个叫莉莉的小女孩。她很喜欢画画。", "小熊在河边钓鱼。"])
     write_texts(tmp_path / "val.jsonl", ["小熊在河边玩。"])
     record = json.dumps({"stage": "sample", "hash": "h", "inputs": {}, "config": settings})
-    return run_stage(sample.main, ["--record", record, "--hashes", '{"sample": "h"}', "--checkpoint", str(checkpoint),
+    return run_stage(sample.main, ["stories", "--record", record, "--hashes", '{"sample": "h"}', "--checkpoint", str(checkpoint),
                                    "--train", str(train), "--val", str(tmp_path / "val.jsonl"),
                                    "--out", str(tmp_path / out_name)])
 

@@ -141,5 +141,7 @@ def test_the_pretrain_jobs_of_two_runs_run_at_the_same_time(slurm_run, slurm_clu
         spans.append((datetime.fromisoformat(info["StartTime"]), datetime.fromisoformat(info["EndTime"])))
     (start1, end1), (start2, end2) = spans
     assert start1 < end2 and start2 < end1, spans  # the two intervals overlap
-    for name, hashes in plan(config).hashes.items():
-        assert (workdir / "results" / "pretrain" / hashes["pretrain"] / "final" / "lit_model.pth").is_file(), name
+    the_plan = plan(config)
+    for name in the_plan.runs:
+        pretrain = the_plan.run_hashes(name)["pretrain"]
+        assert (workdir / "results" / "pretrain" / pretrain / "final" / "lit_model.pth").is_file(), name

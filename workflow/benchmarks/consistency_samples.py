@@ -20,12 +20,11 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from storylm import consistency
 from storylm.checkpoint import load_model, load_tokenizer
 from storylm.tokens import tokenizer_ids
-from storylm.sample import never_sample_beyond, sample_story, story_seed
+from storylm.sample import never_sample_beyond, sample_prompt, story_seed
 
 PIPELINE_PROMPTS = ["从前，有一个叫莉莉的小女孩", "有一天，小明和他的狗", "在森林里"]
 # Two more characters' openings and a place, so the shapes with a friend come up too.
@@ -57,7 +56,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200)
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(1)  # many short generations: one thread is as fast and leaves the other core free
     prompts = CALIBRATION_PROMPTS if args.prompts == "calibration" else PIPELINE_PROMPTS
     jobs = (calibration_seeds(prompts, args.first_seed, args.num) if args.num
             else pipeline_seeds(prompts, args.seed, args.num_per_prompt))
@@ -65,9 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     never_sample_beyond(model, tokenizer_ids(tokenizer))  # as the sample stage does
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
                 "top_p": 1.0}
+    by_prompt = {}
+    for prompt, seed in jobs:
+        by_prompt.setdefault(prompt, []).append(seed)
+    stories = {(prompt, seed): story for prompt, seeds in by_prompt.items()
+               for seed, story in zip(seeds, sample_prompt(model, tokenizer, prompt, seeds, settings), strict=True)}
     samples = []
     for prompt, seed in jobs:
-        text, finished = sample_story(model, tokenizer, prompt, settings, seed)
+        text, finished = stories[(prompt, seed)]
         samples.append({"prompt": prompt, "text": text, "finished": finished, "source": args.source, "seed": seed})
     args.out.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
     scores = consistency.score(samples)

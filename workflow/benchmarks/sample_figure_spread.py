@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from storylm import consistency  # noqa: E402
 from storylm.checkpoint import load_model, load_tokenizer  # noqa: E402
 from storylm.jsonl import iter_texts  # noqa: E402
-from storylm.sample import sample_story, story_seed  # noqa: E402
+from storylm.sample import sample_prompt, story_seed  # noqa: E402
 from storylm.sample_metrics import figures  # noqa: E402
 
 FIGURES = ("finished_fraction", "repeated_4gram_fraction", "distinct_2", "train_copy_fraction", "consistent_fraction")
@@ -49,12 +49,16 @@ def main() -> None:
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": 0.8, "top_k": 50, "top_p": 1.0}
     rows, start = [], time.perf_counter()
     for seed in range(args.seeds):
+        drawn = {}  # prompt index -> its stories, in order
+        for p, prompt in enumerate(args.prompts):
+            count = len(range(p, args.max_samples, len(args.prompts)))
+            seeds = [story_seed(seed, p, i) for i in range(count)]
+            drawn[p] = iter(sample_prompt(model, tokenizer, prompt, seeds, settings))
         samples = []
-        for i in range(args.max_samples):
+        for i in range(args.max_samples):  # interleaved over the prompts, as before
             p = i % len(args.prompts)
-            prompt = args.prompts[p]
-            text, finished = sample_story(model, tokenizer, prompt, settings, story_seed(seed, p, i // len(args.prompts)))
-            samples.append({"prompt": prompt, "text": text, "finished": finished})
+            text, finished = next(drawn[p])
+            samples.append({"prompt": args.prompts[p], "text": text, "finished": finished})
         for k in (k for k in args.sizes if k <= args.max_samples):
             figs = figures(samples[:k], train, args.copy_ngram)
             figs["consistent_fraction"] = consistency.score(samples[:k])["consistent_fraction"]

@@ -6,6 +6,7 @@
 # however many runs use it.
 
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ sys.path.insert(0, STORYLM_PATH)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)}; ")
 
 from storylm.entry import StageError  # noqa: E402
-from storylm.runs import differences, plan  # noqa: E402
+from storylm.runs import differences, plan, training_config  # noqa: E402
 from storylm.tokens import TOKENIZER_FILES  # noqa: E402
 
 try:
@@ -27,7 +28,8 @@ except StageError as error:
     raise WorkflowError(f"Invalid config: {error}") from None
 
 RUNS = list(PLAN.runs)
-ONE_RUN = len(RUNS) == 1
+TRAININGS = PLAN.trainings()  # (run, seed): each run once per seed
+ONE_TRAINING = len(TRAININGS) == 1
 ENV = "../../envs/storylm.yaml"
 
 
@@ -45,8 +47,8 @@ def upstream(stage, wildcards, name):
     return PLAN.stage(name, stage_of(stage, wildcards).record["inputs"][name]).folder
 
 
-def run_folder(run, stage):
-    return PLAN.run_stage(run, stage).folder
+def run_folder(run, stage, seed=None):
+    return PLAN.run_stage(run, stage, seed).folder
 
 
 # Param functions: the stage's record (its settings and input hashes, written to its config.json)
@@ -73,9 +75,9 @@ def stage_setting(stage, *keys):
 
 def lineage(wildcards):
     """Param function of sample: the stage hashes its stories descend from, for their header."""
-    run = stage_of("sample", wildcards).runs[0]
+    run, seed = stage_of("sample", wildcards).trainings[0]
     return json.dumps(
-        {name: PLAN.hashes[run][name] for name in ("corpus", "tokenizer", "shards", "pretrain", "sample")}
+        {name: PLAN.hashes[run][seed][name] for name in ("corpus", "tokenizer", "shards", "pretrain", "sample")}
     )
 
 
@@ -89,6 +91,12 @@ def download_manifest(wildcards):
     if stage_of("corpus", wildcards).config["corpus"]["source"] == "builtin":
         return []
     return f"{upstream('corpus', wildcards, 'download')}/manifest.json"
+
+
+def local_paths(wildcards):
+    """The files or folders of a local corpus (corpus.local.paths) that the download folder was planned from."""
+    corpus = stage_of("download", wildcards).config["corpus"]
+    return corpus["local"]["paths"] if corpus["source"] == "local" else []
 
 
 def raw_args(wildcards, input):
@@ -136,6 +144,12 @@ def shards_stats(stage):
 
 def tokenizer_config(stage):
     return upstream_file(stage, "tokenizer", "tokenizer_config.json")
+
+
+def sample_tokenizer(wildcards):
+    """The tokenizer of the sample folder's run (the sample stage reads it through the checkpoint)."""
+    run, seed = stage_of("sample", wildcards).trainings[0]
+    return f"{run_folder(run, 'tokenizer', seed)}/tokenizer_config.json"
 
 
 def final_checkpoint(stage):
@@ -196,39 +210,61 @@ def local_gpu_jobs(wildcards):
     return 1 if workflow.local_exec else 0
 
 
-# Per-run results.
+# Per-training results: results/runs/<run>/seed-<seed>/.
+def training_dir(run, seed):
+    return f"results/runs/{run}/seed-{seed}"
+
+
+TRAINING_DIRS = [training_dir(run, seed) for run, seed in TRAININGS]
+
+
+def training_pattern():
+    """Wildcard constraint of run: exactly the runs of the config."""
+    return "|".join(re.escape(run) for run in RUNS)
+
+
 def run_inputs(wildcards):
-    run = wildcards.run
+    run, seed = wildcards.run, int(wildcards.seed)
+    pretrain = run_folder(run, "pretrain", seed)
     return {
-        "pretrain_config": f"{run_folder(run, 'pretrain')}/pretrain.yaml",
-        "train_log": f"{run_folder(run, 'pretrain')}/train.log",
-        "checkpoint": f"{run_folder(run, 'pretrain')}/final/lit_model.pth",
-        "evaluate": f"{run_folder(run, 'evaluate')}/metrics.json",
-        "plot": f"{run_folder(run, 'evaluate')}/loss.png",
-        "samples": f"{run_folder(run, 'sample')}/samples.txt",
-        "sample_figures": f"{run_folder(run, 'sample')}/consistency.json",
+        "pretrain_config": f"{pretrain}/pretrain.yaml",
+        "train_log": f"{pretrain}/train.log",
+        "checkpoint": f"{pretrain}/final/lit_model.pth",
+        "evaluate": f"{run_folder(run, 'evaluate', seed)}/metrics.json",
+        "plot": f"{run_folder(run, 'evaluate', seed)}/loss.png",
+        "story_scores": f"{run_folder(run, 'evaluate', seed)}/story_scores.tsv",
+        "samples": f"{run_folder(run, 'sample', seed)}/samples.txt",
+        "sample_figures": f"{run_folder(run, 'sample', seed)}/consistency.json",
     }
 
 
 def run_info(wildcards):
-    """Param function of run_results: the run's stage hashes, config, and how it differs from the base."""
-    run = wildcards.run
+    """Param function of run_results: the training's stage hashes, config, and how its run differs from the base."""
+    run, seed = wildcards.run, int(wildcards.seed)
+    hashes = PLAN.hashes[run][seed]
     return json.dumps(
         {
             "run": run,
-            # The stages the run uses (not, say, a download for builtin stories).
-            "stage_hashes": {stage: h for stage, h in PLAN.hashes[run].items() if h in PLAN.stages.get(stage, {})},
-            "export_dir": run_folder(run, "export"),
+            "seed": seed,
+            # The stages the training uses (not, say, a download for builtin stories).
+            "stage_hashes": {stage: h for stage, h in hashes.items() if h in PLAN.stages.get(stage, {})},
+            "export_dir": run_folder(run, "export", seed),
+            "corpus_source": PLAN.runs[run]["corpus"]["source"],
             "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
-            "config": PLAN.runs[run],
+            "config": training_config(PLAN.runs[run], seed),
         },
         sort_keys=True,  # key order in the YAML must not change the params (and rerun the job)
     )
 
 
 def run_exports():
-    """Every run's Hugging Face export (the default target builds them; results/samples.txt does not)."""
-    return [f"{run_folder(run, 'export')}/model.safetensors" for run in RUNS]
+    """Every training's Hugging Face export (the default target builds them; results/samples.txt does not)."""
+    return [f"{run_folder(run, 'export', seed)}/model.safetensors" for run, seed in TRAININGS]
+
+
+def training_labels():
+    """Param function of all_samples: a heading per training (the run, and its seed when it has several)."""
+    return [f"{run} (seed {seed})" if len(PLAN.seeds[run]) > 1 else run for run, seed in TRAININGS]
 
 
 def log_path(stage):

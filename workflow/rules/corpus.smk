@@ -13,8 +13,11 @@ rule download:
     params:
         corpus=settings("download"),
         out=output_dir("manifest"),
-    shell:
-        "python -m storylm.download --config {params.corpus:q} --out {params.out} > {log} 2>&1"
+    run:
+        # A local source's paths are read from the plan here, not passed as params: a folder moved (and
+        # corpus.local.paths updated) holds the same files, and a changed param would rerun every stage.
+        paths = " ".join(f"--local {shlex.quote(path)}" for path in local_paths(wildcards))
+        shell("python -m storylm.download --config {params.corpus:q} --out {params.out} {paths} > {log} 2>&1")
 
 
 rule corpus:

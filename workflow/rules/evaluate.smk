@@ -7,11 +7,13 @@ rule evaluate:
         train_log=upstream_file("evaluate", "pretrain", "train.log"),
         shards=shards_stats("evaluate"),
         train=corpus_split("evaluate", "train"),
+        val=corpus_split("evaluate", "val"),
         corpus_stats=upstream_file("evaluate", "corpus", "stats.json"),
         extra_sets=extra_set_files,
     output:
         metrics="results/evaluate/{hash}/metrics.json",
         plot="results/evaluate/{hash}/loss.png",
+        stories="results/evaluate/{hash}/story_scores.tsv",
     log:
         log_path("evaluate"),
     benchmark:
@@ -29,4 +31,4 @@ rule evaluate:
     shell:
         "python -m storylm.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
         " --shards {params.shards} --train-log {input.train_log} --seq-length {params.seq_length}"
-        " --train {input.train} --out {params.out} > {log} 2>&1"
+        " --train {input.train} --val {input.val} --out {params.out} > {log} 2>&1"

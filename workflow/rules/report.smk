@@ -1,5 +1,6 @@
-# Each run's results in results/runs/<run>/, every run side by side in results/runs.tsv and
-# results/compare.png, and every run's stories in results/samples.txt. Flagged with report()
+# Each training's results in results/runs/<run>/seed-<seed>/, every run side by side in
+# results/runs.tsv (with 95% intervals), results/runs_by_seed.tsv, results/verdicts.tsv and
+# results/compare.png, and every training's stories in results/samples.txt. Flagged with report()
 # for `snakemake --report results/report.html`, one category per run. These steps only gather
 # small files: on a cluster they run on the submitting host, not as jobs of their own.
 
@@ -15,29 +16,31 @@ rule run_results:
         unpack(run_inputs),
     output:
         samples=report(
-            "results/runs/{run}/samples.txt",
+            "results/runs/{run}/seed-{seed}/samples.txt",
             caption="../report/samples.rst",
             category="{run}",
-            labels={"run": "{run}", "figure": "sampled stories"},
+            labels={"run": "{run}", "seed": "{seed}", "figure": "sampled stories"},
         ),
-        metrics="results/runs/{run}/metrics.json",
+        metrics="results/runs/{run}/seed-{seed}/metrics.json",
         plot=report(
-            "results/runs/{run}/loss.png",
+            "results/runs/{run}/seed-{seed}/loss.png",
             caption="../report/loss.rst",
             category="{run}",
-            labels={"run": "{run}", "figure": "loss curves"},
+            labels={"run": "{run}", "seed": "{seed}", "figure": "loss curves"},
         ),
         config=report(
-            "results/runs/{run}/config.yaml",
+            "results/runs/{run}/seed-{seed}/config.yaml",
             caption="../report/config.rst",
             category="{run}",
-            labels={"run": "{run}", "figure": "resolved config"},
+            labels={"run": "{run}", "seed": "{seed}", "figure": "resolved config"},
         ),
-        curve="results/runs/{run}/val_curve.tsv",
+        curve="results/runs/{run}/seed-{seed}/val_curve.tsv",
+        stories="results/runs/{run}/seed-{seed}/story_scores.tsv",
     log:
-        "logs/run_results/{run}.log",
+        "logs/run_results/{run}/seed-{seed}.log",
     wildcard_constraints:
-        run="|".join(RUNS),
+        run=training_pattern(),
+        seed=r"-?\d+",
     conda:
         ENV
     params:
@@ -53,20 +56,28 @@ rule run_results:
 
 rule compare_runs:
     input:
-        metrics=expand("results/runs/{run}/metrics.json", run=RUNS),
-        curves=expand("results/runs/{run}/val_curve.tsv", run=RUNS),
+        metrics=expand("{training}/metrics.json", training=TRAINING_DIRS),
+        curves=expand("{training}/val_curve.tsv", training=TRAINING_DIRS),
+        stories=expand("{training}/story_scores.tsv", training=TRAINING_DIRS),
     output:
+        by_seed="results/runs_by_seed.tsv",
         table=report(
             "results/runs.tsv",
             caption="../report/runs.rst",
             category="1. Runs compared",
             labels={"figure": "runs table"},
         ),
+        verdicts=report(
+            "results/verdicts.tsv",
+            caption="../report/verdicts.rst",
+            category="1. Runs compared",
+            labels={"figure": "verdicts"},
+        ),
         plot=report(
             "results/compare.png",
             caption="../report/compare.rst",
             category="1. Runs compared",
-            labels={"figure": "val loss and bits per character"},
+            labels={"figure": "val loss, bits per character and checker passes"},
         ),
         summary="results/runs_summary.tsv",  # shown on the report's first page (workflow/report/workflow.rst)
     log:
@@ -74,15 +85,16 @@ rule compare_runs:
     conda:
         ENV
     params:
-        run_dirs=expand("results/runs/{run}", run=RUNS),
+        training_dirs=TRAINING_DIRS,
     shell:
-        "python -m storylm.report compare --run-dirs {params.run_dirs} --table {output.table} --plot {output.plot}"
-        " --summary {output.summary} > {log} 2>&1"
+        "python -m storylm.report compare --training-dirs {params.training_dirs} --by-seed {output.by_seed}"
+        " --table {output.table} --verdicts {output.verdicts} --plot {output.plot} --summary {output.summary}"
+        " > {log} 2>&1"
 
 
 rule all_samples:
     input:
-        expand("results/runs/{run}/samples.txt", run=RUNS),
+        expand("{training}/samples.txt", training=TRAINING_DIRS),
     output:
         "results/samples.txt",
     log:
@@ -90,22 +102,21 @@ rule all_samples:
     conda:
         ENV
     params:
-        runs=RUNS,
+        labels=training_labels(),
     shell:
-        "python -m storylm.report samples --runs {params.runs} --files {input} --out {output} > {log} 2>&1"
+        "python -m storylm.report samples --labels {params.labels:q} --files {input} --out {output} > {log} 2>&1"
 
 
-# With one run, its metrics and loss curve also sit where they always have (with several, each
-# run's are in results/runs/<run>/).
-if ONE_RUN:
+# With one training (one run, one seed), its metrics and loss curve also sit where they always have.
+if ONE_TRAINING:
 
     localrules:
         single_run,
 
     rule single_run:
         input:
-            metrics=expand("results/runs/{run}/metrics.json", run=RUNS),
-            plot=expand("results/runs/{run}/loss.png", run=RUNS),
+            metrics=expand("{training}/metrics.json", training=TRAINING_DIRS),
+            plot=expand("{training}/loss.png", training=TRAINING_DIRS),
         output:
             metrics="results/metrics.json",
             plot="results/loss.png",

@@ -1,8 +1,35 @@
 # Stage 6: stories sampled from the final checkpoint, with the sample figures.
 
 
+# The prompts against the block size, as soon as the tokenizer is built: before training, not after.
+localrules:
+    sample_prompts,
+
+
+rule sample_prompts:
+    input:
+        tokenizer=sample_tokenizer,
+    output:
+        "results/sample/{hash}/prompt_tokens.json",
+    log:
+        "logs/sample_prompts/{hash}.log",
+    wildcard_constraints:
+        hash=hash_pattern("sample"),
+    priority: 50
+    conda:
+        ENV
+    params:
+        record=record("sample"),
+        tokenizer=input_dir("tokenizer"),
+        block_size=stage_setting("sample", "model_config", "block_size"),
+    shell:
+        "python -m storylm.sample prompts --record {params.record:q} --tokenizer {params.tokenizer}"
+        " --block-size {params.block_size} --out {output} > {log} 2>&1"
+
+
 rule sample:
     input:
+        prompts="results/sample/{hash}/prompt_tokens.json",
         checkpoint=final_checkpoint("sample"),
         train=corpus_split("sample", "train"),
         val=corpus_split("sample", "val"),
@@ -25,6 +52,6 @@ rule sample:
         checkpoint_dir=input_dir("checkpoint"),
         out=output_dir("samples"),
     shell:
-        "python -m storylm.sample --record {params.record:q} --hashes {params.hashes:q}"
+        "python -m storylm.sample stories --record {params.record:q} --hashes {params.hashes:q}"
         " --checkpoint {params.checkpoint_dir} --train {input.train} --val {input.val}"
         " --out {params.out} > {log} 2>&1"

@@ -16,6 +16,7 @@ Stage commands, in the order they run:
 
 Tools a person runs:
     clean           list stage folders with the runs that use them; remove the unused ones
+    compare         two runs side by side in a terminal: intervals, differences, verdicts
     config_docs     config/README.md's table of keys, from config/schema.yaml
 
 Helpers:
@@ -23,7 +24,9 @@ Helpers:
     schema          config/schema.yaml: validation and the one source of defaults
     config          config checks the schema cannot express
     stages          the stage table: folders, inputs, fingerprints, hashes, what a key reruns
-    runs            a config's runs resolved, and the plan of every stage folder they need
+    runs            a config's runs and their seeds resolved, and the plan of every stage folder they need
+    stagelock       an exclusive lock on a stage folder for a stage command's whole life
+    environment     the machine a stage ran on (threads, CPU, GPU, versions)
     filehash        sha256 of files
     archive         safe extraction of .tar.gz archives
     manifest        a download folder's manifest.json
@@ -35,6 +38,10 @@ Helpers:
     tokens          token ids as litgpt makes them (batch encoding, special tokens)
     checkpoint      the one loader of litgpt checkpoints
     litgpt_log      loss curves and throughput from litgpt's printed log
+    generation      stories of one prompt in batches, each from its own seed
+    results         one training's results in one place (metrics, figures, throughput, FLOPs)
+    stats           intervals and verdicts (seed spread, story noise)
+    comparison      the runs tables with intervals, and verdicts between runs
     extra_sets      evaluate.extra_sets: a user's own stories, read strictly
     sample_metrics  figures of sampled stories that hold for any corpus
     train_copy      how much sampled text is copied from the train split

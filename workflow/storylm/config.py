@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from storylm.entry import StageError
+from storylm.entry import StageError, first_line
 from storylm.tokens import tokenizer_ids
 
 
@@ -24,10 +24,11 @@ def check(config: dict) -> None:
         raise ConfigError("tokenizer.path: required when tokenizer.kind is 'pretrained' and tokenizer.source 'local'")
     if tok["kind"] == "pretrained" and tok["source"] == "hf" and not tok["hf"].get("repo_id"):
         raise ConfigError("tokenizer.hf.repo_id: required when tokenizer.source is 'hf'")
-    _check_model_keys(config)
+    _check_model(config)
     _check_vocab(config)
     _check_split(config)
     _check_train(config)
+    _check_prompts(config)
     for index, entry in enumerate(config["evaluate"]["extra_sets"]):
         if not Path(entry["path"]).is_file():
             raise ConfigError(f"evaluate.extra_sets[{index}].path: {entry['path']} does not exist")
@@ -37,13 +38,32 @@ def check(config: dict) -> None:
         raise ConfigError("corpus.local.paths: empty, but corpus.source is 'local'")
 
 
-def _check_model_keys(config: dict) -> None:
-    from litgpt import Config
+def _check_model(config: dict) -> None:
+    """The model as litgpt builds it: known keys, then litgpt's Config and GPT (on the meta device:
+    no memory), so a shape litgpt refuses stops here, not in the pretrain job."""
+    import torch
+    from litgpt import GPT, Config
 
+    model = config["model_config"]
     known = {f.name for f in dataclasses.fields(Config)}
-    for key in config["model_config"]:
+    for key in model:
         if key not in known:
             raise ConfigError(f"model_config.{key}: not a litgpt.Config field")
+    if model.get("head_size") is None and model["n_embd"] % model["n_head"]:
+        raise ConfigError(f"model_config.n_head: n_embd {model['n_embd']} is not a multiple of n_head"
+                          f" {model['n_head']}; set model_config.head_size (the width of one head) or another n_head")
+    groups = model.get("n_query_groups")
+    if groups is not None and model["n_head"] % groups:
+        raise ConfigError(f"model_config.n_query_groups: n_head {model['n_head']} is not a multiple of {groups}")
+    try:
+        built = Config(**model)
+        with torch.device("meta"):
+            gpt = GPT(built)
+            gpt.max_seq_length = min(8, built.block_size)
+            gpt(torch.zeros(1, min(4, built.block_size), dtype=torch.long))
+    except Exception as error:  # noqa: BLE001 - whatever litgpt refuses, said in one line
+        raise ConfigError(f"model_config: litgpt cannot build this model ({type(error).__name__}:"
+                          f" {first_line(error)})") from None
 
 
 def tokenizer_vocab_size(config: dict) -> int | None:
@@ -88,6 +108,39 @@ def check_vocab(model: dict, needed: int) -> None:
         raise ConfigError(
             f"model_config.padded_vocab_size: {padded} is smaller than vocab_size {max(needed, vocab_size or 0)}"
         )
+
+
+def _check_prompts(config: dict) -> None:
+    """Prompts against the block size, when the tokenizer is at hand (a local one, or one built by an
+    earlier run); otherwise the sample_prompts job checks them as soon as the tokenizer is built."""
+    from litgpt import Tokenizer
+
+    folder = tokenizer_at_hand(config)
+    if folder is not None:
+        check_prompt_tokens(config["sample"]["prompts"], Tokenizer(folder), config["model_config"]["block_size"])
+
+
+def tokenizer_at_hand(config: dict) -> Path | None:
+    """A tokenizer folder that exists now: the tokenizer stage's own folder, else a local pretrained one."""
+    from storylm import stages
+
+    built = Path(stages.folder("tokenizer", stages.records(config)["tokenizer"]["hash"]))
+    if (built / "tokenizer_config.json").is_file():
+        return built
+    tok = config["tokenizer"]
+    if tok["kind"] == "pretrained" and tok["source"] == "local" and Path(tok["path"]).is_dir():
+        return Path(tok["path"])
+    return None
+
+
+def check_prompt_tokens(prompts: list[str], tokenizer, block_size: int) -> list[int]:
+    """Each prompt's token count; ConfigError when one leaves no room for a story in the block."""
+    counts = [len(tokenizer.encode(prompt)) for prompt in prompts]
+    for index, count in enumerate(counts):
+        if count >= block_size:
+            raise ConfigError(f"sample.prompts[{index}]: {count} tokens, but model_config.block_size is {block_size}:"
+                              f" a prompt must leave room for the story (at most {block_size - 1} tokens)")
+    return counts
 
 
 def _check_split(config: dict) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from storylm.entry import StageError, exit_with, write_json, write_record
 from storylm.manifest import manifest_files
 from storylm.readers import FileCounts, raw_texts
+from storylm.stages import with_added_defaults
 from storylm.storytext import clean
 
 
@@ -36,6 +37,7 @@ class CorpusError(StageError):
 
 def build_corpus(corpus_cfg: dict, files: list[Path] | None, out_dir: Path) -> dict:
     """Build train.jsonl, val.jsonl and stats.json in out_dir; return the stats."""
+    corpus_cfg = with_added_defaults(corpus_cfg, "corpus")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     file_counts: list[FileCounts] = []
@@ -91,7 +93,7 @@ def _stories_from_files(files: list[Path], cfg: dict, file_counts: list[FileCoun
     for path in files:  # sorted: the same files always give the same order
         counts = FileCounts(str(path))
         file_counts.append(counts)
-        yield from raw_texts(path, cfg["text_field"], counts, cfg["max_malformed_fraction"])
+        yield from raw_texts(path, cfg["text_field"], counts, cfg["max_malformed_fraction"], cfg["max_story_characters"])
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,15 @@ Bits per character divide the model's total information on the val text by its n
 of characters, so models with different tokenizers can be compared:
     bpc = loss (nats/token) x tokens/character / ln 2.
 
+Two conventions, both in metrics.json, each named beside its figure:
+- val_bits_per_character: litgpt's validation windows (train.max_seq_length + 1 tokens) over
+  the val stories joined by end-of-text, which cut stories anywhere, so many tokens are
+  predicted from a short or a wrong context;
+- val_story_bits_per_character: each val story whole, after the end-of-text token of the story
+  before it (its context in training), its own end-of-text token included: what lm-eval's
+  loglikelihood_rolling measures on the export. About a tenth lower. Its per-story figures
+  (story_scores.tsv) give the noise of a finite val set to the runs table's intervals.
+
 An extra set is tokenized as the shards are (each story, then EOS) into one stream, and
 every token of the stream but the first is scored exactly once, in windows of
 seq_length + 1 tokens that overlap by one; its bpc is the total bits over its characters.
@@ -17,11 +26,14 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from storylm import extra_sets, jsonl, litgpt_log
 from storylm.checkpoint import load_model, load_tokenizer, parameter_count
-from storylm.entry import StageError, atomic_path, exit_with, write_json
+from storylm.entry import StageError, atomic_path, exit_with, first_line, write_json
+from storylm.environment import describe
+from storylm.stats import ratio_se
 from storylm.tokens import encode_batch
 
 
@@ -30,6 +42,8 @@ def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens:
     """Mean cross-entropy (nats/token) over consecutive val windows, in shard order, and the tokens scored."""
     from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
+    check_chunks(val_dir)
+    vocab = model.config.padded_vocab_size
     dataset = StreamingDataset(input_dir=str(val_dir), item_loader=TokensLoader(block_size=seq_length + 1),
                                shuffle=False)
     loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=0, drop_last=False)
@@ -37,6 +51,9 @@ def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens:
     device = next(model.parameters()).device
     for batch in loader:
         batch = batch.long().to(device)
+        if batch.max() >= vocab or batch.min() < 0:
+            raise StageError(f"{val_dir}: a token id {int(batch.max())} outside the model's {vocab}: a damaged shard"
+                             f" chunk (litdata keeps no checksum); {RERUN_SHARDS}")
         logits = model(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
         total_nats += loss.item()
@@ -46,6 +63,26 @@ def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens:
     if total_tokens == 0:
         raise StageError(f"{val_dir}: the val shards hold less than one window of {seq_length + 1} tokens")
     return total_nats / total_tokens, total_tokens
+
+
+RERUN_SHARDS = "rebuild the shards: snakemake --forcerun shards ..."
+
+
+def check_chunks(split_dir: Path) -> None:
+    """Every chunk litdata's index lists is there, with the size it lists: a cut-off chunk fails here with
+    its name, instead of as an IndexError deep in the model."""
+    index_path = split_dir / "index.json"
+    try:
+        chunks = json.loads(index_path.read_text(encoding="utf-8"))["chunks"]
+    except (OSError, ValueError, KeyError) as error:
+        raise StageError(f"{index_path}: not a litdata index ({first_line(error)}); {RERUN_SHARDS}") from None
+    for chunk in chunks:
+        path = split_dir / chunk["filename"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != chunk["chunk_bytes"]:
+            found = "missing" if size is None else f"{size:,} bytes"
+            raise StageError(f"{path}: {found}, but {index_path} lists {chunk['chunk_bytes']:,} bytes: a damaged"
+                             f" shard chunk; {RERUN_SHARDS}")
 
 
 @torch.no_grad()
@@ -119,6 +156,64 @@ def evaluate_extra_sets(model, tokenizer, entries: list[dict], train: Path | Non
     return results
 
 
+WINDOWS = ("windows of train.max_seq_length + 1 tokens over the val stories joined by end-of-text, cutting"
+           " stories anywhere (litgpt's validation)")
+WHOLE_STORIES = ("each val story whole, after the end-of-text token before it, its own end-of-text token included"
+                 " (lm-eval's loglikelihood_rolling on the export, with the export's bos)")
+
+
+def val_stories(val: Path, tokenizer, max_tokens: int | None) -> tuple[list[str], list[list[int]]]:
+    """The val split's first stories, up to about max_tokens, each as [eos] + its ids + [eos]."""
+    stories, ids, total = [], [], 0
+    for text in jsonl.iter_texts(val):
+        if max_tokens is not None and total >= max_tokens:
+            break
+        story = [tokenizer.eos_id] + encode_batch(tokenizer, [text], eos=True)[0]
+        stories.append(text)
+        ids.append(story)
+        total += len(story) - 1
+    return stories, ids
+
+
+@torch.no_grad()
+def story_scores(model, stories: list[str], ids: list[list[int]], seq_length: int, batch_size: int) -> pd.DataFrame:
+    """Per story: characters, tokens scored (its own and its end-of-text), nats in all, and the nats of the
+    end-of-text alone. A story that fits one window is scored in one pass, in batches of stories of
+    similar length (padded on the right, which a causal model never attends to); a longer one in
+    consecutive windows (stream_nats)."""
+    device = next(model.parameters()).device
+    nats, eos_nats = [0.0] * len(ids), [0.0] * len(ids)
+    fits = sorted((i for i, story in enumerate(ids) if len(story) <= seq_length + 1), key=lambda i: len(ids[i]))
+    for start in range(0, len(fits), batch_size):
+        rows = fits[start:start + batch_size]
+        width = max(len(ids[i]) for i in rows)
+        batch = torch.full((len(rows), width), -100, dtype=torch.long)
+        for r, i in enumerate(rows):
+            batch[r, :len(ids[i])] = torch.tensor(ids[i])
+        batch = batch.to(device)
+        logits = model(batch[:, :-1].clamp(min=0))
+        token_nats = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), batch[:, 1:],
+                                                       ignore_index=-100, reduction="none")
+        for r, i in enumerate(rows):
+            nats[i] = token_nats[r, :len(ids[i]) - 1].sum().item()
+            eos_nats[i] = token_nats[r, len(ids[i]) - 2].item()
+    for i, story in enumerate(ids):
+        if len(story) > seq_length + 1:
+            nats[i] = stream_nats(model, story, seq_length, batch_size)[0]
+            eos_nats[i] = nats[i] - stream_nats(model, story[:-1], seq_length, batch_size)[0]
+    return pd.DataFrame({"story": range(len(ids)), "characters": [len(text) for text in stories],
+                         "tokens": [len(story) - 1 for story in ids], "nats": nats, "eos_nats": eos_nats})
+
+
+def story_figures(scores: pd.DataFrame) -> dict:
+    """Bits per character of the whole stories, and its standard error from the finite set of stories."""
+    nats, chars = scores["nats"].to_numpy(), scores["characters"].to_numpy(dtype=float)
+    return {"val_story_bits_per_character": nats.sum() / chars.sum() / math.log(2),
+            "val_story_bits_per_character_se": ratio_se(nats / math.log(2), chars),
+            "val_story_nats_per_token": nats.sum() / scores["tokens"].sum(), "val_stories_scored": len(scores),
+            "val_story_characters": int(chars.sum())}
+
+
 def plot_curves(train, val, png: Path) -> None:
     import matplotlib
 
@@ -149,16 +244,25 @@ def check_inputs(checkpoint_dir: Path, shards_dir: Path, train_log: Path) -> Non
 
 
 def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: Path, seq_length: int,
-             settings: dict, train_split: Path | None = None) -> dict:
+             settings: dict, train_split: Path | None = None, val_split: Path | None = None) -> dict:
     entries = settings.get("extra_sets", [])
     check_inputs(checkpoint_dir, shards_dir, train_log)
     extra_sets.check_entries(entries)  # before the slow part, so a typo fails at once
     model = load_model(checkpoint_dir)
+    tokenizer = load_tokenizer(checkpoint_dir)
     loss, tokens = val_loss(model, shards_dir / "val", seq_length, settings["batch_size"], settings["max_tokens"])
     shard_stats = json.loads((shards_dir / "stats.json").read_text())
     tokens_per_char = shard_stats["val_tokens_per_character"]
-    extra = evaluate_extra_sets(model, load_tokenizer(checkpoint_dir), entries, train_split, seq_length,
-                                settings["batch_size"])
+    whole = {}
+    if val_split is not None:
+        if not val_split.is_file():
+            raise StageError(f"{val_split}: the val split does not exist (run the corpus stage)")
+        scores = story_scores(model, *val_stories(val_split, tokenizer, settings["max_tokens"]), seq_length,
+                              settings["batch_size"])
+        with atomic_path(out_dir / "story_scores.tsv") as tmp:
+            scores.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
+        whole = {**story_figures(scores), "val_story_bits_per_character_convention": WHOLE_STORIES}
+    extra = evaluate_extra_sets(model, tokenizer, entries, train_split, seq_length, settings["batch_size"])
     train, val = litgpt_log.parse(train_log)
     plot_curves(train, val, out_dir / "loss.png")
     with atomic_path(out_dir / "train_loss.tsv") as tmp:
@@ -167,7 +271,9 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
         "val_loss_nats_per_token": loss,
         "val_perplexity": math.exp(loss),
         "val_bits_per_character": loss * tokens_per_char / math.log(2),
+        "val_bits_per_character_convention": WINDOWS,
         "val_tokens_scored": tokens,
+        **whole,
         "val_tokens_per_character": tokens_per_char,
         "parameters": parameter_count(model),
         "train_steps": int(train["step"].max()) if len(train) else 0,
@@ -187,13 +293,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-log", type=Path, required=True)
     parser.add_argument("--seq-length", type=int, required=True, help="train.max_seq_length of the run")
     parser.add_argument("--train", type=Path, help="the corpus stage's train.jsonl (needed with extra sets)")
+    parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its stories scored whole")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     record = json.loads(args.record)
     torch.manual_seed(0)
     metrics = evaluate(args.checkpoint, args.shards, args.train_log, args.out, args.seq_length, record["config"],
-                       args.train)
+                       args.train, args.val)
     write_json(args.out / "metrics.json", metrics)
+    write_json(args.out / "environment.json", describe())
     write_json(args.out / "config.json", record)  # last: a folder with its record is a finished stage
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storylm.entry import RECORD
-
-# The sample stage's JSON files that are not figures: the stories and the stage record.
-NOT_FIGURES = ("samples.json", RECORD)
+# The sample stage's files of figures: the builtin-world checker's and those that hold for any corpus.
+SAMPLE_FIGURES = ("consistency.json", "figures.json")
 
 
 def sample_figure_files(sample_dir: Path) -> list[Path]:
-    """The sample stage's files of figures (consistency.json, figures.json, ...), whatever their keys."""
-    return sorted(p for p in Path(sample_dir).glob("*.json") if p.name not in NOT_FIGURES)
+    """The sample stage's files of figures that are there."""
+    return [Path(sample_dir) / name for name in SAMPLE_FIGURES if (Path(sample_dir) / name).is_file()]
 
 
 def numeric_figures(obj, prefix: str = "") -> dict[str, float]:

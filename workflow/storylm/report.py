@@ -1,12 +1,10 @@
-"""The report steps: each run's results in one folder, and every run side by side.
+"""The report steps: each training's results in one folder, and every run side by side.
 
-    run      results/runs/<run>/: samples.txt, metrics.json, loss.png, config.yaml, val_curve.tsv
-    compare  results/runs.tsv (one row per run) and results/compare.png
-    samples  results/samples.txt: every run's samples, run by run
-
-Training FLOPs are litgpt's own estimate (litgpt.utils.estimate_flops, the figure its
-throughput monitor uses for MFU): 6 x trainable parameters per token for the forward and
-backward pass, plus the attention's 12 x n_layer x n_embd x seq_len, per token trained on.
+    run      results/runs/<run>/seed-<seed>/: metrics.json, samples.txt, loss.png, config.yaml, val_curve.tsv,
+             story_scores.tsv
+    compare  results/runs_by_seed.tsv (one row per training), results/runs.tsv (one row per run, with 95%
+             intervals), results/verdicts.tsv (runs compared, figure by figure) and results/compare.png
+    samples  results/samples.txt: every training's samples, run by run
 """
 
 from __future__ import annotations
@@ -19,151 +17,148 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from storylm import litgpt_log
-from storylm.entry import atomic_path, exit_with, write_json, write_text
-from storylm.figures import numeric_figures, sample_figure_files
+from storylm.comparison import BPC, CHECKER_ELSEWHERE, CONSISTENT, Runs, by_seed_table
+from storylm.entry import atomic_path, exit_with, read_json, write_json, write_text
+from storylm.results import training_results
 
-# The runs table's columns before the sample figures, in order, with their units in the name.
-# The few columns the report's first page shows (results/runs_summary.tsv).
-# The report's first page is narrow: five short columns.
-SUMMARY_COLUMNS = {"run": "run", "differs_from_base": "differs from base", "parameters": "params",
-                   "val_bits_per_character": "val bits/char", "sample.consistent_fraction": "consistent"}
-TABLE_COLUMNS = ["run", "differs_from_base", "parameters", "train_tokens", "train_flops", "train_seconds",
-                 "train_tokens_per_second", "val_loss_nats_per_token", "val_bits_per_character"]
-
-
-def flops_per_token(litgpt_config: dict) -> float:
-    """litgpt's estimate of training FLOPs per token for the rendered model (on the meta device: no memory)."""
-    import torch
-    from litgpt import GPT, Config
-    from litgpt.utils import estimate_flops
-
-    seq_length = litgpt_config["train"]["max_seq_length"]
-    with torch.device("meta"):
-        model = GPT(Config(**litgpt_config["model_config"]))
-        model.max_seq_length = seq_length
-    return estimate_flops(model, training=True) / seq_length
-
-
-def val_curve(train_log: Path, tokens_per_iter: int, flops: float) -> pd.DataFrame:
-    """litgpt's validations during training: val loss against tokens and FLOPs trained."""
-    _, val = litgpt_log.parse(train_log)
-    curve = pd.DataFrame({"iter": val["iter"], "val_loss_nats_per_token": val["val_loss"]})
-    curve["train_tokens"] = curve["iter"] * tokens_per_iter
-    curve["train_flops"] = curve["train_tokens"] * flops
-    return curve
+# The few columns the report's first page shows (results/runs_summary.tsv): it is narrow.
+SUMMARY_COLUMNS = {"run": "run", "differs_from_base": "differs from base", "n_seeds": "seeds",
+                   "val_story_bits_per_character": "val bits/char", "consistent_rate": "consistent"}
+COPIED = ("samples.txt", "loss.png", "story_scores.tsv")
 
 
 def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: Path, out: Path) -> dict:
-    litgpt_config = yaml.safe_load((pretrain_dir / "pretrain.yaml").read_text())
-    train = litgpt_config["train"]
-    tokens_per_iter = train["micro_batch_size"] * train["max_seq_length"] * litgpt_config["devices"] \
-        * litgpt_config["num_nodes"]
-    flops = flops_per_token(litgpt_config)
-    performance = litgpt_log.performance(pretrain_dir / "train.log")
-    evaluation = json.loads((evaluate_dir / "metrics.json").read_text())
-    if performance["train_tokens"] is None:  # a log without litgpt's closing lines
-        performance["train_tokens"] = evaluation["train_iters"] * tokens_per_iter
-    sample_figures = {}
-    for path in sample_figure_files(sample_dir):
-        sample_figures.update(json.loads(path.read_text()))
-    metrics = {
-        "run": info["run"],
-        "differs_from_base": info["differs_from_base"],
-        "stage_hashes": info["stage_hashes"],
-        **evaluation,
-        "flops_per_token": flops,
-        "train_flops": flops * performance["train_tokens"],
-        **performance,
-        "sample_figures": sample_figures,
-        "export_dir": info["export_dir"],
-    }
+    metrics, curve = training_results(info, pretrain_dir, evaluate_dir, sample_dir)
     write_json(out / "metrics.json", metrics)
-    write_text(out / "config.yaml", f"# The resolved config of run {info['run']} (defaults filled in)\n"
-               + yaml.safe_dump(info["config"], sort_keys=False, allow_unicode=True))
+    write_text(out / "config.yaml", f"# The resolved config of run {info['run']}, seed {info['seed']} (defaults"
+               " filled in)\n" + yaml.safe_dump(info["config"], sort_keys=False, allow_unicode=True))
     with atomic_path(out / "val_curve.tsv") as tmp:
-        val_curve(pretrain_dir / "train.log", tokens_per_iter, flops).to_csv(tmp, sep="\t", index=False)
-    for source in (sample_dir / "samples.txt", evaluate_dir / "loss.png"):
+        curve.to_csv(tmp, sep="\t", index=False)
+    for source in (sample_dir / "samples.txt", evaluate_dir / "loss.png", evaluate_dir / "story_scores.tsv"):
         with atomic_path(out / source.name) as tmp:
             shutil.copyfile(source, tmp)
     return metrics
 
 
-def runs_table(run_dirs: list[Path]) -> pd.DataFrame:
-    rows = []
-    for run_dir in run_dirs:
-        m = json.loads((run_dir / "metrics.json").read_text())
-        row = {key: m.get(key) for key in TABLE_COLUMNS}
-        row["differs_from_base"] = "; ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
-                                             for k, v in m["differs_from_base"].items()) or "(base)"
-        row.update({f"sample.{k}": v for k, v in numeric_figures(m["sample_figures"]).items()})
-        row.update({f"hash.{stage}": h for stage, h in m["stage_hashes"].items()})
-        row["export_dir"] = m["export_dir"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+def read_trainings(training_dirs: list[Path]) -> tuple[list[dict], dict]:
+    trainings = [read_json(folder / "metrics.json", "a training's results") for folder in training_dirs]
+    stories = {(m["run"], m["seed"]): pd.read_csv(folder / "story_scores.tsv", sep="\t")
+               for m, folder in zip(trainings, training_dirs, strict=True) if (folder / "story_scores.tsv").is_file()}
+    return trainings, stories
 
 
-def plot_comparison(run_dirs: list[Path], table: pd.DataFrame, png: Path) -> None:
+def with_interval(table: pd.DataFrame, column: str, digits: int) -> pd.Series:
+    """'0.3233 [0.3210, 0.3256]' for the report's first page."""
+    def cell(row) -> str:
+        if pd.isna(row.get(column)):
+            return ""
+        text = f"{row[column]:.{digits}f}"
+        if not pd.isna(row.get(f"{column}_lo")):
+            text += f" [{row[f'{column}_lo']:.{digits}f}, {row[f'{column}_hi']:.{digits}f}]"
+        return text
+
+    return table.apply(cell, axis=1)
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    shown = table.copy()
+    shown["val_story_bits_per_character"] = with_interval(table, BPC.column, 4)
+    shown["consistent_rate"] = with_interval(table, CONSISTENT.column, 2) if CONSISTENT.column in table else ""
+    return shown[[c for c in SUMMARY_COLUMNS if c in shown]].rename(columns=SUMMARY_COLUMNS)
+
+
+def plot_comparison(runs: Runs, curves: dict[tuple[str, int], pd.DataFrame], table: pd.DataFrame, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_tokens, by_flops, bpc) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=110)
-    colors = []
-    for run_dir, (_, row) in zip(run_dirs, table.iterrows(), strict=True):
-        curve = pd.read_csv(run_dir / "val_curve.tsv", sep="\t")
+    fig, (loss_ax, bpc_ax, rate_ax) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=110)
+    colors = {run: f"C{i % 10}" for i, run in enumerate(runs.names)}
+    for m in runs.trainings:
+        curve = curves[(m["run"], m["seed"])]
         # The final point is the evaluate stage's val loss of the final checkpoint.
-        tokens = [*curve["train_tokens"], row["train_tokens"]]
-        flops = [*curve["train_flops"], row["train_flops"]]
-        losses = [*curve["val_loss_nats_per_token"], row["val_loss_nats_per_token"]]
-        line, = by_tokens.plot(tokens, losses, "o-", label=row["run"])
-        by_flops.plot(flops, losses, "o-", color=line.get_color(), label=row["run"])
-        colors.append(line.get_color())
-    for ax, unit in ((by_tokens, "training tokens"), (by_flops, "training FLOPs (litgpt estimate)")):
-        ax.set_xscale("log")
-        ax.set_xlabel(unit)
-        ax.set_ylabel("val loss (nats/token)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    by_tokens.set_title("val loss against tokens")
-    by_flops.set_title("val loss against compute")
-    bars = bpc.bar(table["run"], table["val_bits_per_character"], color=colors)
-    bpc.bar_label(bars, fmt="%.3f", fontsize=8)
-    bpc.set_ylabel("val bits per character (lower is better)")
-    bpc.set_title("bits per character (comparable across tokenizers)")
-    bpc.tick_params(axis="x", rotation=30)
+        tokens = [*curve["train_tokens"], m["train_tokens"]]
+        losses = [*curve["val_loss_nats_per_token"], m["val_loss_nats_per_token"]]
+        first = m is runs.of[m["run"]][0]
+        loss_ax.plot(tokens, losses, "o-", color=colors[m["run"]], alpha=0.8, markersize=3,
+                     label=m["run"] if first else None)
+    loss_ax.set_xscale("log")
+    loss_ax.set_xlabel("training tokens")
+    loss_ax.set_ylabel("val loss (nats/token)")
+    loss_ax.set_title("val loss during training (one line per seed)")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    checker = CONSISTENT if CONSISTENT.column in table else CHECKER_ELSEWHERE
+    for ax, figure, unit in ((bpc_ax, BPC, "val bits per character, whole stories (lower is better)"),
+                             (rate_ax, checker, f"{checker.label} (higher is better)")):
+        if figure.column not in table:
+            ax.set_visible(False)
+            continue
+        means = table[figure.column]
+        lo = (means - table[f"{figure.column}_lo"]).fillna(0)
+        hi = (table[f"{figure.column}_hi"] - means).fillna(0)
+        ax.bar(table["run"], means, yerr=[lo, hi], capsize=4, color=[colors[r] for r in table["run"]], alpha=0.85)
+        for i, m in enumerate(table["run"]):  # each seed's own value
+            seeds = runs.series(m, figure)
+            ax.plot([i] * len(seeds), seeds, "k.", markersize=4)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_title(f"{figure.label}: mean of seeds, 95% interval", fontsize=9)
+        ax.tick_params(axis="x", rotation=30)
+        if figure is BPC and means.notna().any():
+            low = float((means - lo).min())
+            ax.set_ylim(bottom=max(0.0, low - 0.1 * (float((means + hi).max()) - low) - 1e-3))
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
-def all_samples(runs: list[str], sample_files: list[Path]) -> str:
-    if len(runs) == 1:
+def compare(training_dirs: list[Path], by_seed: Path, table_path: Path, verdicts_path: Path, plot: Path,
+            summary_path: Path) -> Runs:
+    trainings, stories = read_trainings(training_dirs)
+    runs = Runs(trainings, stories)
+    table, verdicts = runs.table(), runs.verdicts()
+    for frame, path, digits in ((by_seed_table(trainings), by_seed, "%.6g"), (table, table_path, "%.6g"),
+                                (verdicts, verdicts_path, "%.6g"), (summary(table), summary_path, "%.4g")):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False, float_format=digits)
+    curves = {(m["run"], m["seed"]): pd.read_csv(folder / "val_curve.tsv", sep="\t")
+              for m, folder in zip(trainings, training_dirs, strict=True)}
+    plot_comparison(runs, curves, table, plot)
+    print(table.to_string(index=False))
+    print(verdicts.to_string(index=False))
+    return runs
+
+
+def all_samples(labels: list[str], sample_files: list[Path]) -> str:
+    if len(labels) == 1:
         return sample_files[0].read_text(encoding="utf-8")
     parts = []
-    for run, path in zip(runs, sample_files, strict=True):
-        parts += ["#" * 72, f"# run: {run}", "#" * 72, path.read_text(encoding="utf-8")]
+    for label, path in zip(labels, sample_files, strict=True):
+        parts += ["#" * 72, f"# run: {label}", "#" * 72, path.read_text(encoding="utf-8")]
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="one run's results folder")
-    run.add_argument("--info", required=True, help="JSON: run, stage_hashes, export_dir, differs_from_base, config")
+    run = commands.add_parser("run", help="one training's results folder")
+    run.add_argument("--info", required=True,
+                     help="JSON: run, seed, stage_hashes, corpus_source, export_dir, differs_from_base, config")
     run.add_argument("--pretrain-dir", type=Path, required=True)
     run.add_argument("--evaluate-dir", type=Path, required=True)
     run.add_argument("--sample-dir", type=Path, required=True)
     run.add_argument("--out", type=Path, required=True)
-    compare = commands.add_parser("compare", help="the runs table and the comparison plot")
-    compare.add_argument("--run-dirs", type=Path, nargs="+", required=True)
-    compare.add_argument("--table", type=Path, required=True)
-    compare.add_argument("--plot", type=Path, required=True)
-    compare.add_argument("--summary", type=Path, required=True, help="the few columns the report shows first")
-    samples = commands.add_parser("samples", help="every run's samples in one file")
-    samples.add_argument("--runs", nargs="+", required=True)
+    comparing = commands.add_parser("compare", help="the runs tables, the verdicts and the comparison plot")
+    comparing.add_argument("--training-dirs", type=Path, nargs="+", required=True)
+    comparing.add_argument("--by-seed", type=Path, required=True)
+    comparing.add_argument("--table", type=Path, required=True)
+    comparing.add_argument("--verdicts", type=Path, required=True)
+    comparing.add_argument("--plot", type=Path, required=True)
+    comparing.add_argument("--summary", type=Path, required=True, help="the few columns the report shows first")
+    samples = commands.add_parser("samples", help="every training's samples in one file")
+    samples.add_argument("--labels", nargs="+", required=True)
     samples.add_argument("--files", type=Path, nargs="+", required=True)
     samples.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -171,16 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         run_results(json.loads(args.info), args.pretrain_dir, args.evaluate_dir, args.sample_dir, args.out)
     elif args.command == "compare":
-        table = runs_table(args.run_dirs)
-        with atomic_path(args.table) as tmp:
-            table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-        summary = table[[c for c in SUMMARY_COLUMNS if c in table]].rename(columns=SUMMARY_COLUMNS)
-        with atomic_path(args.summary) as tmp:
-            summary.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
-        plot_comparison(args.run_dirs, table, args.plot)
-        print(table.to_string(index=False))
+        compare(args.training_dirs, args.by_seed, args.table, args.verdicts, args.plot, args.summary)
     else:
-        write_text(args.out, all_samples(args.runs, args.files))
+        write_text(args.out, all_samples(args.labels, args.files))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Each story gets its own seed derived from (seed, prompt number, sample number), so the
 same checkpoint with the same settings gives the same text, and adding a prompt does
-not change the stories of the others.
+not change the stories of the others. The stories of a prompt are drawn in batches, each
+row from its own seed (storylm.generation), with the same stories as one at a time.
 
 samples.txt shows num_samples stories per prompt. The figures (storylm.sample_metrics:
 finished, repetition, diversity, copying from the train split) and the consistency scores
@@ -20,11 +21,13 @@ import math
 from pathlib import Path
 
 import torch
-from litgpt.generate.base import generate
 
 from storylm import consistency, jsonl
 from storylm.checkpoint import load_model, load_tokenizer
+from storylm.config import ConfigError, check_prompt_tokens
 from storylm.entry import StageError, exit_with, write_json, write_text
+from storylm.environment import describe
+from storylm.generation import continuations
 from storylm.sample_metrics import figures
 from storylm.tokens import tokenizer_ids
 
@@ -38,20 +41,16 @@ def stories_per_prompt(settings: dict) -> int:
     return max(settings["num_samples"], math.ceil(settings["num_figure_samples"] / len(settings["prompts"])))
 
 
-@torch.inference_mode()
-def sample_story(model, tokenizer, prompt: str, settings: dict, seed: int) -> tuple[str, bool]:
-    """The story (prompt included) and whether the model ended it with its end-of-text token."""
+def sample_prompt(model, tokenizer, prompt: str, seeds: list[int], settings: dict) -> list[tuple[str, bool]]:
+    """For each seed, the story (prompt included) and whether the model ended it with its end-of-text token.
+
+    The stories of a prompt are drawn together, in batches (storylm.generation), each from its own seed.
+    """
     prompt_ids = tokenizer.encode(prompt, device=next(model.parameters()).device)
-    max_returned = min(len(prompt_ids) + settings["max_new_tokens"], model.config.block_size)
-    model.set_kv_cache(batch_size=1, max_seq_length=max_returned, device=prompt_ids.device)
-    torch.manual_seed(seed)
-    ids = generate(model, prompt_ids, max_returned, temperature=settings["temperature"], top_k=settings["top_k"],
-                   top_p=settings["top_p"], eos_id=tokenizer.eos_id)
-    model.clear_kv_cache()
-    finished = len(ids) > len(prompt_ids) and ids[-1].item() == tokenizer.eos_id
-    if finished:
-        ids = ids[:-1]
-    return tokenizer.decode(ids), finished
+    written = continuations(model, prompt_ids, seeds, settings["max_new_tokens"], settings["temperature"],
+                            settings["top_k"], settings["top_p"], tokenizer.eos_id)
+    prompt_list = prompt_ids.tolist()
+    return [(tokenizer.decode(torch.tensor(prompt_list + ids)), finished) for ids, finished in written]
 
 
 def never_sample_beyond(model, num_ids: int) -> None:
@@ -76,9 +75,9 @@ def sample_all(checkpoint_dir: Path, settings: dict) -> list[dict]:
     never_sample_beyond(model, tokenizer_ids(tokenizer))
     samples = []
     for p, prompt in enumerate(settings["prompts"]):
-        for s in range(stories_per_prompt(settings)):
-            seed = story_seed(settings["seed"], p, s)
-            text, finished = sample_story(model, tokenizer, prompt, settings, seed)
+        seeds = [story_seed(settings["seed"], p, s) for s in range(stories_per_prompt(settings))]
+        for s, (seed, (text, finished)) in enumerate(zip(seeds, sample_prompt(model, tokenizer, prompt, seeds,
+                                                                              settings), strict=True)):
             samples.append({"prompt": prompt, "sample": s + 1, "seed": seed, "shown": s < settings["num_samples"],
                             "finished": finished, "text": text, "check": consistency.check_story(text, prompt)})
     return samples
@@ -128,18 +127,40 @@ def reference_stories(val: Path | None, count: int) -> list[str]:
     return list(itertools.islice(texts, count))
 
 
+def check_prompts(settings: dict, tokenizer_dir: Path, block_size: int, out: Path) -> None:
+    """The prompts' token counts against the block size, written to `out`; run as soon as the tokenizer
+    exists (before training), since a prompt that leaves no room for a story would only fail here."""
+    from litgpt import Tokenizer
+
+    try:
+        counts = check_prompt_tokens(settings["prompts"], Tokenizer(tokenizer_dir), block_size)
+    except ConfigError as error:
+        raise StageError(str(error)) from None
+    write_json(out, {"prompt_tokens": counts, "block_size": block_size})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
-    parser.add_argument("--hashes", required=True, help="JSON of every stage's hash, for the header")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
-    parser.add_argument("--train", type=Path, required=True, help="the corpus stage's train.jsonl (for train copy)")
-    parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its first stories give the"
-                                                 " reference copy fraction of stories not in the train split")
-    parser.add_argument("--out", type=Path, required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+    stories = commands.add_parser("stories", help="sample the stories and their figures")
+    stories.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    stories.add_argument("--hashes", required=True, help="JSON of every stage's hash, for the header")
+    stories.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
+    stories.add_argument("--train", type=Path, required=True, help="the corpus stage's train.jsonl (for train copy)")
+    stories.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its first stories give the"
+                                                  " reference copy fraction of stories not in the train split")
+    stories.add_argument("--out", type=Path, required=True)
+    prompts = commands.add_parser("prompts", help="check that every prompt leaves room for a story")
+    prompts.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    prompts.add_argument("--tokenizer", type=Path, required=True, help="the tokenizer stage's folder")
+    prompts.add_argument("--block-size", type=int, required=True, help="model_config.block_size of the run")
+    prompts.add_argument("--out", type=Path, required=True, help="the JSON file of token counts")
     args = parser.parse_args(argv)
     record = json.loads(args.record)
     settings = record["config"]
+    if args.command == "prompts":
+        check_prompts(settings, args.tokenizer, args.block_size, args.out)
+        return
     if not (args.checkpoint / "lit_model.pth").is_file():
         raise StageError(f"{args.checkpoint}: no lit_model.pth in the checkpoint directory (run the pretrain stage)")
     train = corpus_texts(args.train, "the train split")
@@ -153,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out / "samples.json", samples)
     write_json(args.out / "consistency.json", scores)
     write_json(args.out / "figures.json", figs)
+    write_json(args.out / "environment.json", describe())
     write_json(args.out / "config.json", record)  # last: a folder with its record is a finished stage
     print(text)
 

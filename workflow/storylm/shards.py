@@ -23,6 +23,7 @@ import torch
 
 from storylm.entry import exit_with, write_json, write_record
 from storylm.jsonl import iter_texts
+from storylm.stagelock import stage_lock
 
 _TOKENIZERS: dict[str, object] = {}  # one tokenizer per worker process, loaded on first use
 
@@ -136,10 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     record = json.loads(args.record)
-    stats = build(args.corpus, args.tokenizer, args.out, record["config"]["chunk_bytes"], args.batch_size,
-                  args.workers)
-    write_json(args.out / "stats.json", stats)
-    write_record(args.record, args.out)  # last: a folder with its record is a finished stage
+    with stage_lock(args.out, "storylm.shards"):  # one writer of the folder at a time
+        stats = build(args.corpus, args.tokenizer, args.out, record["config"]["chunk_bytes"], args.batch_size,
+                      args.workers)
+        write_json(args.out / "stats.json", stats)
+        write_record(args.record, args.out)  # last: a folder with its record is a finished stage
     print(json.dumps(stats, indent=2))
 
 

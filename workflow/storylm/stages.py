@@ -22,16 +22,19 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-from storylm.filehash import file_sha256
+from storylm.filehash import HashCache, file_sha256
 from storylm.tokens import TOKENIZER_FILES
 
 HASH_LENGTH = 10
 
 # Keys added to the schema after the hashes were first pinned, by section: each enters its
 # stage's fingerprint only when set away from its schema default.
-ADDED_KEYS: dict[str, tuple[str, ...]] = {}
+ADDED_KEYS: dict[str, tuple[str, ...]] = {
+    "corpus": ("max_story_characters",),
+}
 
 
 def short_hash(obj) -> str:
@@ -52,33 +55,68 @@ def _corpus(config: dict) -> dict:
     if source != "builtin":
         keys += ["include", "text_field", "max_malformed_fraction"]
     fingerprint = {key: corpus[key] for key in keys}
-    fingerprint[source] = corpus[source]
-    if source == "local":
-        fingerprint["local_files"] = _local_files(corpus["local"]["paths"])
+    fingerprint.update(_source(corpus))
+    if source != "builtin":
+        fingerprint.update(_away_from_default(corpus, "corpus"))
     return fingerprint
+
+
+@cache
+def _schema_defaults() -> dict:
+    from storylm.schema import defaults
+
+    return defaults()
+
+
+def _away_from_default(section: dict, name: str) -> dict:
+    """The section's ADDED_KEYS that are set away from their schema default."""
+    default = _schema_defaults()[name]
+    return {key: section[key] for key in ADDED_KEYS[name] if section[key] != default[key]}
+
+
+def with_added_defaults(section: dict, name: str) -> dict:
+    """A stage's settings as its command needs them: the ADDED_KEYS its fingerprint leaves out at their
+    default, filled back in."""
+    default = _schema_defaults()[name]
+    return {**{key: default[key] for key in ADDED_KEYS.get(name, ())}, **section}
 
 
 def _download(config: dict) -> dict:
     """Only where the raw files come from; reading and cleaning settings do not refetch them."""
     corpus = config["corpus"]
-    source = corpus["source"]
-    if source == "builtin":
-        return {"source": source}
-    fingerprint = {"source": source, source: corpus[source], "include": corpus["include"]}
-    if source == "local":
-        fingerprint["local_files"] = _local_files(corpus["local"]["paths"])
-    return fingerprint
+    if corpus["source"] == "builtin":
+        return {"source": "builtin"}
+    return {"source": corpus["source"], "include": corpus["include"], **_source(corpus)}
 
 
-def _local_files(paths: list[str]) -> list:
-    """Local files change without a config change; their sizes and times stand in for their contents."""
+def _source(corpus: dict) -> dict:
+    """The active source's settings; local files by their content, not by where they lie."""
+    if corpus["source"] == "local":
+        return {"local_files": local_files(corpus["local"]["paths"])}
+    return {corpus["source"]: corpus[corpus["source"]]}
+
+
+def local_files(paths: list[str]) -> list:
+    """[name, sha256] of every file the download stage reads from corpus.local.paths: a folder's files
+    by their path inside it, hidden folders (.cache, .git) left out as the download stage leaves them;
+    a file by its own name (a link's, not its target's); a missing path as [path, None].
+
+    Local files change without a config change, so their content stands for them: `touch`, `cp`
+    or a moved folder (with corpus.local.paths updated) leave the hash as it was.
+    """
     entries = []
-    for raw in paths:
-        path = Path(raw)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            stat = f.stat() if f.exists() else None
-            entries.append([str(f), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+    with HashCache() as cache:
+        for raw in paths:
+            path = Path(raw).expanduser()
+            if path.is_dir():
+                files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*") if p.is_file()
+                               and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            elif path.is_file():
+                files = [(path.name, path)]
+            else:
+                entries.append([raw, None])
+                continue
+            entries += [[name, cache.sha256(f)] for name, f in files]
     return entries
 
 
@@ -169,7 +207,8 @@ NOT_BUILTIN = "not for builtin"
 # What the corpus fingerprint holds (the export's card holds it too).
 CORPUS_READS = {"corpus.source": None, "corpus.max_stories": None, "corpus.normalize": None, "corpus.dedup": None,
                 "corpus.split": None, "corpus.include": NOT_BUILTIN, "corpus.text_field": NOT_BUILTIN,
-                "corpus.max_malformed_fraction": NOT_BUILTIN, "corpus.builtin": "when corpus.source is builtin",
+                "corpus.max_malformed_fraction": NOT_BUILTIN, "corpus.max_story_characters": NOT_BUILTIN,
+                "corpus.builtin": "when corpus.source is builtin",
                 "corpus.hf": "when corpus.source is hf", "corpus.url": "when corpus.source is url",
                 "corpus.local": "when corpus.source is local"}
 

@@ -1,0 +1,70 @@
+"""Compare two runs in a terminal: each headline figure with its 95% interval, the difference and a verdict.
+
+    python -m storylm.compare [--configfile FILE ...] [--config KEY=VALUE ...] RUN_A RUN_B
+
+Run it where you run snakemake, with the config options you ran it with: it reads every finished
+training of the config's runs from their stage folders (the seed spread is pooled over all of
+them, as in results/verdicts.tsv) and prints, for each figure, both runs, A - B, and whether A is
+better, worse, or whether the noise does not allow to tell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from storylm.comparison import Runs, summary_lines
+from storylm.entry import StageError, exit_with
+from storylm.results import training_results
+from storylm.runs import differences, load_config, plan, training_config
+
+
+def finished_trainings(the_plan) -> tuple[list[dict], dict, list[str]]:
+    """Every training whose evaluate and sample stages are done, with its story scores; and what is missing."""
+    trainings, stories, missing = [], {}, []
+    for run, seed in the_plan.trainings():
+        folders = {stage: Path(the_plan.run_stage(run, stage, seed).folder)
+                   for stage in ("pretrain", "evaluate", "sample", "export")}
+        needed = [folders["evaluate"] / "metrics.json", folders["sample"] / "consistency.json",
+                  folders["pretrain"] / "train.log"]
+        if not all(path.is_file() for path in needed):
+            missing.append(f"{run} seed {seed}")
+            continue
+        info = {"run": run, "seed": seed, "export_dir": str(folders["export"]),
+                "stage_hashes": the_plan.hashes[run][seed], "corpus_source": the_plan.runs[run]["corpus"]["source"],
+                "differs_from_base": differences(the_plan.base, the_plan.runs[run]),
+                "config": training_config(the_plan.runs[run], seed)}
+        metrics, _ = training_results(info, folders["pretrain"], folders["evaluate"], folders["sample"])
+        trainings.append(metrics)
+        if (folders["evaluate"] / "story_scores.tsv").is_file():
+            stories[(run, seed)] = pd.read_csv(folders["evaluate"] / "story_scores.tsv", sep="\t")
+    return trainings, stories, missing
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m storylm.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--configfile", type=Path, action="append", default=[], help="as snakemake's")
+    parser.add_argument("--config", action="append", default=[], help="KEY=VALUE, as snakemake's")
+    parser.add_argument("run_a", help="a run of the config (the default run: default)")
+    parser.add_argument("run_b")
+    args = parser.parse_args(argv)
+    the_plan = plan(load_config(args.configfile, args.config))
+    for name in (args.run_a, args.run_b):
+        if name not in the_plan.runs:
+            raise StageError(f"{name}: not a run of this config (its runs: {', '.join(the_plan.runs)})")
+    trainings, stories, missing = finished_trainings(the_plan)
+    runs = Runs(trainings, stories)
+    for name in (args.run_a, args.run_b):
+        if name not in runs.names:
+            raise StageError(f"runs.{name}: no finished training yet; run snakemake with this config first")
+    for line in summary_lines(runs, args.run_a, args.run_b):
+        print(line)
+    if missing:
+        print(f"(not finished, left out: {', '.join(missing)})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    exit_with(main)
