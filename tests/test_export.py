@@ -24,6 +24,7 @@ import yaml
 from storylm import consistency, export, export_check, model_card
 from storylm.entry import run_stage
 from storylm.sample import sample_all
+from storylm.jsonl import write_texts
 from storylm.storygen import generate_stories
 from storylm.tokenizer import train_bpe
 from storylm.tokens import encode_batch
@@ -136,10 +137,11 @@ def make_stage_dirs(root: Path, checkpoint: Path) -> tuple[Path, Path]:
 
 
 def run_export(checkpoint: Path, out: Path, evaluate_dir: Path | None = None, sample_dir: Path | None = None,
-               record: dict = RECORD) -> int:
+               record: dict = RECORD, val: Path | None = None) -> int:
     argv = ["--record", json.dumps(record), "--checkpoint", str(checkpoint), "--out", str(out)]
     argv += ["--evaluate-dir", str(evaluate_dir)] if evaluate_dir else []
     argv += ["--sample-dir", str(sample_dir)] if sample_dir else []
+    argv += ["--val", str(val)] if val else []
     return run_stage(export.main, argv)
 
 
@@ -151,8 +153,18 @@ class Kind:
 
         self.root, self.checkpoint, self.val_texts = root, checkpoint, val_texts
         self.evaluate_dir, self.sample_dir = make_stage_dirs(root, checkpoint) if with_stages else (None, None)
+        self.val = root / "val.jsonl"
+        write_texts(self.val, val_texts)
+        if with_stages:  # the evaluate stage's whole-story scores, by its own code
+            from storylm.checkpoint import load_model, load_tokenizer
+            from storylm.evaluate import story_scores, val_stories
+
+            scores = story_scores(load_model(checkpoint, "cpu"), *val_stories(self.val, load_tokenizer(checkpoint), None),
+                                  SEQ, 8)
+            scores.to_csv(self.evaluate_dir / "story_scores.tsv", sep="\t", index=False)
         self.folder = root / "export" / "e0e0e0e0e0"
-        assert run_export(checkpoint, self.folder, self.evaluate_dir, self.sample_dir) == 0
+        assert run_export(checkpoint, self.folder, self.evaluate_dir, self.sample_dir,
+                          val=self.val if with_stages else None) == 0
         self.tokenizer = Tokenizer(checkpoint)
 
     def lit_model(self):
@@ -186,6 +198,15 @@ def microstories_kind(tmp_path_factory) -> Kind:
 
 
 @pytest.fixture(scope="module")
+def odd_kind(tmp_path_factory) -> Kind:
+    """3 heads of 16 into a width of 32: a head width that does not divide the hidden size."""
+    root = tmp_path_factory.mktemp("odd")
+    model = {**DEFAULT_MODEL, "name": "odd-heads", "n_head": 3, "head_size": 16, "n_embd": 32}
+    checkpoint = make_checkpoint(root, model, None, tie=True, train_texts=stories(300, 1), steps=30, batch=8)
+    return Kind(root, checkpoint, val_texts=stories(40, 2))
+
+
+@pytest.fixture(scope="module")
 def gqa_untied_kind(tmp_path_factory) -> Kind:
     root = tmp_path_factory.mktemp("gqa")
     model = {**DEFAULT_MODEL, "name": "gqa-untied", "n_query_groups": 2}
@@ -201,7 +222,7 @@ KINDS = ["default_kind", pytest.param("microstories_kind", marks=needs_chatglm3)
 # Item 4 of the issue: logits, greedy generation, token ids, the pipeline
 
 
-@pytest.mark.parametrize("kind", KINDS + ["gqa_untied_kind"])
+@pytest.mark.parametrize("kind", KINDS + ["gqa_untied_kind", "odd_kind"])
 def test_transformers_logits_equal_litgpts_on_a_val_batch(kind, request):
     kind = request.getfixturevalue(kind)
     batch = windows(token_stream(kind.tokenizer, kind.val_texts), 4)
@@ -214,7 +235,7 @@ def test_transformers_logits_equal_litgpts_on_a_val_batch(kind, request):
     torch.testing.assert_close(hf, lit, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["odd_kind"])
 def test_greedy_generation_gives_the_same_tokens(kind, request):
     from litgpt.generate.base import generate
 
@@ -277,12 +298,17 @@ def test_pipeline_writes_chinese_text_from_the_folder(kind, request):
 @needs_chatglm3
 def test_microstories_config_says_head_dim_and_padded_vocabulary(microstories_kind):
     config = json.loads((microstories_kind.folder / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    # 6 heads of 8 in a width of 64: Mistral, whose head_dim transformers 4 and 5 and ctranslate2 read.
+    assert config["architectures"] == ["MistralForCausalLM"] and config["model_type"] == "mistral"
+    assert config["sliding_window"] is None
     assert (config["hidden_size"], config["num_attention_heads"], config["head_dim"]) == (64, 6, 8)
     assert config["num_key_value_heads"] == 6
     assert config["vocab_size"] == 65024
     assert (config["rms_norm_eps"], config["rope_theta"], config["tie_word_embeddings"]) == (1e-5, 10000.0, True)
-    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (1, 2, 2)
+    # The token before a story in training (end-of-text) is the model's bos.
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (2, 2, 2)
+    tokenizer_config = json.loads((microstories_kind.folder / "tokenizer_config.json").read_text())
+    assert (tokenizer_config["bos_token"], tokenizer_config["add_bos_token"]) == ("</s>", False)
     assert "auto_map" not in config
 
 
@@ -291,17 +317,21 @@ def test_default_kind_folder(default_kind):
 
     folder = default_kind.folder
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", export.OUTPUT_FILE, "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "README.md", model_card.STAGE_RECORD, model_card.CHECKS} <= names
+    assert {"config.json", export.OUTPUT_FILE, "model.gguf", "generation_config.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "README.md", "lm_eval", model_card.STAGE_RECORD,
+            model_card.CHECKS, model_card.CLIENTS} <= names
     config = json.loads((folder / "config.json").read_text())
     assert (config["vocab_size"], config["head_dim"], config["tie_word_embeddings"]) == (512, 8, True)
     assert json.loads((folder / model_card.STAGE_RECORD).read_text()) == RECORD
     generation = json.loads((folder / "generation_config.json").read_text())
-    assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 1)
+    assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 2)
     assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 20)
     assert generation["max_length"] == SEQ
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (tokenizer_config["bos_token"], tokenizer_config["eos_token"], tokenizer_config["add_bos_token"]) == \
+        ("</s>", "</s>", False)
+    assert json.loads((folder / "special_tokens_map.json").read_text())["bos_token"] == "</s>"
     with safe_open(folder / export.OUTPUT_FILE, "pt") as f:
         keys = set(f.keys())
         assert f.get_tensor("model.embed_tokens.weight").shape == (512, 32)
@@ -309,7 +339,7 @@ def test_default_kind_folder(default_kind):
     assert "lm_head.weight" not in keys and "model.layers.1.self_attn.q_proj.weight" in keys
     assert len(keys) == 2 * 9 + 2
     # Readable by others, as a folder to share should be (temporary files are private).
-    assert all(p.stat().st_mode & 0o044 == 0o044 for p in [folder, *folder.iterdir()])
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in [folder, *folder.rglob("*")])
     # Nothing left beside the folder by its atomic build.
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
 
@@ -478,3 +508,92 @@ def test_card_spells_out_tokenizer_differences():
     lines = "\n".join(model_card.tokenizer_lines(info, checks))
     assert "**Its ids differ from `litgpt.Tokenizer`'s** (the ids the model was trained on) on 1 of 12 texts" in lines
     assert '- `" 开头"`: litgpt `[265, 34211]`, transformers `[30910, 34211]`' in lines
+
+
+# ---------------------------------------------------------------------------
+# Every client: the token before a story, the GGUF, a class for every shape, the card
+
+
+@pytest.mark.parametrize("kind", ["default_kind", "odd_kind"])
+def test_every_export_holds_a_gguf_and_declares_end_of_text_as_bos(kind, request):
+    import gguf
+
+    folder = request.getfixturevalue(kind).folder
+    config = json.loads((folder / "config.json").read_text())
+    assert config["bos_token_id"] == config["eos_token_id"] == 2
+    assert json.loads((folder / "tokenizer_config.json").read_text())["add_bos_token"] is False
+    reader = gguf.GGUFReader(folder / "model.gguf")
+
+    def field(name):
+        value = reader.fields[name]
+        return value.contents()
+
+    assert field("general.architecture") == "llama"
+    assert (field("tokenizer.ggml.model"), field("tokenizer.ggml.pre")) == ("gpt2", "gpt-2")
+    assert (field("tokenizer.ggml.bos_token_id"), field("tokenizer.ggml.eos_token_id")) == (2, 2)
+    assert field("tokenizer.ggml.add_bos_token") is False
+    assert len(field("tokenizer.ggml.tokens")) == config["vocab_size"]
+    assert field("llama.attention.key_length") == config["head_dim"]
+    assert {t.name for t in reader.tensors} >= {"token_embd.weight", "blk.0.attn_q.weight", "output_norm.weight"}
+
+
+def test_the_odd_shape_is_mistral_for_every_client(odd_kind):
+    config = json.loads((odd_kind.folder / "config.json").read_text())
+    assert config["architectures"] == ["MistralForCausalLM"] and config["sliding_window"] is None
+    assert (config["hidden_size"], config["num_attention_heads"], config["head_dim"]) == (32, 3, 16)
+    assert type(odd_kind.hf_model()).__name__ == "MistralForCausalLM"
+
+
+@pytest.mark.parametrize("kind", ["default_kind", "odd_kind"])
+def test_transformers_reads_the_gguf_back_with_litgpts_logits(kind, request):
+    from transformers import AutoModelForCausalLM
+
+    kind = request.getfixturevalue(kind)
+    batch = windows(token_stream(kind.tokenizer, kind.val_texts), 4)
+    with torch.no_grad():
+        lit = kind.lit_model()(batch)
+        gguf_model = AutoModelForCausalLM.from_pretrained(kind.folder, gguf_file="model.gguf", dtype=torch.float32)
+        diff = (gguf_model.eval()(batch).logits - lit).abs().max().item()
+    assert lit.std() > 0.5 and diff < 1e-3
+    clients = {c["client"]: c for c in json.loads((kind.folder / model_card.CLIENTS).read_text())["clients"]}
+    assert clients["gguf (transformers)"]["passed"] is True
+    assert clients["transformers"]["passed"] is True
+
+
+@needs_chatglm3
+def test_the_chatglm3_gguf_holds_the_sentencepiece_vocabulary(microstories_kind):
+    import gguf
+
+    reader = gguf.GGUFReader(microstories_kind.folder / "model.gguf")
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    assert len(tokens) == 65024 and tokens[30910] == "▁" and tokens[13] == "<0x0A>"
+    assert types[13] == gguf.TokenType.BYTE and types[64789] == gguf.TokenType.UNUSED and tokens[64789] == "[PAD64789]"
+    assert reader.fields["tokenizer.ggml.add_space_prefix"].contents() is True
+
+
+def test_the_lm_eval_task_scores_the_stories_the_pipeline_scored(default_kind):
+    task = yaml.safe_load((default_kind.folder / "lm_eval/storylm_val.yaml").read_text())
+    assert (task["task"], task["output_type"]) == ("storylm_val", "loglikelihood_rolling")
+    stories = [json.loads(line)["text"] for line in (default_kind.folder / "lm_eval/val_stories.jsonl").open()]
+    assert stories == default_kind.val_texts
+    expected = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    assert expected["stories"] == 40 and 0 < expected["bits_per_byte"] < expected["bits_per_character"]
+
+
+def test_the_card_shows_how_to_use_each_client_that_passed(default_kind):
+    card = (default_kind.folder / "README.md").read_text(encoding="utf-8")
+    clients = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["clients"]
+    section = card[card.index(model_card.CLIENTS_START):card.index(model_card.CLIENTS_END)]
+    for client in clients:
+        if client["passed"]:
+            assert f"**{client['client']}** {client['version']} (checked:" in section
+        elif client["passed"] is None:
+            assert client["client"] in section.split("Not checked on this export")[1]
+    assert 'pipeline("text-generation", model="<this folder or repo id>")' in section
+    assert 'gguf_file="model.gguf"' in section
+    # The clients script rewrites just this section.
+    rewritten = model_card.with_client_lines(card, [model_card.CLIENTS_START, "new lines", model_card.CLIENTS_END])
+    before, after = card.split(model_card.CLIENTS_START)[0], card.split(model_card.CLIENTS_END)[1]
+    assert rewritten == f"{before}{model_card.CLIENTS_START}\nnew lines\n{model_card.CLIENTS_END}{after}"

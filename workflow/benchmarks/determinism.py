@@ -39,7 +39,8 @@ def weights_sha256(checkpoint: Path) -> str:
 
 def train(config: Path, out: Path, threads: int) -> tuple[str, float]:
     env = {**os.environ, **{var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
-    log = out.with_suffix(".log")
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "train.log"
     with open(log, "w") as f:
         subprocess.run(["litgpt", "pretrain", "--config", str(config), "--out_dir", str(out)], env=env, stdout=f,
                        stderr=subprocess.STDOUT, check=True)
@@ -64,7 +65,7 @@ settings = defaults()["sample"]
 stories = sample_prompt(model, tokenizer, settings["prompts"][0], list(range(30)), settings)
 scores = story_scores(model, *val_stories(Path({str(val)!r}), tokenizer, 20000), 256, 8)
 print(hashlib.sha256(json.dumps(stories, ensure_ascii=False).encode()).hexdigest()[:16],
-      repr(scores["nats"].sum() / scores["characters"].sum() / math.log(2)))
+      repr(float(scores["nats"].sum() / scores["characters"].sum() / math.log(2))))
 """
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -152,6 +152,12 @@ def sample_tokenizer(wildcards):
     return f"{run_folder(run, 'tokenizer', seed)}/tokenizer_config.json"
 
 
+def export_val_split(wildcards):
+    """The val split of the export's run: the stories its lm-eval task and check are on."""
+    run, seed = stage_of("export", wildcards).trainings[0]
+    return f"{run_folder(run, 'corpus', seed)}/val.jsonl"
+
+
 def final_checkpoint(stage):
     return upstream_file(stage, "pretrain", "final/lit_model.pth")
 

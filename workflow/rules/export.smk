@@ -6,7 +6,9 @@ rule export:
         checkpoint=final_checkpoint("export"),
         hyperparameters=upstream_file("export", "pretrain", "final/hyperparameters.yaml"),
         metrics=upstream_file("export", "evaluate", "metrics.json"),
+        stories=upstream_file("export", "evaluate", "story_scores.tsv"),
         samples=upstream_file("export", "sample", "samples.json"),
+        val=export_val_split,
     output:
         weights="results/export/{hash}/model.safetensors",
     log:
@@ -25,4 +27,5 @@ rule export:
         out=output_dir("weights"),
     shell:
         "python -m storylm.export --record {params.record:q} --checkpoint {params.checkpoint_dir}"
-        " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --out {params.out} > {log} 2>&1"
+        " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --val {input.val} --out {params.out}"
+        " > {log} 2>&1"

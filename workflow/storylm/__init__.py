@@ -46,7 +46,9 @@ Helpers:
     sample_metrics  figures of sampled stories that hold for any corpus
     train_copy      how much sampled text is copied from the train split
     figures         which JSON files hold figures, and their numbers by dotted key
-    hf_model        a litgpt model as LlamaForCausalLM: config and weights
+    hf_model        a litgpt model as LlamaForCausalLM (MistralForCausalLM for odd head widths)
+    gguf_export     the model as model.gguf for llama.cpp
+    clients         an export run by each installed client (transformers, llama.cpp, ctranslate2, lm-eval)
     hf_tokenizer    a litgpt tokenizer as a transformers tokenizer class
     export_check    an export folder loaded with transformers and compared with litgpt
     model_card      the export's README.md

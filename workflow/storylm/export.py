@@ -1,43 +1,54 @@
 """The export stage: a run's final litgpt checkpoint as a Hugging Face model folder.
 
     python -m storylm.export --record JSON --checkpoint results/pretrain/<h>/final \
-        [--evaluate-dir results/evaluate/<h>] [--sample-dir results/sample/<h>] --out results/export/<h>
+        [--evaluate-dir results/evaluate/<h>] [--sample-dir results/sample/<h>] [--val Data/corpus/<h>/val.jsonl] \
+        --out results/export/<h>
 
 The folder is what `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
-load without trust_remote_code, and what `hf upload` takes as it is:
+load without trust_remote_code, what llama.cpp loads (model.gguf), and what `hf upload` takes as it is:
 
-    config.json              LlamaForCausalLM config (head_dim, rms_norm_eps, rope_theta, tie_word_embeddings,
-                             vocab_size = litgpt's padded_vocab_size, since the embedding has that many rows)
+    config.json              LlamaForCausalLM config, or MistralForCausalLM where n_head x head_size != n_embd
+                             (storylm.hf_model); vocab_size = litgpt's padded_vocab_size, the embedding's rows
     model.safetensors        the weights, named by litgpt's own copy_weights_llama
-    generation_config.json   bos, eos, pad (= eos) and the sample stage's sampling settings
+    model.gguf               the same weights and tokenizer for llama.cpp, float32 (storylm.gguf_export)
+    generation_config.json   bos (= end-of-text, the token before a story), eos, pad (= eos) and the sample
+                             stage's sampling settings
     tokenizer files          a trained BPE as PreTrainedTokenizerFast; a SentencePiece model (ChatGLM3) as
-                             LlamaTokenizerFast (tokenizer.json) and LlamaTokenizer (tokenizer.model)
-    README.md                the model card
+                             LlamaTokenizerFast (tokenizer.json) and LlamaTokenizer (tokenizer.model); bos is
+                             end-of-text and add_bos_token false, as in training
+    lm_eval/                 an lm-eval task (storylm_val.yaml) on the val stories the pipeline scored
+    README.md                the model card, with the lines that load and sample it in each client that passed
     storylm_stage.json       the stage record (config.json is the model's)
     storylm_export.json      what the export checked: logits and token ids against litgpt
+    storylm_clients.json     each client's check (storylm.clients): the installed ones ran for real
 
 Before the folder is put in place the export loads it back with transformers and compares it with
-litgpt: logits on probe texts (a difference is a bug, so it stops) and token ids (a difference is
-written into the card, as the issue asks, and does not stop it). The folder is built beside its
-final name and renamed into place whole, so a folder under its final name is always complete.
+litgpt: logits on probe texts, from model.safetensors and from model.gguf (a difference is a bug,
+so it stops), and token ids (a difference is written into the card and does not stop it). The
+folder is built beside its final name and renamed into place whole, so a folder under its final
+name is always complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
-from storylm import checkpoint
+from storylm import checkpoint, clients, jsonl
 from storylm.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
-from storylm.export_check import check_folder, probe_texts
+from storylm.export_check import LOGITS_TOLERANCE, check_folder, probe_texts
 from storylm.figures import numeric_figures, sample_figure_files
-from storylm.hf_model import check_llama, hf_weights, llama_config
-from storylm.hf_tokenizer import describe_tokenizer, save_tokenizer, special_tokens
-from storylm.model_card import CHECKS, STAGE_RECORD, model_card
+from storylm.gguf_export import GGUF_FILE, write_gguf
+from storylm.hf_model import check_expressible, hf_config, hf_weights
+from storylm.hf_tokenizer import describe_tokenizer, dummy_prefix, save_tokenizer, special_tokens
+from storylm.model_card import CHECKS, CLIENTS, STAGE_RECORD, model_card
 
 # The one file to name as the Snakemake output; the whole folder appears at once.
 OUTPUT_FILE = "model.safetensors"
@@ -79,27 +90,31 @@ def read_training(checkpoint_dir: Path) -> dict:
 
 
 def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample_dir: Path | None,
-           out_dir: Path) -> dict:
+           out_dir: Path, val_split: Path | None = None) -> dict:
     if not checkpoint_dir.is_dir():
         raise StageError(f"{checkpoint_dir}: the checkpoint folder does not exist")
     config = checkpoint.load_config(checkpoint_dir)
-    check_llama(config)
+    check_expressible(config)
     tokenizer = checkpoint.load_tokenizer(checkpoint_dir)
     metrics = read_metrics(evaluate_dir)
     samples, sample_settings, sample_figures = read_sample_stage(sample_dir)
+    stories = scored_stories(evaluate_dir, val_split)
     training = read_training(checkpoint_dir)
     state = checkpoint.load_state(checkpoint_dir)
     tied = checkpoint.embeddings_tied(state)
     dtype = state["transformer.wte.weight"].dtype
     special = special_tokens(tokenizer)
-    hf_config = llama_config(config, tied, dtype, {k: v for k, v in special.items() if k.endswith("_id")})
+    model_config = hf_config(config, tied, dtype, {k: special[k] for k in ("bos_token_id", "eos_token_id",
+                                                                             "pad_token_id")})
     model = checkpoint.model_from_state(config, state).float()
+    weights = hf_weights(config, state, tied)
+    texts = probe_texts(samples, sample_settings)
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
     with atomic_dir(out_dir) as tmp:
-        hf_config.save_pretrained(tmp)
-        save_file(hf_weights(config, state, tied), str(tmp / OUTPUT_FILE), metadata={"format": "pt"})
+        model_config.save_pretrained(tmp)
+        save_file(weights, str(tmp / OUTPUT_FILE), metadata={"format": "pt"})
         sampling = {key: sample_settings[key] for key in ("temperature", "top_k", "top_p") if key in sample_settings}
         generation = GenerationConfig(
             bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
@@ -107,25 +122,86 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
             **({"do_sample": True, **sampling} if sampling.get("temperature") else {}))
         generation.save_pretrained(tmp)
         hf_class = save_tokenizer(checkpoint_dir, tokenizer, tmp, config.block_size)
+        write_gguf(tmp / GGUF_FILE, config, weights, tokenizer, checkpoint_dir, special,
+                   dummy_prefix(checkpoint_dir / "tokenizer.model") if tokenizer.backend == "sentencepiece" else None)
         tokenizer_info = describe_tokenizer(tokenizer, checkpoint_dir, hf_class)
-        checks = check_folder(tmp, model, tokenizer, probe_texts(samples, sample_settings), config.block_size)
+        checks = check_folder(tmp, model, tokenizer, texts, config.block_size)
         checks.update(parameters=checkpoint.parameter_count(model), tie_word_embeddings=tied, head_dim=config.head_size,
                       vocab_size=config.padded_vocab_size, tokenizer=tokenizer_info)
-        write_text(tmp / "README.md", model_card(record, config, hf_config, tokenizer_info, checks, metrics, samples,
-                                                 sample_settings, sample_figures, training, checks["parameters"]))
+        lm_eval = write_lm_eval_task(tmp, stories)
+        story_bits = None if stories is None else list(zip(
+            stories["text"], (stories["nats"] - stories["eos_nats"]) / math.log(2), strict=True))
+        found = clients.run_all(tmp, model, tokenizer, texts, list(sample_settings.get("prompts") or texts[:1]),
+                                story_bits, LOGITS_TOLERANCE)
+        gguf = next(row for row in found if row["client"] == clients.GGUF)
+        if gguf["passed"] is False:  # like the safetensors check: a difference is a bug
+            raise RuntimeError(f"{tmp / GGUF_FILE}: {gguf['result']}, more than {LOGITS_TOLERANCE}: the GGUF is wrong")
+        write_text(tmp / "README.md", model_card(record, config, model_config, tokenizer_info, checks, metrics,
+                                                 samples, sample_settings, sample_figures, training,
+                                                 checks["parameters"], found, lm_eval))
         write_json(tmp / CHECKS, checks)
+        write_json(tmp / CLIENTS, {"clients": found, "lm_eval_expected": lm_eval})
         write_json(tmp / STAGE_RECORD, record)
         readable(tmp)
     return checks
+
+
+def scored_stories(evaluate_dir: Path | None, val_split: Path | None) -> pd.DataFrame | None:
+    """The val stories the evaluate stage scored whole, with their text: what lm-eval is checked on."""
+    if evaluate_dir is None or val_split is None or not (evaluate_dir / "story_scores.tsv").is_file():
+        return None
+    if not val_split.is_file():
+        raise StageError(f"{val_split}: the val split does not exist (run the corpus stage)")
+    scores = pd.read_csv(evaluate_dir / "story_scores.tsv", sep="\t")
+    texts = list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
+    return scores.assign(text=texts)
+
+
+def write_lm_eval_task(folder: Path, stories: pd.DataFrame | None) -> dict | None:
+    """lm_eval/: a loglikelihood_rolling task on the stories the pipeline scored, and what it should give."""
+    if stories is None:
+        return None
+    task = folder / "lm_eval"
+    task.mkdir()
+    # Each story with the pipeline's bits for it (its tokens without the end-of-text lm-eval does not score).
+    bits = (stories["nats"] - stories["eos_nats"]) / math.log(2)
+    write_text(task / clients.LM_EVAL_STORIES_FILE, "".join(
+        json.dumps({"text": text, "bits": float(b)}, ensure_ascii=False) + "\n" for text, b in zip(stories["text"], bits,
+                                                                                                   strict=True)))
+    write_text(task / "storylm_val.yaml", LM_EVAL_TASK)
+    bits = (stories["nats"] - stories["eos_nats"]).sum() / math.log(2)  # lm-eval scores no end-of-text
+    return {"stories": len(stories), "bits_per_character": bits / stories["characters"].sum(),
+            "bits_per_byte": bits / sum(len(text.encode("utf-8")) for text in stories["text"])}
+
+
+LM_EVAL_TASK = """\
+# lm-eval task: each val story the storylm pipeline scored, scored whole after the model's bos
+# (end-of-text, the token before a story in training). Run from the model's folder:
+#   lm_eval --model hf --model_args pretrained=. --tasks storylm_val --include_path lm_eval
+task: storylm_val
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: lm_eval/val_stories.jsonl
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{text}}"
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+metadata:
+  version: 1.0
+"""
 
 
 def readable(folder: Path) -> None:
     """Temporary files and folders are private (0600/0700); the export is meant to be shared."""
     umask = os.umask(0)
     os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
     parser.add_argument("--evaluate-dir", type=Path, help="the evaluate stage's folder (metrics.json)")
     parser.add_argument("--sample-dir", type=Path, help="the sample stage's folder (samples.json, figures)")
+    parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: the stories lm-eval is checked on")
     parser.add_argument("--out", type=Path, required=True, help="the export folder, replaced whole")
     args = parser.parse_args(argv)
     try:
@@ -142,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"--record: not valid JSON ({first_line(error)})") from None
     if not isinstance(record, dict):
         raise StageError("--record: not a JSON object")
-    checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out)
+    checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val)
     print(f"exported {args.checkpoint} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
           f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"
           f" {checks['tokenizer_texts_compared']} texts")

@@ -1,4 +1,11 @@
-"""A litgpt model as a Hugging Face LlamaForCausalLM: its config.json and its weights under Llama's names."""
+"""A litgpt model as a Hugging Face causal LM class every client reads: its config.json and its weights.
+
+LlamaForCausalLM when a head's width times the heads is the hidden size (the default shape);
+MistralForCausalLM otherwise (microstories: 6 heads x 48 = 288 channels, hidden size 512): the
+same architecture and tensor names (sliding_window null), and the one class whose head_dim
+transformers 4 and 5 and ctranslate2 all read (transformers 5's LlamaConfig refuses a hidden size
+that is no multiple of the heads; ctranslate2's Llama loader drops head_dim).
+"""
 
 from __future__ import annotations
 
@@ -37,24 +44,32 @@ LLAMA_NEEDS = {
 }
 
 
-def check_llama(config) -> None:
-    """Stop with the model_config key of anything LlamaForCausalLM cannot express."""
+def plain_heads(config) -> bool:
+    """True when the heads exactly fill the hidden size (n_head x head_size = n_embd)."""
+    return config.n_head * config.head_size == config.n_embd
+
+
+def hf_class(config) -> str:
+    return "LlamaForCausalLM" if plain_heads(config) else "MistralForCausalLM"
+
+
+def check_expressible(config) -> None:
+    """Stop with the model_config key of anything Llama (or Mistral) cannot express."""
+    name = hf_class(config)
     for key, (needed, why) in LLAMA_NEEDS.items():
         value = getattr(config, key)
         if value != needed and not (needed is None and not value):
-            raise StageError(f"model_config.{key}: {value!r} cannot be expressed as LlamaForCausalLM"
+            raise StageError(f"model_config.{key}: {value!r} cannot be expressed as {name}"
                              f" (it needs {needed!r}: {why})")
     if config.attention_scores_scalar not in (None, config.head_size):
         raise StageError(f"model_config.attention_scores_scalar: {config.attention_scores_scalar} cannot be"
-                         f" expressed as LlamaForCausalLM (it scales attention by 1/sqrt(head_size"
-                         f" {config.head_size}))")
+                         f" expressed as {name} (it scales attention by 1/sqrt(head_size {config.head_size}))")
 
 
-def llama_config(config, tied: bool, dtype: torch.dtype, special: dict):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        architectures=["LlamaForCausalLM"],
+def hf_config(config, tied: bool, dtype: torch.dtype, special: dict):
+    """The transformers config of the model: LlamaConfig, or MistralConfig for a head width that does not
+    divide the hidden size."""
+    shape = dict(
         # The embedding and the head have padded_vocab_size rows; ids past the tokenizer's are never produced.
         vocab_size=config.padded_vocab_size,
         hidden_size=config.n_embd,
@@ -69,11 +84,16 @@ def llama_config(config, tied: bool, dtype: torch.dtype, special: dict):
         rms_norm_eps=config.norm_eps,
         rope_theta=float(config.rope_base),
         tie_word_embeddings=tied,
-        attention_bias=False,
-        mlp_bias=False,
         dtype=dtype,
         **special,
     )
+    if plain_heads(config):
+        from transformers import LlamaConfig
+
+        return LlamaConfig(architectures=["LlamaForCausalLM"], attention_bias=False, mlp_bias=False, **shape)
+    from transformers import MistralConfig
+
+    return MistralConfig(architectures=["MistralForCausalLM"], sliding_window=None, **shape)
 
 
 def hf_weights(config, state: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:

@@ -10,9 +10,16 @@ import json
 from pathlib import Path
 
 from storylm.entry import read_json, write_json
+from storylm.tokens import unk_id
 
 def special_tokens(tokenizer) -> dict:
-    """bos/eos/pad ids and strings; pad is eos (no tokenizer here has a pad token, and stories end in eos)."""
+    """The special tokens of the export, ids and strings.
+
+    bos is the token that comes before a story in training: end-of-text (`</s>`, the end of the
+    story before it) where litgpt adds no bos, as for both tokenizer kinds here; so a client that
+    puts bos before a text (lm-eval's loglikelihood_rolling) scores it as training saw it. pad is
+    end-of-text too (no tokenizer here has a pad token, and stories end in it).
+    """
     def piece(i):
         if i is None:
             return None
@@ -20,16 +27,19 @@ def special_tokens(tokenizer) -> dict:
             return tokenizer.processor.id_to_piece(i)
         return tokenizer.processor.id_to_token(i)
 
-    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.eos_id,
-            "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
-            "pad_token": piece(tokenizer.eos_id)}
+    bos = tokenizer.bos_id if tokenizer.use_bos else tokenizer.eos_id
+    unk = unk_id(tokenizer)
+    return {"bos_token_id": bos, "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.eos_id,
+            "bos_token": piece(bos), "eos_token": piece(tokenizer.eos_id), "pad_token": piece(tokenizer.eos_id),
+            "unk_token_id": unk, "unk_token": piece(unk), "add_bos_token": bool(tokenizer.use_bos)}
 
 
 def save_tokenizer(checkpoint_dir: Path, tokenizer, out_dir: Path, block_size: int) -> str:
     """Write the tokenizer as a class built into transformers; returns that class's name."""
     special = special_tokens(tokenizer)
     common = dict(bos_token=special["bos_token"], eos_token=special["eos_token"], pad_token=special["pad_token"],
-                  model_max_length=block_size, clean_up_tokenization_spaces=False)
+                  add_bos_token=special["add_bos_token"], model_max_length=block_size,
+                  clean_up_tokenization_spaces=False)
     if tokenizer.backend == "huggingface":
         from transformers import PreTrainedTokenizerFast
 
@@ -37,6 +47,7 @@ def save_tokenizer(checkpoint_dir: Path, tokenizer, out_dir: Path, block_size: i
         unk = read_json(config_path, "tokenizer config").get("unk_token") if config_path.is_file() else None
         hf = PreTrainedTokenizerFast(tokenizer_file=str(checkpoint_dir / "tokenizer.json"), unk_token=unk, **common)
         hf.save_pretrained(out_dir)
+        _set_in_config(out_dir, add_bos_token=special["add_bos_token"])
         return "PreTrainedTokenizerFast"
 
     from transformers import LlamaTokenizerFast
@@ -45,7 +56,7 @@ def save_tokenizer(checkpoint_dir: Path, tokenizer, out_dir: Path, block_size: i
     hf = LlamaTokenizerFast(
         vocab_file=str(model_file), from_slow=True,
         unk_token=tokenizer.processor.id_to_piece(tokenizer.processor.unk_id()),
-        add_bos_token=tokenizer.use_bos, add_eos_token=False,
+        add_eos_token=False,
         # legacy: text goes through SentencePiece's own rules (what litgpt does), not Llama's newer ones.
         legacy=True,
         # SentencePiece's dummy prefix ("▁" before the text, id 30910 for ChatGLM3), as its model says.
@@ -57,11 +68,20 @@ def save_tokenizer(checkpoint_dir: Path, tokenizer, out_dir: Path, block_size: i
     hf.save_pretrained(out_dir)
     # tokenizer.json already holds the prefix rule; left in the config, add_prefix_space would make
     # transformers rebuild the fast tokenizer from tokenizer.model (needing sentencepiece) on every load.
+    _set_in_config(out_dir, add_prefix_space=None, add_bos_token=special["add_bos_token"])
+    return "LlamaTokenizerFast"
+
+
+def _set_in_config(out_dir: Path, **values) -> None:
+    """Set (None: remove) keys of the saved tokenizer_config.json; the special-tokens map follows bos."""
     config_path = out_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    config.pop("add_prefix_space", None)
+    for key, value in values.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
     write_json(config_path, config)
-    return "LlamaTokenizerFast"
 
 
 def dummy_prefix(model_file: Path) -> bool:

@@ -14,6 +14,7 @@ STAGE_RECORD = "storylm_stage.json"
 
 
 CHECKS = "storylm_export.json"
+CLIENTS = "storylm_clients.json"
 
 
 def fmt(value) -> str:
@@ -123,23 +124,74 @@ def tokenizer_lines(info: dict, checks: dict) -> list[str]:
     return lines
 
 
+CLIENTS_START, CLIENTS_END = "<!-- clients: written by the export and workflow/benchmarks/clients.py -->", \
+    "<!-- end of clients -->"
+
+
+def client_lines(clients: list[dict], sample_settings: dict, lm_eval: dict | None) -> list[str]:
+    """For each client that passed its check, the lines that load and sample the model; then the ones not checked."""
+    prompt = (sample_settings.get("prompts") or ["从前，有一个叫莉莉的小女孩"])[0]
+    temperature, top_k = sample_settings.get("temperature", 0.4), sample_settings.get("top_k") or 20
+    new = sample_settings.get("max_new_tokens", 200)
+    usage = {
+        "transformers": ["```python", "from transformers import pipeline", "",
+                         'generate = pipeline("text-generation", model="<this folder or repo id>")',
+                         f'print(generate("{prompt}", max_new_tokens={new}, do_sample=True, temperature={temperature},'
+                         f' top_k={top_k})[0]["generated_text"])', "```"],
+        "llama.cpp": ["```bash", f'llama-cli -m model.gguf -no-cnv -p "{prompt}" -n {new} --temp {temperature}'
+                                 f" --top-k {top_k}", "```"],
+        "ctranslate2": ["```bash", "ct2-transformers-converter --model . --output_dir ct2", "```", "",
+                        "```python", "import ctranslate2, transformers", "",
+                        'tokenizer = transformers.AutoTokenizer.from_pretrained(".")',
+                        'generator = ctranslate2.Generator("ct2")',
+                        f'tokens = tokenizer.convert_ids_to_tokens(tokenizer("{prompt}")["input_ids"])',
+                        f"result = generator.generate_batch([tokens], max_length={new}, sampling_temperature={temperature},"
+                        f" sampling_topk={top_k}, include_prompt_in_result=True)",
+                        "print(tokenizer.decode(tokenizer.convert_tokens_to_ids(result[0].sequences[0])))", "```"],
+        "lm-eval": ["```bash", "lm_eval --model hf --model_args pretrained=. --tasks storylm_val --include_path lm_eval",
+                    "```", "", "`lm_eval/` holds the task and the val stories the pipeline scored"
+                    + (f"; expect `bits_per_byte` {lm_eval['bits_per_byte']:.4f} ({lm_eval['bits_per_character']:.4f}"
+                       " bits per character, the pipeline's whole-story figure without the end-of-text tokens)."
+                       if lm_eval else ".")],
+    }
+    usage["gguf (transformers)"] = ["```python", "from transformers import AutoModelForCausalLM", "",
+                                    'model = AutoModelForCausalLM.from_pretrained(".", gguf_file="model.gguf")', "```"]
+    lines = [CLIENTS_START, "## Use it", ""]
+    for client in clients:
+        if client["passed"]:
+            lines += [f"**{client['client']}** {client['version']} (checked: {client['result']}):", "",
+                      *usage[client["client"]], ""]
+    failed = [c for c in clients if c["passed"] is False]
+    unchecked = [c["client"] for c in clients if c["passed"] is None]
+    for client in failed:
+        lines += [f"**{client['client']}** {client['version']} did not pass its check: {client['result']}.", ""]
+    if unchecked:
+        lines += [f"Not checked on this export (not installed where it was made): {', '.join(unchecked)};"
+                  " `pip install ctranslate2 lm-eval llama-cpp-python`, then"
+                  " `python workflow/benchmarks/clients.py <this folder> --write` checks them and adds their lines"
+                  " here.", ""]
+    return lines + [CLIENTS_END]
+
+
+def with_client_lines(card: str, lines: list[str]) -> str:
+    """The card with its clients section replaced."""
+    before, rest = card.split(CLIENTS_START, 1)
+    return before + "\n".join(lines) + rest.split(CLIENTS_END, 1)[1]
+
+
 def model_card(record: dict, config, hf_config, tokenizer_info: dict, checks: dict, metrics: dict | None,
                samples: list[dict], sample_settings: dict, sample_figures: dict, training: dict,
-               parameters: int) -> str:
+               parameters: int, clients: list[dict], lm_eval: dict | None) -> str:
     metadata = card_metadata(record, tokenizer_info)
     name = config.name or "storylm"
     lines = ["---", yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False).strip(), "---", "",
              f"# {name}: a small Chinese story language model", "",
              f"A {fmt(parameters)}-parameter LLaMA-style causal language model that writes simple Chinese"
              " children's stories, pretrained from scratch with [litgpt](https://github.com/Lightning-AI/litgpt)"
-             " by the storylm pipeline and exported as a `LlamaForCausalLM` (no `trust_remote_code`).", "",
-             "```python",
-             "from transformers import pipeline",
-             "",
-             'generate = pipeline("text-generation", model="<this folder or repo id>")',
-             'print(generate("从前，有一个叫莉莉的小女孩")[0]["generated_text"])',
-             "```", "",
-             "## Data", ""] + data_lines(record) + ["", "## Tokenizer", ""] + tokenizer_lines(tokenizer_info, checks)
+             f" by the storylm pipeline and exported as a `{hf_config.architectures[0]}` (no `trust_remote_code`)"
+             " and as `model.gguf` for llama.cpp.", ""]
+    lines += client_lines(clients, sample_settings, lm_eval)
+    lines += ["", "## Data", ""] + data_lines(record) + ["", "## Tokenizer", ""] + tokenizer_lines(tokenizer_info, checks)
     rows = [("layers (num_hidden_layers)", config.n_layer), ("hidden size (n_embd)", config.n_embd),
             ("attention heads", config.n_head), ("key/value heads (n_query_groups)", config.n_query_groups),
             ("head_dim (head_size)", config.head_size), ("MLP intermediate size", config.intermediate_size),
@@ -153,15 +205,22 @@ def model_card(record: dict, config, hf_config, tokenizer_info: dict, checks: di
     if config.n_head * config.head_size != config.n_embd:
         lines += ["", f"Attention is {config.n_head} heads x {config.head_size} = {config.n_head * config.head_size}"
                       f" channels while the hidden size is {config.n_embd}; `config.json` says `head_dim`"
-                      f" {config.head_size}, so transformers builds it as trained."]
+                      f" {config.head_size} (as `MistralForCausalLM`, whose `head_dim` every client reads), and"
+                      f" `model.gguf` says `attention.key_length` {config.head_size}, so each builds it as trained."]
     lines += ["", "## Metrics", ""]
     if metrics is None:
         lines.append("Validation: not measured (no evaluate stage output was given to the export).")
     else:
         figures = numeric_figures(metrics)
-        first = [k for k in ("val_bits_per_character", "val_loss_nats_per_token", "val_perplexity") if k in figures]
+        first = [k for k in ("val_story_bits_per_character", "val_bits_per_character", "val_loss_nats_per_token",
+                             "val_perplexity") if k in figures]
         rows = [(key, figures[key]) for key in first + [k for k in figures if k not in first]]
-        lines += ["On the held-out val split (bits per character compare models with different tokenizers):", ""]
+        lines += ["On the held-out val split (bits per character compare models with different tokenizers). Two"
+                  " conventions:"
+                  + (f" `val_story_bits_per_character` scores {metrics['val_story_bits_per_character_convention']};"
+                     if "val_story_bits_per_character_convention" in metrics else "")
+                  + (f" `val_bits_per_character` scores {metrics['val_bits_per_character_convention']}."
+                     if "val_bits_per_character_convention" in metrics else ""), ""]
         lines += table(rows, ("figure", "value"))
     lines += [""]
     if not sample_figures:

@@ -1,0 +1,183 @@
+"""An export folder run by the clients people deploy with, each one that is installed, for real.
+
+    transformers   AutoModelForCausalLM + AutoTokenizer: greedy token ids equal litgpt's
+    gguf           transformers reading model.gguf (gguf_file=): logits equal litgpt's
+    llama.cpp      llama-cpp-python on model.gguf: greedy text equal to transformers'
+    ctranslate2    its converter's model: log-probs within 1e-4 of transformers'
+    lm-eval        loglikelihood_rolling on the val stories: bits per character within 1% of the
+                   pipeline's whole-story figure on the same stories
+
+Each check returns a row: client, version, passed (True, False, or None when not installed) and
+what it measured. The export stage runs every installed client and writes the rows into
+storylm_clients.json and the model card; workflow/benchmarks/clients.py runs them on any export
+folder and prints the table of docs/export.md. None of the clients but transformers is a pinned
+dependency: `pip install ctranslate2 lm-eval llama-cpp-python`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Log-probability agreement asked of ctranslate2 (float32 on both sides), and of lm-eval's bits per
+# character against the pipeline's (relative).
+LOGPROB_TOLERANCE = 1e-4
+BPC_TOLERANCE = 0.01
+GREEDY_TOKENS = 40
+LM_EVAL_STORIES = 100  # the first val stories the pipeline scored: enough for 1%, quick on a CPU
+LM_EVAL_STORIES_FILE = "val_stories.jsonl"  # in the export's lm_eval/: each story's text and the pipeline's bits
+GGUF = "gguf (transformers)"
+GGUF_FILE = "model.gguf"
+
+
+def version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def row(client: str, package: str, passed: bool | None, result: str) -> dict:
+    return {"client": client, "version": version(package), "passed": passed, "result": result}
+
+
+def not_installed(client: str, package: str) -> dict:
+    return row(client, package, None, f"not installed (pip install {package})")
+
+
+@torch.no_grad()
+def litgpt_greedy(model, tokenizer, prompt: str, tokens: int) -> list[int]:
+    from litgpt.generate.base import generate
+
+    ids = tokenizer.encode(prompt)
+    model.set_kv_cache(batch_size=1, max_seq_length=min(len(ids) + tokens, model.config.block_size))
+    out = generate(model, ids, min(len(ids) + tokens, model.config.block_size), temperature=0.0,
+                   eos_id=tokenizer.eos_id)
+    model.clear_kv_cache()
+    return out.tolist()
+
+
+@torch.no_grad()
+def transformers_greedy(folder: Path, prompts: list[str], tokens: int, gguf_file: str | None = None):
+    """(model, tokenizer, {prompt: greedy ids, prompt included}) of the folder as transformers loads it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    found = {}
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        out = model.generate(ids, max_new_tokens=tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        found[prompt] = out[0].tolist()
+    return model, tokenizer, found
+
+
+def check_transformers(folder: Path, model, tokenizer, prompts: list[str]) -> dict:
+    hf_model, _, greedy = transformers_greedy(folder, prompts, GREEDY_TOKENS)
+    same = [greedy[p][:len(litgpt_greedy(model, tokenizer, p, GREEDY_TOKENS))] ==
+            litgpt_greedy(model, tokenizer, p, GREEDY_TOKENS) for p in prompts]
+    return row("transformers", "transformers", all(same),
+               f"{type(hf_model).__name__}: greedy ids equal litgpt's on {sum(same)} of {len(same)} prompts"
+               f" ({GREEDY_TOKENS} new tokens each)")
+
+
+@torch.no_grad()
+def check_gguf(folder: Path, gguf_file: str, model, texts: list[torch.Tensor], tolerance: float) -> dict:
+    """transformers reads model.gguf back: its logits against litgpt's on the probe texts."""
+    if version("gguf") is None:
+        return not_installed(GGUF, "gguf")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32).eval()
+    diff = max((hf(ids.unsqueeze(0)).logits - model(ids.unsqueeze(0))).abs().max().item() for ids in texts)
+    return {**row(GGUF, "gguf", diff <= tolerance,
+                  f"{gguf_file} read by transformers {version('transformers')} as {type(hf).__name__}: logits differ"
+                  f" from litgpt's by at most {diff:.2g} on {sum(len(t) for t in texts)} tokens"),
+            "logits_max_abs_diff": diff}
+
+
+def check_llama_cpp(folder: Path, gguf_file: str, prompts: list[str], expected: dict[str, str]) -> dict:
+    """llama-cpp-python on model.gguf, greedy: the same text as transformers' greedy text."""
+    if version("llama_cpp_python") is None:
+        return not_installed("llama.cpp", "llama-cpp-python")
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(folder / gguf_file), n_ctx=0, logits_all=False, verbose=False, seed=0)
+    same = 0
+    for prompt in prompts:
+        out = llm.create_completion(prompt, max_tokens=GREEDY_TOKENS, temperature=0.0, top_k=1, top_p=1.0,
+                                    repeat_penalty=1.0)
+        same += prompt + out["choices"][0]["text"] == expected[prompt]
+    return row("llama.cpp", "llama_cpp_python", same == len(prompts),
+               f"llama-cpp-python on {gguf_file}: greedy text equal to transformers' on {same} of {len(prompts)} prompts")
+
+
+@torch.no_grad()
+def check_ctranslate2(folder: Path, hf_model, hf_tokenizer, texts: list[str]) -> dict:
+    """ctranslate2's own converter on the folder, then its log-probs against transformers'."""
+    if version("ctranslate2") is None:
+        return not_installed("ctranslate2", "ctranslate2")
+    import ctranslate2
+    from ctranslate2.converters import TransformersConverter
+
+    with tempfile.TemporaryDirectory() as out:
+        TransformersConverter(str(folder)).convert(out, force=True)
+        generator = ctranslate2.Generator(out, device="cpu", compute_type="float32")
+        worst = 0.0
+        for text in texts:
+            ids = hf_tokenizer(text)["input_ids"]
+            logits = np.asarray(generator.forward_batch([hf_tokenizer.convert_ids_to_tokens(ids)]))[0]
+            ct2 = torch.from_numpy(logits).float().log_softmax(-1)
+            hf = hf_model(torch.tensor([ids])).logits[0].log_softmax(-1)
+            worst = max(worst, (ct2 - hf).abs().max().item())
+    return row("ctranslate2", "ctranslate2", worst <= LOGPROB_TOLERANCE,
+               f"ctranslate2-converted {type(hf_model).__name__}: log-probs differ from transformers' by at most"
+               f" {worst:.2g} on {len(texts)} texts")
+
+
+def check_lm_eval(folder: Path, stories: list[str], pipeline_bpc: float) -> dict:
+    """lm-eval's HFLM with no extra argument (its prefix is the export's bos): bits per character of
+    loglikelihood_rolling on the stories, against the pipeline's on the same stories."""
+    if version("lm_eval") is None:
+        return not_installed("lm-eval", "lm-eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=str(folder), batch_size=8, device="cpu", dtype="float32")
+    requests = [Instance("loglikelihood_rolling", {}, (story,), i) for i, story in enumerate(stories)]
+    logprob = sum(lm.loglikelihood_rolling(requests, disable_tqdm=True))
+    bpc = -logprob / math.log(2) / sum(map(len, stories))
+    off = abs(bpc - pipeline_bpc) / pipeline_bpc
+    return {**row("lm-eval", "lm-eval", off <= BPC_TOLERANCE,
+                  f"loglikelihood_rolling on {len(stories)} val stories: {bpc:.4f} bits/char against the pipeline's"
+                  f" {pipeline_bpc:.4f} ({off:.2%} apart)"), "bits_per_character": bpc}
+
+
+def run_all(folder: Path, model, tokenizer, texts: list[str], prompts: list[str],
+            stories: list[tuple[str, float]] | None, tolerance: float = 1e-3) -> list[dict]:
+    """Every client's check on an export folder: the installed ones for real, the others named.
+
+    model, tokenizer: litgpt's (storylm.checkpoint); texts: probe texts; stories: (text, the pipeline's
+    bits for it) of the val stories the pipeline scored whole, for lm-eval.
+    """
+    block = model.config.block_size
+    ids = [tokenizer.encode(text, eos=True)[:block].long() for text in dict.fromkeys(texts[:4] + texts[-4:])]
+    found = [check_transformers(folder, model, tokenizer, prompts), check_gguf(folder, GGUF_FILE, model, ids, tolerance)]
+    hf_model, hf_tokenizer, greedy = transformers_greedy(folder, prompts, GREEDY_TOKENS)
+    expected = {prompt: hf_tokenizer.decode(out, skip_special_tokens=True) for prompt, out in greedy.items()}
+    found.append(check_llama_cpp(folder, GGUF_FILE, prompts, expected))
+    found.append(check_ctranslate2(folder, hf_model, hf_tokenizer, texts[:8]))
+    if stories:
+        sample = stories[:LM_EVAL_STORIES]
+        pipeline_bpc = sum(bits for _, bits in sample) / sum(len(text) for text, _ in sample)
+        found.append(check_lm_eval(folder, [text for text, _ in sample], pipeline_bpc))
+    else:
+        found.append(row("lm-eval", "lm-eval", None, "no val stories scored by the pipeline were given"))
+    return found
