@@ -42,7 +42,8 @@ def train(config: Path, out: Path, threads: int) -> tuple[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "train.log"
     with open(log, "w") as f:
-        subprocess.run(["litgpt", "pretrain", "--config", str(config), "--out_dir", str(out)], env=env, stdout=f,
+        litgpt = str(Path(sys.executable).parent / "litgpt")
+        subprocess.run([litgpt, "pretrain", "--config", str(config), "--out_dir", str(out)], env=env, stdout=f,
                        stderr=subprocess.STDOUT, check=True)
     _, val = litgpt_log.parse(log)
     return weights_sha256(out / "final" / "lit_model.pth"), float(val["val_loss"].iloc[-1])
