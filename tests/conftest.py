@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,27 @@ def stage_hashes(config: dict) -> dict[str, str]:
     from storylm.stages import hashes
 
     return hashes(with_defaults(config))
+
+
+def changed(config: dict, dotted: str, value) -> dict:
+    """A copy of config with the value at a dotted key replaced."""
+    config = copy.deepcopy(config)
+    *parents, key = dotted.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[key] = value
+    return config
+
+
+def wait_for(condition, timeout: float, what: str):
+    """condition()'s first true value, polled every 0.2 s; AssertionError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def load_json(path: Path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 
 import pytest
@@ -10,7 +9,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from conftest import CHATGLM3_DIR, REPO, needs_chatglm3
+from conftest import CHATGLM3_DIR, REPO, changed, needs_chatglm3
 from storylm import config as storylm_config
 from storylm.config import ConfigError
 
@@ -21,16 +20,6 @@ def default_config() -> dict:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate(config, SCHEMA)
     del config["runs"]
-    return config
-
-
-def changed(config: dict, dotted: str, value) -> dict:
-    config = copy.deepcopy(config)
-    *parents, key = dotted.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    node[key] = value
     return config
 
 

@@ -140,6 +140,7 @@ RUN_ELSEWHERE = {
     "pytest": "the test command: CI runs it (tests/test_docs.py::test_ci_runs_the_readme_test_command)",
     "--report": "tests/test_runs.py renders a real report in Chromium",
     "--profile slurm": "tests/test_slurm*.py run the Slurm profile on a real cluster",
+    "storylm.compare": "it needs trained runs: tests/test_seeds.py runs it on the tiny config's",
     "conda": "needs conda, which the pip install does not bring",
 }
 

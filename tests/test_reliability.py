@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from conftest import REPO, copy_workflow, dry_run_jobs, load_json, snakemake, stage_hashes, tiny_config, write_config
+from conftest import (REPO, copy_workflow, dry_run_jobs, load_json, snakemake, stage_hashes, tiny_config, wait_for,
+                      write_config)
 from storylm import stages
-from storylm.entry import StageError, run_stage
+from storylm.entry import StageError
 from storylm.runs import RunError, plan, resolve
 from storylm.stagelock import is_locked, stage_lock
 
@@ -397,15 +397,6 @@ def background_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
     return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def litgpt_pid(out: Path) -> int | None:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_workflow, load_json, snakemake, stage_hashes, tiny_config, write_config
+from conftest import copy_workflow, load_json, snakemake, stage_hashes, tiny_config, wait_for, write_config
 from storylm import litgpt_log
 from storylm.pretrain import set_aside_corrupt_checkpoints, step_checkpoints
 
@@ -54,15 +52,6 @@ def litgpt_pids(run: Path) -> list[int]:
     pattern = f"litgpt pretrain --config results/pretrain/{run.name}/pretrain.yaml"
     result = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return [int(pid) for pid in result.stdout.split()]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_dir(workdir: Path, config: dict) -> Path:

@@ -3,14 +3,13 @@ what its fingerprints really read. No stage runs here."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, copy_workflow, snakemake
+from conftest import REPO, changed, copy_workflow, snakemake
 from storylm import config_docs, stages
 from storylm.runs import deep_merge, plan
 from storylm.schema import validate
@@ -29,16 +28,6 @@ def load_config(*files: str) -> dict:
 def default_config() -> dict:
     config = validate(load_config())
     del config["runs"]
-    return config
-
-
-def changed(config: dict, dotted: str, value) -> dict:
-    config = copy.deepcopy(config)
-    *parents, key = dotted.split(".")
-    node = config
-    for parent in parents:
-        node = node[parent]
-    node[key] = value
     return config
 
 

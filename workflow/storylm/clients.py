@@ -128,10 +128,24 @@ def check_llama_cpp(folder: Path, gguf_file: str, prompts: list[str], expected: 
             if token == llm.token_eos() or len(written) == GREEDY_TOKENS:
                 break
             written.append(token)
-        same += llm.detokenize(ids + written).decode("utf-8", errors="replace") == expected[prompt]
+        same += llama_cpp_text(llm, ids + written) == expected[prompt]
     return row("llama.cpp", "llama_cpp_python", same == len(prompts),
                f"llama-cpp-python on {gguf_file}: greedy text equal to transformers' on {same} of {len(prompts)} prompts"
                f" ({GREEDY_TOKENS} new tokens each)")
+
+
+def llama_cpp_text(llm, tokens: list[int]) -> str:
+    """llama.cpp's own detokenizer (llama_detokenize, as its tools use it): with remove_special it drops the
+    space a SentencePiece dummy prefix puts before the text, as transformers' decode does."""
+    import ctypes
+
+    import llama_cpp
+
+    array = (llama_cpp.llama_token * len(tokens))(*tokens)
+    size = 16 * len(tokens) + 16
+    buffer = ctypes.create_string_buffer(size)
+    written = llama_cpp.llama_detokenize(llm._model.vocab, array, len(tokens), buffer, size, True, False)
+    return buffer.raw[:written].decode("utf-8", errors="replace")
 
 
 @torch.no_grad()
