@@ -14,16 +14,18 @@ budget_curve = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(budget_curve)
 
 
-def test_wilson_interval_has_its_closed_forms():
-    z2 = 1.96 ** 2
-    low, high = budget_curve.wilson_interval(0, 300)
-    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(z2 / (300 + z2))  # no successes
-    low, high = budget_curve.wilson_interval(150, 300)
-    assert (low + high) / 2 == pytest.approx(0.5)  # symmetric about one half
-    assert high - low == pytest.approx(2 * 1.96 * (0.25 / 300 + z2 / (4 * 300 ** 2)) ** 0.5 / (1 + z2 / 300))
+def test_the_interval_is_wilsons():
+    runs = pd.DataFrame({"run": ["none", "half"], "train_seconds": [60.0, 120.0], "train_tokens": [1, 2],
+                         "val_bits_per_character": [0.5, 0.4], "sample.num_samples": [300, 300],
+                         "sample.consistent_fraction": [0.0, 0.5]})
+    table = budget_curve.curve_table(runs).set_index("run")
+    z2 = 1.959963984540054 ** 2
+    assert table.loc["none", "consistent_low"] == pytest.approx(0.0, abs=1e-12)
+    assert table.loc["none", "consistent_high"] == pytest.approx(z2 / (300 + z2))  # no successes: its closed form
+    assert (table.loc["half", "consistent_low"] + table.loc["half", "consistent_high"]) / 2 == pytest.approx(0.5)
 
 
-def test_curve_table_and_plot_from_a_runs_table(tmp_path):
+def test_curve_table_and_plot_from_the_runs_by_seed_table(tmp_path):
     runs = pd.DataFrame({
         "run": ["long", "short"], "train_seconds": [240.0, 60.0], "train_tokens": [3_200_000, 800_000],
         "val_bits_per_character": [0.32, 0.50], "sample.num_samples": [300, 300],

@@ -182,7 +182,12 @@ def make_workflow(path: Path, devices: int, overrides: dict) -> Path:
     (wf / "Snakefile").write_text(SNAKEFILE)
     (wf / "fabric_check.py").write_text(FABRIC_CHECK)
     (wf / "collect_ranks.py").write_text(COLLECT_RANKS)
-    (wf / "pretrain.yaml").write_text(yaml.safe_dump({"out_dir": "results/run"}))
+    # A rendered config's out_dir and shards: the wrapper fingerprints the shards' indexes before training.
+    (wf / "pretrain.yaml").write_text(yaml.safe_dump({"out_dir": "results/run",
+                                                      "data": {"init_args": {"data_path": "shards"}}}))
+    for split in ("train", "val"):
+        (wf / "shards" / split).mkdir(parents=True)
+        (wf / "shards" / split / "index.json").write_text(json.dumps({"chunks": [], "split": split}))
     (wf / "bin").mkdir()
     (wf / "bin" / "litgpt").write_text(FAKE_LITGPT)
     (wf / "bin" / "litgpt").chmod(0o755)

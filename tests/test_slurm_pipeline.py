@@ -71,7 +71,7 @@ def test_slurm_outputs_equal_the_local_run(slurm_run):
     slurm_metrics, local_metrics = load_json(workdir / "results/metrics.json"), load_json(local / "results/metrics.json")
     assert slurm_metrics.keys() == local_metrics.keys()
     for key, value in local_metrics.items():
-        if key in TIMINGS:
+        if key in TIMINGS or key == "environment":  # each job records its own threads (the machine's record)
             continue
         assert slurm_metrics[key] == (pytest.approx(value, rel=1e-5) if isinstance(value, float) else value), key
     for folder in ("Data/corpus", "Data/tokenizer"):

@@ -3,11 +3,11 @@
 Run the training-budget sweep, then draw its curve:
 
     snakemake --cores all --configfile config/sweeps/budget.yaml
-    PYTHONPATH=workflow python workflow/benchmarks/budget_curve.py results/runs.tsv \\
+    PYTHONPATH=workflow python workflow/benchmarks/budget_curve.py results/runs_by_seed.tsv \\
         --out docs/images/budget_curve.png
 
-Prints one line per run (minutes, tokens, bits/char, consistent share with its 95% Wilson
-interval) and draws both against training minutes (litgpt's own training time, which leaves
+Prints one line per training (minutes, tokens, bits/char, consistent share with its 95% Wilson
+interval, from statsmodels) and draws both against training minutes (litgpt's own training time, which leaves
 out the start-up of the job). The interval shows how far apart two runs must be to differ:
 with 300 samples a share near 0.15 is known to about +-0.04.
 """
@@ -15,7 +15,6 @@ with 300 samples a share near 0.15 is known to about +-0.04.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import matplotlib
@@ -25,14 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from storylm.entry import atomic_path  # noqa: E402
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a binomial share (sound near 0, unlike share +- 2 SE)."""
-    share = successes / trials
-    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return centre - half, centre + half
+from storylm.stats import proportion_interval  # noqa: E402
 
 
 def curve_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +37,8 @@ def curve_table(runs: pd.DataFrame) -> pd.DataFrame:
         "consistent_fraction": runs["sample.consistent_fraction"],
     })
     consistent = (table["consistent_fraction"] * table["samples"]).round().astype(int)
-    bounds = [wilson_interval(c, n) for c, n in zip(consistent, table["samples"], strict=True)]
+    bounds = [(i.lo, i.hi) for i in (proportion_interval(c, n) for c, n in zip(consistent, table["samples"],
+                                                                            strict=True))]
     table["consistent_low"], table["consistent_high"] = zip(*bounds, strict=True)
     return table.sort_values("train_minutes").reset_index(drop=True)
 
