@@ -146,16 +146,16 @@ def tokenizer_config(stage):
     return upstream_file(stage, "tokenizer", "tokenizer_config.json")
 
 
-def sample_tokenizer(wildcards):
-    """The tokenizer of the sample folder's run (the sample stage reads it through the checkpoint)."""
-    run, seed = stage_of("sample", wildcards).trainings[0]
-    return f"{run_folder(run, 'tokenizer', seed)}/tokenizer_config.json"
+def training_file(stage, name, filename):
+    """Input function: a file of the `name` folder of the first training that uses the `stage` folder of this
+    job, for a folder the stage's record does not list (sample reads its tokenizer through the checkpoint;
+    export's lm-eval task takes the corpus's val split)."""
 
+    def path(wildcards):
+        run, seed = stage_of(stage, wildcards).trainings[0]
+        return f"{run_folder(run, name, seed)}/{filename}"
 
-def export_val_split(wildcards):
-    """The val split of the export's run: the stories its lm-eval task and check are on."""
-    run, seed = stage_of("export", wildcards).trainings[0]
-    return f"{run_folder(run, 'corpus', seed)}/val.jsonl"
+    return path
 
 
 def final_checkpoint(stage):

@@ -8,7 +8,7 @@ rule export:
         metrics=upstream_file("export", "evaluate", "metrics.json"),
         stories=upstream_file("export", "evaluate", "story_scores.tsv"),
         samples=upstream_file("export", "sample", "samples.json"),
-        val=export_val_split,
+        val=training_file("export", "corpus", "val.jsonl"),
     output:
         weights="results/export/{hash}/model.safetensors",
     log:

@@ -8,7 +8,7 @@ localrules:
 
 rule sample_prompts:
     input:
-        tokenizer=sample_tokenizer,
+        tokenizer=training_file("sample", "tokenizer", "tokenizer_config.json"),
     output:
         "results/sample/{hash}/prompt_tokens.json",
     log:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storylm.gguf_export import GGUF_FILE
+
 # Log-probability agreement asked of ctranslate2 (float32 on both sides), and of lm-eval's bits per
 # character against the pipeline's (relative).
 LOGPROB_TOLERANCE = 1e-4
@@ -32,7 +34,6 @@ GREEDY_TOKENS = 40
 LM_EVAL_STORIES = 100  # the first val stories the pipeline scored: enough for 1%, quick on a CPU
 LM_EVAL_STORIES_FILE = "val_stories.jsonl"  # in the export's lm_eval/: each story's text and the pipeline's bits
 GGUF = "gguf (transformers)"
-GGUF_FILE = "model.gguf"
 
 
 def version(package: str) -> str | None:
@@ -79,10 +80,12 @@ def transformers_greedy(folder: Path, prompts: list[str], tokens: int, gguf_file
     return model, tokenizer, found
 
 
-def check_transformers(folder: Path, model, tokenizer, prompts: list[str]) -> dict:
-    hf_model, _, greedy = transformers_greedy(folder, prompts, GREEDY_TOKENS)
-    same = [greedy[p][:len(litgpt_greedy(model, tokenizer, p, GREEDY_TOKENS))] ==
-            litgpt_greedy(model, tokenizer, p, GREEDY_TOKENS) for p in prompts]
+def check_transformers(hf_model, greedy: dict[str, list[int]], model, tokenizer) -> dict:
+    """transformers' greedy ids (transformers_greedy) against litgpt's, prompt by prompt."""
+    same = []
+    for prompt, hf_ids in greedy.items():
+        lit_ids = litgpt_greedy(model, tokenizer, prompt, GREEDY_TOKENS)
+        same.append(hf_ids[:len(lit_ids)] == lit_ids)
     return row("transformers", "transformers", all(same),
                f"{type(hf_model).__name__}: greedy ids equal litgpt's on {sum(same)} of {len(same)} prompts"
                f" ({GREEDY_TOKENS} new tokens each)")
@@ -198,8 +201,8 @@ def run_all(folder: Path, model, tokenizer, texts: list[str], prompts: list[str]
     """
     block = model.config.block_size
     ids = [tokenizer.encode(text, eos=True)[:block].long() for text in dict.fromkeys(texts[:4] + texts[-4:])]
-    found = [check_transformers(folder, model, tokenizer, prompts), check_gguf(folder, GGUF_FILE, model, ids, tolerance)]
     hf_model, hf_tokenizer, greedy = transformers_greedy(folder, prompts, GREEDY_TOKENS)
+    found = [check_transformers(hf_model, greedy, model, tokenizer), check_gguf(folder, GGUF_FILE, model, ids, tolerance)]
     expected = {prompt: hf_tokenizer.decode(out, skip_special_tokens=True) for prompt, out in greedy.items()}
     found.append(check_llama_cpp(folder, GGUF_FILE, prompts, expected))
     found.append(check_ctranslate2(folder, hf_model, hf_tokenizer, texts[:8]))

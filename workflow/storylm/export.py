@@ -129,8 +129,7 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
         checks.update(parameters=checkpoint.parameter_count(model), tie_word_embeddings=tied, head_dim=config.head_size,
                       vocab_size=config.padded_vocab_size, tokenizer=tokenizer_info)
         lm_eval = write_lm_eval_task(tmp, stories)
-        story_bits = None if stories is None else list(zip(
-            stories["text"], (stories["nats"] - stories["eos_nats"]) / math.log(2), strict=True))
+        story_bits = None if stories is None else list(zip(stories["text"], stories["bits"], strict=True))
         found = clients.run_all(tmp, model, tokenizer, texts, list(sample_settings.get("prompts") or texts[:1]),
                                 story_bits, LOGITS_TOLERANCE)
         gguf = next(row for row in found if row["client"] == clients.GGUF)
@@ -147,14 +146,15 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
 
 
 def scored_stories(evaluate_dir: Path | None, val_split: Path | None) -> pd.DataFrame | None:
-    """The val stories the evaluate stage scored whole, with their text: what lm-eval is checked on."""
+    """The val stories the evaluate stage scored whole, with their text and bits: what lm-eval is checked on."""
     if evaluate_dir is None or val_split is None or not (evaluate_dir / "story_scores.tsv").is_file():
         return None
     if not val_split.is_file():
         raise StageError(f"{val_split}: the val split does not exist (run the corpus stage)")
     scores = pd.read_csv(evaluate_dir / "story_scores.tsv", sep="\t")
     texts = list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
-    return scores.assign(text=texts)
+    # The pipeline's bits for each story as lm-eval scores it: its tokens, without its end-of-text.
+    return scores.assign(text=texts, bits=(scores["nats"] - scores["eos_nats"]) / math.log(2))
 
 
 def write_lm_eval_task(folder: Path, stories: pd.DataFrame | None) -> dict | None:
@@ -163,13 +163,11 @@ def write_lm_eval_task(folder: Path, stories: pd.DataFrame | None) -> dict | Non
         return None
     task = folder / "lm_eval"
     task.mkdir()
-    # Each story with the pipeline's bits for it (its tokens without the end-of-text lm-eval does not score).
-    bits = (stories["nats"] - stories["eos_nats"]) / math.log(2)
     write_text(task / clients.LM_EVAL_STORIES_FILE, "".join(
-        json.dumps({"text": text, "bits": float(b)}, ensure_ascii=False) + "\n" for text, b in zip(stories["text"], bits,
-                                                                                                   strict=True)))
+        json.dumps({"text": text, "bits": float(b)}, ensure_ascii=False) + "\n"
+        for text, b in zip(stories["text"], stories["bits"], strict=True)))
     write_text(task / "storylm_val.yaml", LM_EVAL_TASK)
-    bits = (stories["nats"] - stories["eos_nats"]).sum() / math.log(2)  # lm-eval scores no end-of-text
+    bits = stories["bits"].sum()
     return {"stories": len(stories), "bits_per_character": bits / stories["characters"].sum(),
             "bits_per_byte": bits / sum(len(text.encode("utf-8")) for text in stories["text"])}
 

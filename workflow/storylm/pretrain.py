@@ -43,11 +43,11 @@ CHECKPOINT_NAME = "lit_model.pth"
 PRETRAIN_CONFIG = "pretrain.yaml"
 LIVE_LOG = "progress.log"
 TRAIN_LOG = "train.log"
-# What the checkpoints beside it were trained on (training_fingerprint).
+# What the checkpoints beside it were trained on (fingerprint_files).
 FINGERPRINT = "checkpoints.json"
+ENVIRONMENT = "environment.json"  # the machine of each part of the training (storylm.environment)
 # Besides step-*: what litgpt and this command write while training ("logs" holds the csv and
 # tensorboard loggers' files).
-ENVIRONMENT = "environment.json"  # the machine of each part of the training (storylm.environment)
 WORK = ("final", "logs", LIVE_LOG, TRAIN_LOG, ENVIRONMENT)
 
 
