@@ -74,7 +74,7 @@ def test_a_run_interval_is_a_t_interval_on_seed_spread_and_story_noise():
     df = (seeds + stories) ** 2 / (seeds ** 2 / 4 + stories ** 2 / 49)  # Welch-Satterthwaite
     half = t.ppf(0.975, df) * math.sqrt(seeds + stories)
     assert (interval.lo, interval.hi) == (pytest.approx(1.2 - half), pytest.approx(1.2 + half))
-    assert 4 < df < 53
+    assert (round(interval.lo, 6), round(interval.hi, 6)) == (0.887051, 1.512949)  # df = 5.62
     alone = stats.run_interval([1.0], stats.SeedSpread(math.nan, 0), sample_se=0.05)
     assert alone.noise == stats.NO_SEED_SPREAD and alone.hi - alone.lo == pytest.approx(2 * 1.959963984540054 * 0.05)
 
@@ -94,12 +94,14 @@ def test_verdicts_need_a_measured_seed_spread_and_widen_with_the_pairs():
     assert one.verdict == "better" and six.verdict == "cannot tell" and six.hi - six.lo > one.hi - one.lo
 
 
-def training(run: str, seed: int, bpc: float, consistent: int, finished: int, source: str = "builtin") -> dict:
+def training(run: str, seed: int, bpc: float, consistent: int, finished: int, source: str = "builtin",
+             samples: int = 100) -> dict:
     return {"run": run, "seed": seed, "differs_from_base": {}, "corpus_source": source,
             "stage_hashes": {"corpus": "c" * 10}, "val_story_bits_per_character": bpc, "val_bits_per_character": bpc,
             "train_tokens_per_second": 1000.0 + seed, "parameters": 10, "export_dir": "x",
-            "sample_figures": {"num_samples": 100, "consistent_fraction": consistent / 100,
-                               "finished_fraction": finished / 100}}
+            "train_tokens": 3072, "val_loss_nats_per_token": 6.0,
+            "sample_figures": {"num_samples": samples, "consistent_fraction": consistent / samples,
+                               "finished_fraction": finished / samples}}
 
 
 def stories(bpc: float, count: int = 50, seed: int = 0) -> pd.DataFrame:
@@ -124,6 +126,44 @@ def test_the_runs_table_and_verdicts_on_known_numbers():
     assert verdicts.loc[CONSISTENT.column, "verdict"] == "better"
     assert verdicts.loc[FINISHED.column, "verdict"] == "better"
     assert verdicts.loc[BPC.column, "better_is"] == "lower"
+
+
+WEAK_RUNS = {  # runs a first small experiment gives: rates of exactly 0 and 1, one or two seeds, tiny val sets
+    "one seed, none of 1,000 pass": ([training("a", 1, 9.0, 0, 0, samples=1000)], 50),
+    "one seed, all of 300 pass": ([training("a", 1, 0.3, 300, 300, samples=300)], 50),
+    "one seed, one story each": ([training("a", 1, 9.0, 0, 1, samples=1)], 1),
+    "two equal seeds of 0": ([training("a", 1, 9.0, 0, 0), training("a", 2, 9.0, 0, 0)], 2),
+    "two seeds near 0 and 1": ([training("a", 1, 9.0, 0, 100), training("a", 2, 9.1, 1, 99)], 2),
+    "two runs, one weak": ([training("a", 1, 0.5, 60, 90), training("a", 2, 0.52, 62, 92),
+                            training("b", 3, 9.0, 0, 0), training("b", 4, 9.0, 0, 0)], 50),
+}
+
+
+@pytest.mark.parametrize("case", WEAK_RUNS)
+def test_every_interval_contains_its_estimate_and_the_plot_draws_it(case, tmp_path):
+    from storylm.comparison import FIGURES
+    from storylm.report import plot_comparison
+
+    trainings, story_count = WEAK_RUNS[case]
+    runs = Runs(trainings, {(m["run"], m["seed"]): stories(m["val_story_bits_per_character"], story_count, m["seed"])
+                            for m in trainings})
+    table = runs.table()
+    for figure in FIGURES:
+        if figure.column not in table:
+            continue
+        low, high = figure.bounds
+        for _, row in table.iterrows():
+            lo, mean, hi = row[f"{figure.column}_lo"], row[figure.column], row[f"{figure.column}_hi"]
+            assert pd.isna(lo) == pd.isna(hi), (figure.column, row["run"])
+            if not pd.isna(lo):
+                assert low <= lo <= mean <= hi <= high, (figure.column, row["run"], lo, mean, hi)
+    if case.startswith("one seed, none"):  # Wilson's formula gives 2e-19 here, above the rate 0
+        assert (table.loc[0, "consistent_rate_lo"], table.loc[0, "consistent_rate"]) == (0.0, 0.0)
+        assert round(table.loc[0, "consistent_rate_hi"], 6) == 0.003827
+    curves = {(m["run"], m["seed"]): pd.DataFrame({"train_tokens": [1024], "val_loss_nats_per_token": [7.0]})
+              for m in trainings}
+    plot_comparison(runs, curves, table, tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_off_the_builtin_corpus_the_checker_is_named_so_and_gives_no_verdict():

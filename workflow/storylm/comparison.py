@@ -39,15 +39,16 @@ class Figure:
     column: str
     label: str
     higher_is_better: bool
-    quality: bool = True  # a property of the model (not of the machine that trained it)
+    bounds: tuple[float, float] = (0.0, math.inf)  # the range its values and intervals stay in
 
 
+RATE = (0.0, 1.0)
 BPC = Figure("val_story_bits_per_character", "val bits per character, whole stories", higher_is_better=False)
-CONSISTENT = Figure("consistent_rate", "stories the builtin-world checker passes", higher_is_better=True)
+CONSISTENT = Figure("consistent_rate", "stories the builtin-world checker passes", higher_is_better=True, bounds=RATE)
 CHECKER_ELSEWHERE = Figure("builtin_world_checker_rate", "builtin-world checker (uncalibrated on this corpus)",
-                           higher_is_better=True)
-FINISHED = Figure("finished_rate", "stories that end with end-of-text", higher_is_better=True)
-SPEED = Figure("train_tokens_per_second", "training tokens per second", higher_is_better=True, quality=False)
+                           higher_is_better=True, bounds=RATE)
+FINISHED = Figure("finished_rate", "stories that end with end-of-text", higher_is_better=True, bounds=RATE)
+SPEED = Figure("train_tokens_per_second", "training tokens per second", higher_is_better=True)
 FIGURES = (BPC, CONSISTENT, CHECKER_ELSEWHERE, FINISHED, SPEED)
 
 
@@ -143,12 +144,12 @@ class Runs:
             return None
         spread = self.spread[figure.column]
         if figure is BPC:
-            return stats.run_interval(values, spread, *self.story_se(run))
+            return stats.run_interval(values, spread, *self.story_se(run), bounds=figure.bounds)
         if figure in (CONSISTENT, CHECKER_ELSEWHERE, FINISHED) and not spread.measured:
             fraction = "finished_fraction" if figure is FINISHED else "consistent_fraction"
             counts = [passes(m, fraction) for m in self.of[run]]
             return stats.proportion_interval(sum(k for k, _ in counts), sum(n for _, n in counts))
-        return stats.run_interval(values, spread)
+        return stats.run_interval(values, spread, bounds=figure.bounds)
 
     def table(self) -> pd.DataFrame:
         rows = []

@@ -56,10 +56,24 @@ def quantile(df: int, level: float = LEVEL) -> float:
 
 @dataclass
 class Interval:
+    """A figure's estimate and its interval, which always contains the estimate and stays inside the figure's
+    range: rounding in a formula can put a bound a hair past the estimate (Wilson's lower bound for 0 of 1,000
+    is 2e-19, above the rate 0), and a t interval on a rate can reach below 0. A bound that cannot be computed
+    (a bootstrap over identical stories) is None, not NaN."""
+
     mean: float
     lo: float | None
     hi: float | None
     noise: str
+    lower: float = -math.inf  # the figure's range: [0, 1] for a rate
+    upper: float = math.inf
+
+    def __post_init__(self):
+        if self.lo is None or self.hi is None or math.isnan(self.lo) or math.isnan(self.hi):
+            self.lo = self.hi = None
+            return
+        self.lo = max(min(self.lo, self.mean), self.lower)
+        self.hi = min(max(self.hi, self.mean), self.upper)
 
 
 def combined(parts: list[tuple[float, float]]) -> tuple[float, float]:
@@ -74,19 +88,19 @@ def combined(parts: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def run_interval(values: list[float], spread: SeedSpread, sample_se: float | None = None,
-                 sample_df: float = math.inf) -> Interval:
+                 sample_df: float = math.inf, bounds: tuple[float, float] = (-math.inf, math.inf)) -> Interval:
     """A run's mean over its seeds, with its interval: seed spread and, where given, the samples' standard
     error of the seed mean (val stories shared by the seeds, so it does not shrink with more seeds) with
-    its degrees of freedom (stories - 1)."""
+    its degrees of freedom (stories - 1). bounds is the figure's range (the interval is cut to it)."""
     mean = float(np.mean(values))
     if spread.measured:
         se, df = combined([(spread.variance / len(values), spread.df), ((sample_se or 0.0) ** 2, sample_df)])
         half = quantile(df) * se
-        return Interval(mean, mean - half, mean + half, SEEDS_AND_SAMPLES)
+        return Interval(mean, mean - half, mean + half, SEEDS_AND_SAMPLES, *bounds)
     if sample_se is not None:
         half = quantile(0) * sample_se
-        return Interval(mean, mean - half, mean + half, NO_SEED_SPREAD)
-    return Interval(mean, None, None, NO_SEED_SPREAD)
+        return Interval(mean, mean - half, mean + half, NO_SEED_SPREAD, *bounds)
+    return Interval(mean, None, None, NO_SEED_SPREAD, *bounds)
 
 
 def proportion_interval(successes: int, trials: int) -> Interval:
@@ -94,7 +108,7 @@ def proportion_interval(successes: int, trials: int) -> Interval:
     from statsmodels.stats.proportion import proportion_confint
 
     lo, hi = proportion_confint(successes, trials, alpha=1 - LEVEL, method="wilson")
-    return Interval(successes / trials, float(lo), float(hi), NO_SEED_SPREAD)
+    return Interval(successes / trials, float(lo), float(hi), NO_SEED_SPREAD, 0.0, 1.0)
 
 
 @dataclass
