@@ -30,7 +30,7 @@ def test_every_config_key_has_a_description_and_is_documented():
         assert f"`{key}`" in readme, f"{key} is missing from config/README.md"
 
 
-TOOLS = ("snakemake", "snakemake-executor-plugin-slurm", "pytest", "pytest-xdist", "snakefmt", "ruff")
+TOOLS = ("snakemake", "snakemake-executor-plugin-slurm", "pytest", "pytest-xdist", "snakefmt", "ruff", "vulture")
 
 
 def test_conda_env_mirrors_the_pip_pins():
@@ -54,13 +54,16 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in (REPO / ".ci/run").read_text().splitlines()
 
 
-def test_the_config_readme_table_is_the_schemas():
-    from storylm import config_docs
+def test_the_config_readme_table_and_folders_are_the_schemas_and_the_stage_tables():
+    from storylm import config_docs, stages
 
     readme = (REPO / "config/README.md").read_text(encoding="utf-8")
     assert readme == config_docs.readme_with_table(readme), "run: python -m storylm.config_docs"
     # Each default appears in its row, as the schema has it.
     assert "| `sample.temperature` | `0.4` |" in readme and "| `shards.chunk_bytes` | `\"16MB\"` |" in readme
+    # Each stage's folder, the export's included.
+    for spec in stages.STAGES:
+        assert f"`{spec.parent}/<hash>`" in readme, spec.name
 
 
 def test_the_embedded_default_is_the_schemas_defaults():
@@ -90,6 +93,15 @@ def test_the_module_map_lists_every_module_once():
     modules = sorted(p.stem for p in (REPO / "workflow/storylm").glob("*.py") if p.stem != "__init__")
     listed = [name for names in module_map().values() for name in names]
     assert sorted(listed) == modules
+
+
+def test_no_code_is_dead():
+    """vulture finds names nothing reads (a constant left behind by a refactor, a field no one asks for);
+    tests/vulture_allowlist.py lists the ones a library reads, each with why."""
+    result = subprocess.run([sys.executable, "-m", "vulture", "workflow/storylm", "workflow/benchmarks",
+                             "tests/vulture_allowlist.py", "--min-confidence", "60"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr
 
 
 def test_stage_commands_import_helpers_never_each_other():
@@ -164,18 +176,74 @@ def test_every_readme_command_runs(tmp_path):
         if why_not_here(command):
             continue
         words = shlex.split(command)
-        if words[0] == "snakemake" and "--unlock" not in words:
-            words += ["--dry-run"]
-        elif words[0] == "snakemake" and len(words) == 1:
-            continue
-        elif words[:2] == ["python", "-m"]:
-            words[0] = sys.executable
-        elif words[0] != "snakemake":
-            continue
         if words[0] == "snakemake":
             words = [sys.executable, "-m", "snakemake", *words[1:]]
+            if "--unlock" not in words:
+                words.append("--dry-run")
+        elif words[:2] == ["python", "-m"]:
+            words[0] = sys.executable
+        else:
+            raise AssertionError(f"{command}: neither runs here nor says in RUN_ELSEWHERE which test runs it")
         result = subprocess.run(words, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
         ran.append(command)
     assert "snakemake --cores all results/samples.txt" in ran and any("microstories.yaml" in c for c in ran), ran
     assert any(command.startswith("python -m storylm.clean") for command in ran), ran
+
+
+@pytest.mark.parametrize("sweep", sorted((REPO / "config" / "sweeps").glob("*.yaml")), ids=lambda path: path.name)
+def test_a_sweep_describes_the_default_as_it_is_and_points_to_where_it_was_measured(sweep):
+    """A sweep's comments restate the default it varies (its budget, its depth and width) and say where its
+    figures are: both go stale when the default is tuned again."""
+    from storylm.schema import defaults
+
+    default = defaults()
+    text = sweep.read_text(encoding="utf-8")
+    comments = "\n".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    budgets = re.findall(r"default(?:'s| model and its)? ([\d.]+)M tokens|([\d.]+)M tokens\)?$", comments, re.M)
+    for budget in [a or b for a, b in budgets]:
+        assert float(budget) * 1e6 == default["train"]["max_tokens"], (sweep.name, budget)
+    for layers, width in re.findall(r"(\d+) layers, width (\d+)", comments):
+        assert (int(layers), int(width)) == (default["model_config"]["n_layer"], default["model_config"]["n_embd"])
+    pointed = re.findall(r"(README\.md|docs/[\w-]+\.md)", comments)
+    assert pointed, f"{sweep.name} says nowhere where its figures are"
+    for doc in pointed:
+        assert f"config/sweeps/{sweep.name}" in (REPO / doc).read_text(encoding="utf-8"), (sweep.name, doc)
+
+
+def test_the_readme_gives_one_duration_for_the_default_run():
+    """The first lines promise a duration; the measured figures further down give it to the second."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    promised = re.search(r"default config: .*?about (\d+) minutes on 2 CPU", " ".join(text.split()))
+    minutes, seconds = re.search(r"(\d+) min (\d+) s for `snakemake --cores all results/samples.txt`",
+                                 " ".join(text.split())).groups()
+    assert promised and int(promised[1]) == round(int(minutes) + int(seconds) / 60)
+
+
+def reliability_tests() -> dict[str, set[str]]:
+    """{test module: the tests docs/reliability.md names in it}; a module named alone maps to an empty set."""
+    text = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
+    defined = {path.name: set(re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), re.M))
+               for path in (REPO / "tests").glob("test_*.py")}
+    named: dict[str, set[str]] = {}
+    for row in re.findall(r"^\|.*\|\s*$", text, re.M):
+        for ref in re.findall(r"`((?:test_\w+\.py)?(?:::)?(?:test_\w+)?)`", row.rsplit("|", 2)[-2]):
+            module, _, test = ref.rpartition("::") if "::" in ref else ((ref, "", "") if ref.endswith(".py")
+                                                                       else ("", "", ref))
+            if not module:
+                holders = [name for name, tests in defined.items() if test in tests]
+                assert holders, f"docs/reliability.md names {test}, which no test module defines"
+                module = holders[0]
+            assert module in defined, f"docs/reliability.md names {module}, which does not exist"
+            assert not test or test in defined[module], f"docs/reliability.md: {module} has no {test}"
+            named.setdefault(module, set()).update({test} - {""})
+    return named
+
+
+def test_each_reliability_promise_names_a_test_that_exists_and_the_guide_says_where_they_are():
+    named = reliability_tests()
+    assert len(named) > 1 and sum(map(len, named.values())) >= 20, named
+    guide = " ".join((REPO / "docs" / "development.md").read_text(encoding="utf-8").split())
+    sentence = re.search(r"\*\*Reliability and statistics have their own suites:\*\*(.*?)(?: - |$)", guide)[1]
+    for module in named:
+        assert f"tests/{module}" in sentence or f"`{module}`" in sentence, module

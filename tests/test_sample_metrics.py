@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import load_json
+from conftest import REPO, load_json
 from storylm import sample, train_copy
 from storylm.entry import run_stage
 from storylm.jsonl import iter_texts, write_texts
@@ -182,3 +182,35 @@ def test_padded_vocabulary_rows_are_never_sampled(checkpoint):
         logits = model(idx)
     assert torch.isinf(logits[..., 300:]).all() and torch.isfinite(logits[..., :300]).all()
     assert (logits.argmax(-1) < 300).all()
+
+
+@pytest.mark.parametrize("settings", [
+    {"temperature": 0.8, "top_k": 50, "top_p": 1.0},
+    {"temperature": 0.0, "top_k": None, "top_p": 1.0},
+    {"temperature": 1.0, "top_k": None, "top_p": 0.9},
+], ids=["top_k", "greedy", "top_p"])
+def test_batched_sampling_writes_the_stories_litgpt_generate_writes(checkpoint, settings):
+    """The sample stage draws a prompt's stories in batches (storylm.generation); each must be the story
+    litgpt's own generate writes from the same seed, one at a time, including where it ends: the end-of-text
+    token is made likely here, so stories of one batch end at different lengths."""
+    import sys
+
+    from storylm.checkpoint import load_model, load_tokenizer
+    from storylm.sample import never_sample_beyond, sample_prompt
+    from storylm.tokens import tokenizer_ids
+
+    sys.path.insert(0, str(REPO / "workflow" / "benchmarks"))
+    from sample_speed import one_at_a_time  # litgpt.generate.base.generate, story by story
+
+    torch.set_num_threads(1)  # one summation order: a batched product may round a last bit otherwise
+    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
+    never_sample_beyond(model, tokenizer_ids(tokenizer))
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_id] *= 5
+    settings = {**settings, "max_new_tokens": 12}
+    seeds = list(range(100, 112))
+    batched = sample_prompt(model, tokenizer, "小熊", seeds, settings)
+    assert batched == one_at_a_time(model, tokenizer, "小熊", seeds, settings)
+    if settings["temperature"]:
+        lengths = {len(text) for text, finished in batched if finished}
+        assert 0 < sum(finished for _, finished in batched) < len(seeds) and len(lengths) > 1

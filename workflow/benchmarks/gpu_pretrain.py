@@ -200,7 +200,7 @@ class GpuMemoryPoller:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *_exc):
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)

@@ -61,5 +61,5 @@ class HashCache:
     def __enter__(self) -> HashCache:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *_exc) -> None:
         self.save()

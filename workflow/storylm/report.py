@@ -24,7 +24,6 @@ from storylm.results import training_results
 # The few columns the report's first page shows (results/runs_summary.tsv): it is narrow.
 SUMMARY_COLUMNS = {"run": "run", "differs_from_base": "differs from base", "n_seeds": "seeds",
                    "val_story_bits_per_character": "val bits/char", "consistent_rate": "consistent"}
-COPIED = ("samples.txt", "loss.png", "story_scores.tsv")
 
 
 def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: Path, out: Path) -> dict:

@@ -62,7 +62,7 @@ def never_sample_beyond(model, num_ids: int) -> None:
     if model.config.padded_vocab_size <= num_ids:
         return
 
-    def mask(module, inputs, logits):
+    def mask(_module, _inputs, logits):
         logits[..., num_ids:] = float("-inf")
         return logits
 
