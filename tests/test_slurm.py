@@ -332,3 +332,24 @@ def test_every_job_goes_through_slurm(slurm_cluster, tmp_path):
         assert r["cuda_visible_devices"] == ",".join(map(str, range(devices))), r
         if devices > 1:
             assert r["slurm_ntasks"] == str(devices) and r["slurm_ntasks_per_node"] == str(devices), r
+
+
+def workflow_rules() -> tuple[set[str], set[str]]:
+    """(every rule of the workflow, the local ones), as the rule files declare them."""
+    import re
+
+    text = "\n".join(path.read_text(encoding="utf-8")
+                     for path in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))])
+    rules = set(re.findall(r"^\s*rule (\w+):", text, re.M))
+    local = {name for block in re.findall(r"^\s*localrules:\n((?:\s+\w+,\n)+)", text, re.M)
+             for name in re.findall(r"(\w+),", block)}
+    return rules, local | {"all"}
+
+
+def test_the_profile_sizes_every_cluster_job_and_names_no_rule_that_does_not_exist():
+    rules, local = workflow_rules()
+    assert {"pretrain", "export", "run_results", "single_run"} <= rules and "run_results" in local
+    profile = load_profile()
+    for key in ("set-resources", "set-threads"):
+        assert set(profile[key]) <= rules - local, (key, set(profile[key]) - (rules - local))
+    assert set(profile["set-resources"]) == rules - local
