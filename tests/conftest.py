@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -94,11 +96,9 @@ def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
 
 def with_defaults(config: dict) -> dict:
     """The config as the workflow sees it: validated, with the schema's defaults filled in."""
-    from snakemake.utils import validate
+    from storylm.schema import validate
 
-    config = json.loads(json.dumps(config))
-    validate(config, str(REPO / "config" / "schema.yaml"))
-    return config
+    return validate(copy.deepcopy(config))
 
 
 def stage_hashes(config: dict) -> dict[str, str]:
@@ -126,6 +126,33 @@ def wait_for(condition, timeout: float, what: str):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+OWNER = "STORYLM_TEST_OWNER"  # the mark a test puts in the environment of the processes it starts
+
+
+def owned_env() -> dict:
+    """The test interpreter's environment, with a mark unique to this call: every process started with it,
+    and every process those start, carries it, so a test tells its own processes from another checkout's."""
+    return {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+            OWNER: uuid.uuid4().hex}
+
+
+def carries(pid: int, env: dict) -> bool:
+    """True while process pid runs with env's mark (False once it has ended, or for a reused pid)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{OWNER}={env[OWNER]}".encode() in environ
+
+
+def training_pid(run: Path, env: dict) -> int | None:
+    """The litgpt process training in run, as the stage lock records it, if this test started it (with env)."""
+    from storylm.stagelock import holders
+
+    found = re.search(r"its litgpt, process (\d+)", holders(run))
+    return int(found[1]) if found and carries(int(found[1]), env) else None
 
 
 def load_json(path: Path):

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (REPO, copy_workflow, dry_run_jobs, load_json, snakemake, stage_hashes, tiny_config, wait_for,
-                      write_config)
+from conftest import (REPO, copy_workflow, dry_run_jobs, load_json, owned_env, snakemake, stage_hashes, tiny_config,
+                      training_pid, wait_for, write_config)
 from storylm import stages
 from storylm.entry import StageError
 from storylm.runs import RunError, plan, resolve
-from storylm.stagelock import is_locked, stage_lock
+from storylm.stagelock import is_locked, note, stage_lock
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
 
@@ -148,6 +148,32 @@ def test_a_second_training_in_a_locked_folder_is_refused_naming_the_holder(tmp_p
                              " storylm.pretrain run there would write the same files. Wait for it to end, or stop"
                              " it first\n")
     assert not is_locked(out)
+
+
+def test_a_test_finds_its_training_by_the_lock_record_and_its_own_mark_not_by_a_command_line(tmp_path):
+    """Another checkout training the same config runs a litgpt with the same command line: a test that took
+    it for its own would assert on it and kill it. Only the process the lock names, started by this test, is
+    this test's."""
+    out = tmp_path / "results/pretrain/0123456789"
+    command = [sys.executable, "-c", "import time; time.sleep(120)", "litgpt", "pretrain", "--config",
+               f"results/pretrain/{out.name}/pretrain.yaml"]
+    ours_env, theirs_env = owned_env(), owned_env()
+    ours = subprocess.Popen(command, env=ours_env)
+    theirs = subprocess.Popen(command, env=theirs_env)
+    try:
+        with stage_lock(out, "storylm.pretrain run") as lock:
+            assert training_pid(out, ours_env) is None  # the lock names no litgpt yet
+            note(lock, f"process {os.getpid()} (storylm.pretrain run) and its litgpt, process {theirs.pid}")
+            assert training_pid(out, ours_env) is None and training_pid(out, theirs_env) == theirs.pid
+            note(lock, f"process {os.getpid()} (storylm.pretrain run) and its litgpt, process {ours.pid}")
+            assert training_pid(out, ours_env) == ours.pid
+            ours.kill()
+            ours.wait()
+            assert training_pid(out, ours_env) is None  # ended: its pid is no one's to kill
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()
 
 
 def make_work(out: Path, *names: str) -> None:
@@ -394,15 +420,12 @@ def shared(tmp_path_factory) -> Path:
 
 
 def background_snakemake(workdir: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def litgpt_pid(out: Path) -> int | None:
-    result = subprocess.run(["pgrep", "-f", f"litgpt pretrain --config results/pretrain/{out.name}/"],
-                            capture_output=True, text=True)
-    return int(result.stdout.split()[0]) if result.stdout.split() else None
+    """snakemake in the background; its owned_env marks the processes it starts as this test's."""
+    env = owned_env()
+    pipeline = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    pipeline.owned_env = env
+    return pipeline
 
 
 @pytest.mark.slow
@@ -413,10 +436,14 @@ def test_after_kill_9_of_snakemake_a_rerun_does_not_train_a_second_time(shared):
     out = shared / "results/pretrain" / stage_hashes(config)["pretrain"]
     pipeline = background_snakemake(shared, "--until", "pretrain")
     try:
-        wait_for(lambda: (out / "step-00000010").is_dir() and litgpt_pid(out), 300, "the training")
+        # The training this test started: the stage lock's record, with this test's mark in its environment.
+        def litgpt_pid():
+            return training_pid(out, pipeline.owned_env)
+
+        wait_for(lambda: (out / "step-00000010").is_dir() and litgpt_pid(), 300, "the training")
         pipeline.kill()  # SIGKILL to snakemake alone: its job's processes live on
         pipeline.wait()
-        orphan = litgpt_pid(out)
+        orphan = litgpt_pid()
         assert orphan and is_locked(out)
         snakemake(shared, "--unlock")
         rerun = snakemake(shared, "--cores", "2", "--until", "pretrain", check=False)
@@ -424,9 +451,9 @@ def test_after_kill_9_of_snakemake_a_rerun_does_not_train_a_second_time(shared):
         log = (shared / "logs/pretrain" / f"{out.name}.log").read_text()
         assert log.startswith(f"error: results/pretrain/{out.name}: in use by process ")
         assert f"its litgpt, process {orphan}" in log and len(log.splitlines()) == 1
-        assert litgpt_pid(out) == orphan  # the first training runs on, alone
+        assert litgpt_pid() == orphan  # the first training runs on, alone
     finally:
-        if pid := litgpt_pid(out):
+        if pid := litgpt_pid():
             os.kill(pid, 9)
     # One training wrote the live log: litgpt started once.
     assert (out / "progress.log").read_text().count("Seed set to") == 1

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_workflow, load_json, snakemake, stage_hashes, tiny_config, wait_for, write_config
+from conftest import (copy_workflow, load_json, owned_env, snakemake, stage_hashes, tiny_config, training_pid, wait_for,
+                      write_config)
 from storylm import litgpt_log
 from storylm.pretrain import set_aside_corrupt_checkpoints, step_checkpoints
 
@@ -41,17 +42,12 @@ def shared_workdir(tmp_path_factory) -> Path:
 def start_pipeline(workdir: Path) -> subprocess.Popen:
     """The pipeline as a background job of a shell starts it (`snakemake ... &`): with SIGINT ignored,
     which every process it starts inherits; a SIGINT to litgpt must still stop it."""
-    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
-    return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-
-
-def litgpt_pids(run: Path) -> list[int]:
-    """The litgpt processes training this run (the pipeline launches them with the config's relative path)."""
-    pattern = f"litgpt pretrain --config results/pretrain/{run.name}/pretrain.yaml"
-    result = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
-    return [int(pid) for pid in result.stdout.split()]
+    env = owned_env()
+    pipeline = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2"], cwd=workdir, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    pipeline.owned_env = env
+    return pipeline
 
 
 def run_dir(workdir: Path, config: dict) -> Path:
@@ -69,10 +65,9 @@ def test_an_interrupted_run_resumes_from_its_latest_checkpoint(shared_workdir, s
 
     pipeline = start_pipeline(workdir)
     try:
-        wait_for(lambda: (out / "step-00000010" / "lit_model.pth").exists() and litgpt_pids(out),
-                 timeout=300, what="the second checkpoint")
-        for pid in litgpt_pids(out):
-            os.kill(pid, signum)
+        litgpt = wait_for(lambda: (out / "step-00000010" / "lit_model.pth").exists()
+                          and training_pid(out, pipeline.owned_env), timeout=300, what="the second checkpoint")
+        os.kill(litgpt, signum)
         output, _ = pipeline.communicate(timeout=120)
     finally:
         pipeline.kill()
