@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -573,13 +574,65 @@ def test_the_chatglm3_gguf_holds_the_sentencepiece_vocabulary(microstories_kind)
     assert reader.fields["tokenizer.ggml.add_space_prefix"].contents() is True
 
 
+def task_yaml(folder: Path) -> dict:
+    """The task file as YAML, its lm-eval `!function` tags read as their names."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+    return yaml.load((folder / "lm_eval/storylm_val.yaml").read_text(), Loader=Loader)
+
+
 def test_the_lm_eval_task_scores_the_stories_the_pipeline_scored(default_kind):
-    task = yaml.safe_load((default_kind.folder / "lm_eval/storylm_val.yaml").read_text())
+    task = task_yaml(default_kind.folder)
     assert (task["task"], task["output_type"]) == ("storylm_val", "loglikelihood_rolling")
-    stories = [json.loads(line)["text"] for line in (default_kind.folder / "lm_eval/val_stories.jsonl").open()]
-    assert stories == default_kind.val_texts
+    assert task["custom_dataset"] == "!function storylm_val.load_stories" and "dataset_kwargs" not in task
+    assert [m["metric"] for m in task["metric_list"]] == ["bits_per_character", "bits_per_byte", "byte_perplexity"]
+    stories = [json.loads(line) for line in (default_kind.folder / "lm_eval/val_stories.jsonl").open()]
+    assert [story["text"] for story in stories] == default_kind.val_texts
     expected = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
-    assert expected["stories"] == 40 and 0 < expected["bits_per_byte"] < expected["bits_per_character"]
+    assert expected["stories"] == 40 and expected["window_tokens"] == SEQ
+    assert expected["characters"] == sum(map(len, default_kind.val_texts))
+    assert expected["bits_per_character"] == pytest.approx(sum(s["bits"] for s in stories) / expected["characters"])
+    assert expected["bits_per_byte"] < expected["bits_per_character"]
+
+
+def test_rolling_windows_are_lm_evals(tmp_path):
+    """storylm's copy of lm-eval's windows, against lm-eval's own functions, on lengths around the window."""
+    utils = pytest.importorskip("lm_eval.utils")
+    from storylm.lm_eval_task import rolling_windows
+
+    for length in (0, 1, 2, 7, 63, 64, 65, 100, 127, 128, 129, 300):
+        ids = list(range(3, 3 + length))
+        theirs = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(ids, 2, SEQ, 1)]
+        # HFLM feeds context + continuation without its last token, and scores the continuation.
+        assert rolling_windows(ids, 2, SEQ) == [((a + b)[:-1], b) for a, b in theirs]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_lm_eval_command_runs_the_shipped_task_from_anywhere(kind, request, tmp_path):
+    """The real `lm_eval` command on the folder's own task, from another directory, on every story (long
+    ones included): each metric a finite figure, equal to the one the export says to expect."""
+    if shutil.which("lm_eval") is None:
+        pytest.skip("lm-eval is not installed (pip install 'lm-eval[hf]')")
+    kind = request.getfixturevalue(kind)
+    folder = tmp_path / "downloaded model"  # as a user keeps it: anywhere, under any name
+    shutil.copytree(kind.folder, folder)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    expected = json.loads((folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    longest = max(len(kind.tokenizer.encode(text)) for text in kind.val_texts)
+    done = subprocess.run(["lm_eval", "--model", "hf", "--model_args", f"pretrained={folder},dtype=float32",
+                           "--include_path", str(folder / "lm_eval"), "--tasks", "storylm_val",
+                           "--output_path", "out"], cwd=elsewhere, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next((elsewhere / "out").rglob("results_*.json")).read_text())["results"]["storylm_val"]
+    assert sorted(k.split(",")[0] for k in results if not k.endswith("_stderr,none") and "," in k) == \
+        ["bits_per_byte", "bits_per_character", "byte_perplexity"]
+    for metric in ("bits_per_character", "bits_per_byte", "byte_perplexity"):
+        assert results[f"{metric},none"] == pytest.approx(expected[metric], rel=1e-5), metric
+    if kind.tokenizer.backend == "sentencepiece":  # the fixture's picture books run past the window
+        assert longest > 4 * SEQ
 
 
 def test_the_card_shows_how_to_use_each_client_that_passed(default_kind):

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from storylm import clients, model_card  # noqa: E402
+from storylm import clients, lm_eval_task, model_card  # noqa: E402
 from storylm.checkpoint import load_model, load_tokenizer  # noqa: E402
 from storylm.entry import write_json, write_text  # noqa: E402
 from storylm.export_check import probe_texts  # noqa: E402
@@ -36,9 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = args.checkpoint or Path("results/pretrain") / record["inputs"]["pretrain"] / "final"
     model, tokenizer = load_model(checkpoint, "cpu"), load_tokenizer(checkpoint)
     settings = json.loads((args.folder / "generation_config.json").read_text())
-    stories_file = args.folder / "lm_eval" / clients.LM_EVAL_STORIES_FILE
-    stories = ([(line["text"], line["bits"]) for line in map(json.loads, stories_file.open(encoding="utf-8"))]
-               if stories_file.is_file() else None)
+    stories = lm_eval_task.read_stories(args.folder)
     prompts = ["从前，有一个叫莉莉的小女孩", "有一天，小明和他的狗", "在森林里"]
     found = clients.run_all(args.folder, model, tokenizer, probe_texts([], {"prompts": prompts}), prompts, stories)
     print(f"{'client':<20} {'version':<10} {'result':<6} what was measured")

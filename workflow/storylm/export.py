@@ -16,7 +16,8 @@ load without trust_remote_code, what llama.cpp loads (model.gguf), and what `hf 
     tokenizer files          a trained BPE as PreTrainedTokenizerFast; a SentencePiece model (ChatGLM3) as
                              LlamaTokenizerFast (tokenizer.json) and LlamaTokenizer (tokenizer.model); bos is
                              end-of-text and add_bos_token false, as in training
-    lm_eval/                 an lm-eval task (storylm_val.yaml) on the val stories the pipeline scored
+    lm_eval/                 an lm-eval task (storylm_val.yaml) on the val stories the pipeline scored, runnable
+                             from any directory, with the figures it gives (storylm.lm_eval_task)
     README.md                the model card, with the lines that load and sample it in each client that passed
     storylm_stage.json       the stage record (config.json is the model's)
     storylm_export.json      what the export checked: logits and token ids against litgpt
@@ -34,14 +35,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from storylm import checkpoint, clients, jsonl
+from storylm import checkpoint, clients, jsonl, lm_eval_task
 from storylm.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
 from storylm.export_check import LOGITS_TOLERANCE, check_folder, probe_texts
 from storylm.figures import numeric_figures, sample_figure_files
@@ -98,7 +98,7 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
     tokenizer = checkpoint.load_tokenizer(checkpoint_dir)
     metrics = read_metrics(evaluate_dir)
     samples, sample_settings, sample_figures = read_sample_stage(sample_dir)
-    stories = scored_stories(evaluate_dir, val_split)
+    stories = scored_texts(evaluate_dir, val_split)
     training = read_training(checkpoint_dir)
     state = checkpoint.load_state(checkpoint_dir)
     tied = checkpoint.embeddings_tied(state)
@@ -128,10 +128,10 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
         checks = check_folder(tmp, model, tokenizer, texts, config.block_size)
         checks.update(parameters=checkpoint.parameter_count(model), tie_word_embeddings=tied, head_dim=config.head_size,
                       vocab_size=config.padded_vocab_size, tokenizer=tokenizer_info)
-        lm_eval = write_lm_eval_task(tmp, stories)
-        story_bits = None if stories is None else list(zip(stories["text"], stories["bits"], strict=True))
+        lm_eval = None if stories is None else lm_eval_task.write_task(tmp, stories, model, tokenizer,
+                                                                         config.block_size)
         found = clients.run_all(tmp, model, tokenizer, texts, list(sample_settings.get("prompts") or texts[:1]),
-                                story_bits, LOGITS_TOLERANCE)
+                                lm_eval_task.read_stories(tmp), LOGITS_TOLERANCE)
         gguf = next(row for row in found if row["client"] == clients.GGUF)
         if gguf["passed"] is False:  # like the safetensors check: a difference is a bug
             raise RuntimeError(f"{tmp / GGUF_FILE}: {gguf['result']}, more than {LOGITS_TOLERANCE}: the GGUF is wrong")
@@ -145,53 +145,14 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
     return checks
 
 
-def scored_stories(evaluate_dir: Path | None, val_split: Path | None) -> pd.DataFrame | None:
-    """The val stories the evaluate stage scored whole, with their text and bits: what lm-eval is checked on."""
+def scored_texts(evaluate_dir: Path | None, val_split: Path | None) -> list[str] | None:
+    """The val stories the evaluate stage scored whole (story_scores.tsv's rows): what the lm-eval task scores."""
     if evaluate_dir is None or val_split is None or not (evaluate_dir / "story_scores.tsv").is_file():
         return None
     if not val_split.is_file():
         raise StageError(f"{val_split}: the val split does not exist (run the corpus stage)")
     scores = pd.read_csv(evaluate_dir / "story_scores.tsv", sep="\t")
-    texts = list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
-    # The pipeline's bits for each story as lm-eval scores it: its tokens, without its end-of-text.
-    return scores.assign(text=texts, bits=(scores["nats"] - scores["eos_nats"]) / math.log(2))
-
-
-def write_lm_eval_task(folder: Path, stories: pd.DataFrame | None) -> dict | None:
-    """lm_eval/: a loglikelihood_rolling task on the stories the pipeline scored, and what it should give."""
-    if stories is None:
-        return None
-    task = folder / "lm_eval"
-    task.mkdir()
-    write_text(task / clients.LM_EVAL_STORIES_FILE, "".join(
-        json.dumps({"text": text, "bits": float(b)}, ensure_ascii=False) + "\n"
-        for text, b in zip(stories["text"], stories["bits"], strict=True)))
-    write_text(task / "storylm_val.yaml", LM_EVAL_TASK)
-    bits = stories["bits"].sum()
-    return {"stories": len(stories), "bits_per_character": bits / stories["characters"].sum(),
-            "bits_per_byte": bits / sum(len(text.encode("utf-8")) for text in stories["text"])}
-
-
-LM_EVAL_TASK = """\
-# lm-eval task: each val story the storylm pipeline scored, scored whole after the model's bos
-# (end-of-text, the token before a story in training). Run from the model's folder:
-#   lm_eval --model hf --model_args pretrained=. --tasks storylm_val --include_path lm_eval
-task: storylm_val
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: lm_eval/val_stories.jsonl
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{text}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-metadata:
-  version: 1.0
-"""
+    return list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
 
 
 def readable(folder: Path) -> None:
