@@ -44,7 +44,8 @@ SEQ = 64
 RECORD = {"stage": "export", "hash": "e0e0e0e0e0", "inputs": {"pretrain": "p1p1p1p1p1", "evaluate": "v2v2v2v2v2",
                                                                 "sample": "s3s3s3s3s3"},
           "config": {"corpus": {"source": "builtin", "builtin": {"num_stories": 6000, "seed": 1234}, "dedup": True}}}
-METRICS = {"val_bits_per_character": 1.2345, "val_loss_nats_per_token": 0.987, "val_perplexity": 2.683,
+METRICS = {"val_story_bits_per_character": 1.1, "val_story_bits_per_character_convention": "whole stories",
+           "val_bits_per_character": 1.2345, "val_loss_nats_per_token": 0.987, "val_perplexity": 2.683,
            "parameters": 0, "train_steps": 75, "train_iters": 75, "resumed_from": []}
 SAMPLE_SETTINGS = {"prompts": [PROMPT], "num_samples": 1, "max_new_tokens": 24, "temperature": 0.8, "top_k": 20,
                    "top_p": 1.0, "seed": 7, "num_figure_samples": 1, "copy_ngram": 20}
@@ -138,8 +139,9 @@ def make_stage_dirs(root: Path, checkpoint: Path) -> tuple[Path, Path]:
 
 
 def run_export(checkpoint: Path, out: Path, evaluate_dir: Path | None = None, sample_dir: Path | None = None,
-               record: dict = RECORD, val: Path | None = None) -> int:
+               record: dict = RECORD, val: Path | None = None, tokenizer_dir: Path | None = None) -> int:
     argv = ["--record", json.dumps(record), "--checkpoint", str(checkpoint), "--out", str(out)]
+    argv += ["--tokenizer-dir", str(tokenizer_dir)] if tokenizer_dir else []
     argv += ["--evaluate-dir", str(evaluate_dir)] if evaluate_dir else []
     argv += ["--sample-dir", str(sample_dir)] if sample_dir else []
     argv += ["--val", str(val)] if val else []
@@ -149,7 +151,8 @@ def run_export(checkpoint: Path, out: Path, evaluate_dir: Path | None = None, sa
 class Kind:
     """One exported model: its litgpt checkpoint, its val texts and the export folder."""
 
-    def __init__(self, root: Path, checkpoint: Path, val_texts: list[str], with_stages: bool = True):
+    def __init__(self, root: Path, checkpoint: Path, val_texts: list[str], with_stages: bool = True,
+                 tokenizer_dir: Path | None = None):
         from litgpt import Tokenizer
 
         self.root, self.checkpoint, self.val_texts = root, checkpoint, val_texts
@@ -165,7 +168,7 @@ class Kind:
             scores.to_csv(self.evaluate_dir / "story_scores.tsv", sep="\t", index=False)
         self.folder = root / "export" / "e0e0e0e0e0"
         assert run_export(checkpoint, self.folder, self.evaluate_dir, self.sample_dir,
-                          val=self.val if with_stages else None) == 0
+                          val=self.val if with_stages else None, tokenizer_dir=tokenizer_dir) == 0
         self.tokenizer = Tokenizer(checkpoint)
 
     def lit_model(self):
@@ -195,7 +198,13 @@ def microstories_kind(tmp_path_factory) -> Kind:
              "head_size": 8, "n_embd": 64, "intermediate_size": 96, "vocab_size": 64798, "padded_vocab_size": 65024}
     files = {name: CHATGLM3 / name for name in ("tokenizer.model", "tokenizer_config.json")}
     checkpoint = make_checkpoint(root, model, files, tie=True, train_texts=stories(200, 1), steps=12, batch=4)
-    return Kind(root, checkpoint, val_texts=fixture_stories() + stories(100, 2))
+    # The tokenizer stage's folder as the pipeline passes it: THUDM's files, their licence beside them.
+    tokenizer_dir = root / "tokenizer"
+    tokenizer_dir.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json", "MODEL_LICENSE"):
+        if (CHATGLM3 / name).is_file():
+            (tokenizer_dir / name).write_bytes((CHATGLM3 / name).read_bytes())
+    return Kind(root, checkpoint, val_texts=fixture_stories() + stories(100, 2), tokenizer_dir=tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -366,9 +375,10 @@ def test_model_card(default_kind):
     from huggingface_hub import ModelCard
 
     assert ModelCard(card).data.to_dict()["pipeline_tag"] == "text-generation"
-    assert "| val_bits_per_character | 1.234 |" in body
+    assert "| val_bits_per_character | 1.234 |" in body and "| val_story_bits_per_character | 1.100 |" in body
     assert "| train_steps (measured) | 75 |" in body
-    assert "| figures.distinct_2 | 0.625 |" in body and "| figures.nested.mean_characters | 41.5 |" in body
+    assert "| figures.distinct_2 | 0.6250 |" in body and "| figures.nested.mean_characters | 41.50 |" in body
+    assert "| figures.finished_fraction | 0.5000 |" in body  # 4 significant digits, trailing zeros kept
     assert "prompt_tokens" not in body
     assert "| consistency.consistent_fraction |" in body
     samples = json.loads((default_kind.sample_dir / "samples.json").read_text())
@@ -386,6 +396,18 @@ def test_microstories_card_names_head_dim_and_the_tokenizer_licence(microstories
     assert metadata["license_name"] == "chatglm3-6b-model-license"
     assert "Attention is 6 heads x 8 = 48 channels while the hidden size is 64" in card
     assert "`LlamaTokenizerFast`" in card and "64,789 pieces, from `THUDM/chatglm3-6b`" in card
+    # The licence the card names is in the folder, and the card links that file.
+    if (CHATGLM3 / "MODEL_LICENSE").is_file():
+        assert (microstories_kind.folder / "MODEL_LICENSE").read_bytes() == (CHATGLM3 / "MODEL_LICENSE").read_bytes()
+        assert metadata["license_link"] == "MODEL_LICENSE" and "its text is `MODEL_LICENSE` in this folder" in card
+    assert "A literal `</s>` in a text is plain text" in card
+
+
+def test_a_card_without_the_licence_file_says_where_to_get_it():
+    metadata = model_card.card_metadata({}, {"source": "THUDM/chatglm3-6b"}, None)
+    assert metadata["license_link"] == model_card.CHATGLM3_LICENCE
+    lines = " ".join(model_card.licence_lines(metadata, None))
+    assert "its text is not in this folder: get `MODEL_LICENSE` from the THUDM/chatglm3-6b model repository" in lines
 
 
 def test_without_evaluate_and_sample_the_card_says_not_measured(gqa_untied_kind):
@@ -635,18 +657,96 @@ def test_the_lm_eval_command_runs_the_shipped_task_from_anywhere(kind, request, 
         assert longest > 4 * SEQ
 
 
-def test_the_card_shows_how_to_use_each_client_that_passed(default_kind):
+def card_sections(card: str) -> dict[str, list[tuple[str, str]]]:
+    """The card's "Use it" section: {client: [(language, code) of each fenced block, in order]}."""
+    section = card[card.index(model_card.CLIENTS_START):card.index(model_card.CLIENTS_END)]
+    found = {}
+    for part in section.split("\n### ")[1:]:
+        name, body = part.split("\n", 1)
+        found[name] = re.findall(r"```(\w+)\n(.*?)\n```", body, flags=re.S)
+    return found
+
+
+def test_the_card_shows_how_to_use_every_client(default_kind):
     card = (default_kind.folder / "README.md").read_text(encoding="utf-8")
     clients = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["clients"]
-    section = card[card.index(model_card.CLIENTS_START):card.index(model_card.CLIENTS_END)]
+    sections = card_sections(card)
+    # Every client gets its lines, checked at export or not; each begins with what to install.
+    assert list(sections) == [client["client"] for client in clients]
     for client in clients:
-        if client["passed"]:
-            assert f"**{client['client']}** {client['version']} (checked:" in section
-        elif client["passed"] is None:
-            assert client["client"] in section.split("Not checked on this export")[1]
-    assert 'pipeline("text-generation", model="<this folder or repo id>")' in section
-    assert 'gguf_file="model.gguf"' in section
+        assert sections[client["client"]][0] == ("bash", model_card.INSTALL[client["client"]])
+        status = "Checked at export with" if client["passed"] else "Not checked at export:"
+        assert f"### {client['client']}\n\n{status}" in card
+    assert 'pipeline("text-generation", model=".")' in card and 'gguf_file="model.gguf"' in card
+    assert 'pip install "lm-eval[hf]"' in card and "workflow/benchmarks" not in card
+    # The sample stage asked for 24 new tokens; the prompt and they fit the 64-token block.
+    assert "max_new_tokens=24," in card
+    use = model_card.usage_for(default_kind.lit_model().config, default_kind.tokenizer, {"max_new_tokens": 200}, None)
+    assert use.new_tokens == SEQ - len(default_kind.tokenizer.encode(model_card.DEFAULT_PROMPT)) < 200
+    # lm-eval's figures beside the pipeline's, each with its convention.
+    expected = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    assert f"| storylm_val bits_per_character | {model_card.fmt(expected['bits_per_character'])} |" in card
+    assert "with its own end-of-text not scored" in card and "its own end-of-text token included" in card
     # The clients script rewrites just this section.
     rewritten = model_card.with_client_lines(card, [model_card.CLIENTS_START, "new lines", model_card.CLIENTS_END])
     before, after = card.split(model_card.CLIENTS_START)[0], card.split(model_card.CLIENTS_END)[1]
     assert rewritten == f"{before}{model_card.CLIENTS_START}\nnew lines\n{model_card.CLIENTS_END}{after}"
+
+
+def installed(client: str, language: str, code: str) -> str | None:
+    """Why a card block cannot run here (its client is not installed), or None."""
+    from importlib.util import find_spec
+
+    if language == "bash" and code.startswith("llama-cli"):
+        return None if shutil.which("llama-cli") else "llama-cli is not on PATH"
+    needs = {"transformers": ["transformers"], "gguf (transformers)": ["transformers", "gguf", "accelerate"],
+             "llama.cpp": ["llama_cpp"], "ctranslate2": ["ctranslate2", "transformers"], "lm-eval": ["lm_eval"]}
+    missing = [module for module in needs[client] if find_spec(module) is None]
+    return f"{', '.join(missing)} not installed" if missing else None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_usage_line_of_the_card_runs_as_written(kind, request, tmp_path):
+    """Each block of the card's "Use it" section, as written, in a fresh process in a copy of the folder,
+    for every client installed here: the install lines name installed packages, the rest runs and writes
+    Chinese (or lm-eval's figures)."""
+    from importlib import metadata
+
+    kind = request.getfixturevalue(kind)
+    folder = tmp_path / "model"
+    shutil.copytree(kind.folder, folder)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    ran, skipped = [], []
+    for client, blocks in card_sections(card).items():
+        for language, code in blocks:
+            if code.startswith("pip install"):
+                for package in code.split()[2:]:
+                    name = package.strip('"').split("[")[0]
+                    if not installed(client, language, code):
+                        assert metadata.version(name), name
+                continue
+            reason = installed(client, language, code)
+            if reason:
+                skipped.append(f"{client}: {reason}")
+                continue
+            command = ["bash", "-c", code] if language == "bash" else [sys.executable, "-c", code]
+            done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, f"{client} {language} block failed:\n{code}\n{done.stderr[-3000:]}"
+            if client == "lm-eval":
+                assert "bits_per_character" in done.stdout and "word_perplexity" not in done.stdout
+            elif language == "python":
+                assert HAN.search(done.stdout), (client, done.stdout)
+            ran.append(client)
+    assert "transformers" in ran and "gguf (transformers)" in ran, (ran, skipped)
+
+
+@needs_chatglm3
+def test_the_tokenizer_stage_keeps_the_licence_the_export_ships(tmp_path):
+    from storylm.tokenizer import copy_pretrained
+
+    if not (CHATGLM3 / "MODEL_LICENSE").is_file():
+        pytest.skip(f"no MODEL_LICENSE in {CHATGLM3}")
+    copy_pretrained(CHATGLM3, tmp_path)
+    assert (tmp_path / "MODEL_LICENSE").read_bytes() == (CHATGLM3 / "MODEL_LICENSE").read_bytes()
+    assert {"tokenizer.model", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}

@@ -4,9 +4,10 @@
 
 transformers (greedy ids equal litgpt's), transformers reading model.gguf (logits equal litgpt's),
 llama.cpp through llama-cpp-python (greedy text equal to transformers'), ctranslate2 (log-probs
-within 1e-4 of transformers') and lm-eval (bits per character within 1% of the pipeline's
-whole-story figure): storylm.clients has each check. A client that is not installed is skipped and
-named; install them with `pip install ctranslate2 lm-eval llama-cpp-python` (they are not pinned).
+within 1e-4 of transformers') and lm-eval (the lm_eval command on the folder's own task: bits per
+character within 1e-4 of the figure the export computed in lm-eval's convention): storylm.clients
+has each check. A client that is not installed is skipped and
+named; install them with `pip install ctranslate2 "lm-eval[hf]" llama-cpp-python` (they are not pinned).
 The litgpt checkpoint is the export's own (its storylm_stage.json names the pretrain folder) unless
 --checkpoint says otherwise. --write puts the results into the folder's storylm_clients.json and
 the model card's "Use it" section. docs/export.md carries the table measured with this script.
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         card = (args.folder / "README.md").read_text(encoding="utf-8")
         sample_settings = {"prompts": prompts[:1], "temperature": settings.get("temperature", 0.4),
                            "top_k": settings.get("top_k", 20)}
-        lines = model_card.client_lines(found, sample_settings, saved.get("lm_eval_expected"))
+        use = model_card.usage_for(model.config, tokenizer, sample_settings, saved.get("lm_eval_expected"))
+        lines = model_card.client_lines(found, use)
         write_text(args.folder / "README.md", model_card.with_client_lines(card, lines))
 
 

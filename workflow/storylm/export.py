@@ -18,7 +18,8 @@ load without trust_remote_code, what llama.cpp loads (model.gguf), and what `hf 
                              end-of-text and add_bos_token false, as in training
     lm_eval/                 an lm-eval task (storylm_val.yaml) on the val stories the pipeline scored, runnable
                              from any directory, with the figures it gives (storylm.lm_eval_task)
-    README.md                the model card, with the lines that load and sample it in each client that passed
+    README.md                the model card, with the lines that install, load and run it in each client
+    MODEL_LICENSE            the tokenizer's licence file, where its folder has one (ChatGLM3's)
     storylm_stage.json       the stage record (config.json is the model's)
     storylm_export.json      what the export checked: logits and token ids against litgpt
     storylm_clients.json     each client's check (storylm.clients): the installed ones ran for real
@@ -48,7 +49,8 @@ from storylm.figures import numeric_figures, sample_figure_files
 from storylm.gguf_export import GGUF_FILE, write_gguf
 from storylm.hf_model import check_expressible, hf_config, hf_weights
 from storylm.hf_tokenizer import describe_tokenizer, dummy_prefix, save_tokenizer, special_tokens
-from storylm.model_card import CHECKS, CLIENTS, STAGE_RECORD, model_card
+from storylm.model_card import CHECKS, CLIENTS, STAGE_RECORD, CardFacts, model_card, usage_for
+from storylm.tokens import LICENCE_FILES
 
 # The one file to name as the Snakemake output; the whole folder appears at once.
 OUTPUT_FILE = "model.safetensors"
@@ -90,7 +92,7 @@ def read_training(checkpoint_dir: Path) -> dict:
 
 
 def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample_dir: Path | None,
-           out_dir: Path, val_split: Path | None = None) -> dict:
+           out_dir: Path, val_split: Path | None = None, tokenizer_dir: Path | None = None) -> dict:
     if not checkpoint_dir.is_dir():
         raise StageError(f"{checkpoint_dir}: the checkpoint folder does not exist")
     config = checkpoint.load_config(checkpoint_dir)
@@ -135,9 +137,12 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
         gguf = next(row for row in found if row["client"] == clients.GGUF)
         if gguf["passed"] is False:  # like the safetensors check: a difference is a bug
             raise RuntimeError(f"{tmp / GGUF_FILE}: {gguf['result']}, more than {LOGITS_TOLERANCE}: the GGUF is wrong")
-        write_text(tmp / "README.md", model_card(record, config, model_config, tokenizer_info, checks, metrics,
-                                                 samples, sample_settings, sample_figures, training,
-                                                 checks["parameters"], found, lm_eval))
+        licence = copy_licence(tmp, [d for d in (tokenizer_dir, checkpoint_dir) if d is not None])
+        usage = usage_for(config, tokenizer, sample_settings, lm_eval)
+        write_text(tmp / "README.md", model_card(CardFacts(
+            record=record, config=config, hf_config=model_config, tokenizer_info=tokenizer_info, checks=checks,
+            metrics=metrics, samples=samples, sample_settings=sample_settings, sample_figures=sample_figures,
+            training=training, clients=found, usage=usage, licence_file=licence)))
         write_json(tmp / CHECKS, checks)
         write_json(tmp / CLIENTS, {"clients": found, "lm_eval_expected": lm_eval})
         write_json(tmp / STAGE_RECORD, record)
@@ -155,6 +160,17 @@ def scored_texts(evaluate_dir: Path | None, val_split: Path | None) -> list[str]
     return list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
 
 
+def copy_licence(folder: Path, sources: list[Path]) -> str | None:
+    """The tokenizer's licence file (ChatGLM3's MODEL_LICENSE), from the first folder that has one, into the
+    export: its name, or None where no folder has one."""
+    for source in sources:
+        for name in LICENCE_FILES:
+            if (source / name).is_file():
+                (folder / name).write_bytes((source / name).read_bytes())
+                return name
+    return None
+
+
 def readable(folder: Path) -> None:
     """Temporary files and folders are private (0600/0700); the export is meant to be shared."""
     umask = os.umask(0)
@@ -170,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evaluate-dir", type=Path, help="the evaluate stage's folder (metrics.json)")
     parser.add_argument("--sample-dir", type=Path, help="the sample stage's folder (samples.json, figures)")
     parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: the stories lm-eval is checked on")
+    parser.add_argument("--tokenizer-dir", type=Path,
+                        help="the tokenizer stage's folder: a licence file there (MODEL_LICENSE) goes into the export")
     parser.add_argument("--out", type=Path, required=True, help="the export folder, replaced whole")
     args = parser.parse_args(argv)
     try:
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"--record: not valid JSON ({first_line(error)})") from None
     if not isinstance(record, dict):
         raise StageError("--record: not a JSON object")
-    checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val)
+    checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val, args.tokenizer_dir)
     print(f"exported {args.checkpoint} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
           f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"
           f" {checks['tokenizer_texts_compared']} texts")

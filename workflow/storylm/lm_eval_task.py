@@ -106,9 +106,9 @@ def read_stories(folder: Path) -> list[tuple[str, float]] | None:
     return [(row["text"], row["bits"]) for row in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if row]
 
 
-CONVENTION = ("each story after the model's bos (end-of-text), its end-of-text not scored, in lm-eval's"
-              " loglikelihood_rolling windows of the model's context (the last, shorter window sees a whole"
-              " window of context)")
+CONVENTION = ("each story after the model's bos, the end-of-text token, with its own end-of-text not scored, in"
+              " lm-eval's loglikelihood_rolling windows of the model's context, the last and shorter of which sees a"
+              " whole window of context")
 
 TASK_YAML = f"""\
 # lm-eval task: each val story the storylm pipeline scored, scored whole (loglikelihood_rolling) after the
