@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ SEQ = 64
 RECORD = {"stage": "export", "hash": "e0e0e0e0e0", "inputs": {"pretrain": "p1p1p1p1p1", "evaluate": "v2v2v2v2v2",
                                                                 "sample": "s3s3s3s3s3"},
           "config": {"corpus": {"source": "builtin", "builtin": {"num_stories": 6000, "seed": 1234}, "dedup": True}}}
-METRICS = {"val_bits_per_character": 1.2345, "val_loss_nats_per_token": 0.987, "val_perplexity": 2.683,
+METRICS = {"val_story_bits_per_character": 1.1, "val_story_bits_per_character_convention": "whole stories",
+           "val_bits_per_character": 1.2345, "val_loss_nats_per_token": 0.987, "val_perplexity": 2.683,
            "parameters": 0, "train_steps": 75, "train_iters": 75, "resumed_from": []}
 SAMPLE_SETTINGS = {"prompts": [PROMPT], "num_samples": 1, "max_new_tokens": 24, "temperature": 0.8, "top_k": 20,
                    "top_p": 1.0, "seed": 7, "num_figure_samples": 1, "copy_ngram": 20}
@@ -137,8 +139,9 @@ def make_stage_dirs(root: Path, checkpoint: Path) -> tuple[Path, Path]:
 
 
 def run_export(checkpoint: Path, out: Path, evaluate_dir: Path | None = None, sample_dir: Path | None = None,
-               record: dict = RECORD, val: Path | None = None) -> int:
+               record: dict = RECORD, val: Path | None = None, tokenizer_dir: Path | None = None) -> int:
     argv = ["--record", json.dumps(record), "--checkpoint", str(checkpoint), "--out", str(out)]
+    argv += ["--tokenizer-dir", str(tokenizer_dir)] if tokenizer_dir else []
     argv += ["--evaluate-dir", str(evaluate_dir)] if evaluate_dir else []
     argv += ["--sample-dir", str(sample_dir)] if sample_dir else []
     argv += ["--val", str(val)] if val else []
@@ -148,7 +151,8 @@ def run_export(checkpoint: Path, out: Path, evaluate_dir: Path | None = None, sa
 class Kind:
     """One exported model: its litgpt checkpoint, its val texts and the export folder."""
 
-    def __init__(self, root: Path, checkpoint: Path, val_texts: list[str], with_stages: bool = True):
+    def __init__(self, root: Path, checkpoint: Path, val_texts: list[str], with_stages: bool = True,
+                 tokenizer_dir: Path | None = None):
         from litgpt import Tokenizer
 
         self.root, self.checkpoint, self.val_texts = root, checkpoint, val_texts
@@ -164,7 +168,7 @@ class Kind:
             scores.to_csv(self.evaluate_dir / "story_scores.tsv", sep="\t", index=False)
         self.folder = root / "export" / "e0e0e0e0e0"
         assert run_export(checkpoint, self.folder, self.evaluate_dir, self.sample_dir,
-                          val=self.val if with_stages else None) == 0
+                          val=self.val if with_stages else None, tokenizer_dir=tokenizer_dir) == 0
         self.tokenizer = Tokenizer(checkpoint)
 
     def lit_model(self):
@@ -194,7 +198,13 @@ def microstories_kind(tmp_path_factory) -> Kind:
              "head_size": 8, "n_embd": 64, "intermediate_size": 96, "vocab_size": 64798, "padded_vocab_size": 65024}
     files = {name: CHATGLM3 / name for name in ("tokenizer.model", "tokenizer_config.json")}
     checkpoint = make_checkpoint(root, model, files, tie=True, train_texts=stories(200, 1), steps=12, batch=4)
-    return Kind(root, checkpoint, val_texts=fixture_stories() + stories(100, 2))
+    # The tokenizer stage's folder as the pipeline passes it: THUDM's files, their licence beside them.
+    tokenizer_dir = root / "tokenizer"
+    tokenizer_dir.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json", "MODEL_LICENSE"):
+        if (CHATGLM3 / name).is_file():
+            (tokenizer_dir / name).write_bytes((CHATGLM3 / name).read_bytes())
+    return Kind(root, checkpoint, val_texts=fixture_stories() + stories(100, 2), tokenizer_dir=tokenizer_dir)
 
 
 @pytest.fixture(scope="module")
@@ -365,9 +375,10 @@ def test_model_card(default_kind):
     from huggingface_hub import ModelCard
 
     assert ModelCard(card).data.to_dict()["pipeline_tag"] == "text-generation"
-    assert "| val_bits_per_character | 1.234 |" in body
+    assert "| val_bits_per_character | 1.234 |" in body and "| val_story_bits_per_character | 1.100 |" in body
     assert "| train_steps (measured) | 75 |" in body
-    assert "| figures.distinct_2 | 0.625 |" in body and "| figures.nested.mean_characters | 41.5 |" in body
+    assert "| figures.distinct_2 | 0.6250 |" in body and "| figures.nested.mean_characters | 41.50 |" in body
+    assert "| figures.finished_fraction | 0.5000 |" in body  # 4 significant digits, trailing zeros kept
     assert "prompt_tokens" not in body
     assert "| consistency.consistent_fraction |" in body
     samples = json.loads((default_kind.sample_dir / "samples.json").read_text())
@@ -385,6 +396,18 @@ def test_microstories_card_names_head_dim_and_the_tokenizer_licence(microstories
     assert metadata["license_name"] == "chatglm3-6b-model-license"
     assert "Attention is 6 heads x 8 = 48 channels while the hidden size is 64" in card
     assert "`LlamaTokenizerFast`" in card and "64,789 pieces, from `THUDM/chatglm3-6b`" in card
+    # The licence the card names is in the folder, and the card links that file.
+    if (CHATGLM3 / "MODEL_LICENSE").is_file():
+        assert (microstories_kind.folder / "MODEL_LICENSE").read_bytes() == (CHATGLM3 / "MODEL_LICENSE").read_bytes()
+        assert metadata["license_link"] == "MODEL_LICENSE" and "its text is `MODEL_LICENSE` in this folder" in card
+    assert "A literal `</s>` in a text is plain text" in card
+
+
+def test_a_card_without_the_licence_file_says_where_to_get_it():
+    metadata = model_card.card_metadata({}, {"source": "THUDM/chatglm3-6b"}, None)
+    assert metadata["license_link"] == model_card.CHATGLM3_LICENCE
+    lines = " ".join(model_card.licence_lines(metadata, None))
+    assert "its text is not in this folder: get `MODEL_LICENSE` from the THUDM/chatglm3-6b model repository" in lines
 
 
 def test_without_evaluate_and_sample_the_card_says_not_measured(gqa_untied_kind):
@@ -573,27 +596,157 @@ def test_the_chatglm3_gguf_holds_the_sentencepiece_vocabulary(microstories_kind)
     assert reader.fields["tokenizer.ggml.add_space_prefix"].contents() is True
 
 
+def task_yaml(folder: Path) -> dict:
+    """The task file as YAML, its lm-eval `!function` tags read as their names."""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+    return yaml.load((folder / "lm_eval/storylm_val.yaml").read_text(), Loader=Loader)
+
+
 def test_the_lm_eval_task_scores_the_stories_the_pipeline_scored(default_kind):
-    task = yaml.safe_load((default_kind.folder / "lm_eval/storylm_val.yaml").read_text())
+    task = task_yaml(default_kind.folder)
     assert (task["task"], task["output_type"]) == ("storylm_val", "loglikelihood_rolling")
-    stories = [json.loads(line)["text"] for line in (default_kind.folder / "lm_eval/val_stories.jsonl").open()]
-    assert stories == default_kind.val_texts
+    assert task["custom_dataset"] == "!function storylm_val.load_stories" and "dataset_kwargs" not in task
+    assert [m["metric"] for m in task["metric_list"]] == ["bits_per_character", "bits_per_byte", "byte_perplexity"]
+    stories = [json.loads(line) for line in (default_kind.folder / "lm_eval/val_stories.jsonl").open()]
+    assert [story["text"] for story in stories] == default_kind.val_texts
     expected = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
-    assert expected["stories"] == 40 and 0 < expected["bits_per_byte"] < expected["bits_per_character"]
+    assert expected["stories"] == 40 and expected["window_tokens"] == SEQ
+    assert expected["characters"] == sum(map(len, default_kind.val_texts))
+    assert expected["bits_per_character"] == pytest.approx(sum(s["bits"] for s in stories) / expected["characters"])
+    assert expected["bits_per_byte"] < expected["bits_per_character"]
 
 
-def test_the_card_shows_how_to_use_each_client_that_passed(default_kind):
+def test_rolling_windows_are_lm_evals(tmp_path):
+    """storylm's copy of lm-eval's windows, against lm-eval's own functions, on lengths around the window."""
+    utils = pytest.importorskip("lm_eval.utils")
+    from storylm.lm_eval_task import rolling_windows
+
+    for length in (0, 1, 2, 7, 63, 64, 65, 100, 127, 128, 129, 300):
+        ids = list(range(3, 3 + length))
+        theirs = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(ids, 2, SEQ, 1)]
+        # HFLM feeds context + continuation without its last token, and scores the continuation.
+        assert rolling_windows(ids, 2, SEQ) == [((a + b)[:-1], b) for a, b in theirs]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_lm_eval_command_runs_the_shipped_task_from_anywhere(kind, request, tmp_path):
+    """The real `lm_eval` command on the folder's own task, from another directory, on every story (long
+    ones included): each metric a finite figure, equal to the one the export says to expect."""
+    if shutil.which("lm_eval") is None:
+        pytest.skip("lm-eval is not installed (pip install 'lm-eval[hf]')")
+    kind = request.getfixturevalue(kind)
+    folder = tmp_path / "downloaded model"  # as a user keeps it: anywhere, under any name
+    shutil.copytree(kind.folder, folder)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    expected = json.loads((folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    longest = max(len(kind.tokenizer.encode(text)) for text in kind.val_texts)
+    done = subprocess.run(["lm_eval", "--model", "hf", "--model_args", f"pretrained={folder},dtype=float32",
+                           "--include_path", str(folder / "lm_eval"), "--tasks", "storylm_val",
+                           "--output_path", "out"], cwd=elsewhere, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next((elsewhere / "out").rglob("results_*.json")).read_text())["results"]["storylm_val"]
+    assert sorted(k.split(",")[0] for k in results if not k.endswith("_stderr,none") and "," in k) == \
+        ["bits_per_byte", "bits_per_character", "byte_perplexity"]
+    for metric in ("bits_per_character", "bits_per_byte", "byte_perplexity"):
+        assert results[f"{metric},none"] == pytest.approx(expected[metric], rel=1e-5), metric
+    if kind.tokenizer.backend == "sentencepiece":  # the fixture's picture books run past the window
+        assert longest > 4 * SEQ
+
+
+def card_sections(card: str) -> dict[str, list[tuple[str, str]]]:
+    """The card's "Use it" section: {client: [(language, code) of each fenced block, in order]}."""
+    section = card[card.index(model_card.CLIENTS_START):card.index(model_card.CLIENTS_END)]
+    found = {}
+    for part in section.split("\n### ")[1:]:
+        name, body = part.split("\n", 1)
+        found[name] = re.findall(r"```(\w+)\n(.*?)\n```", body, flags=re.S)
+    return found
+
+
+def test_the_card_shows_how_to_use_every_client(default_kind):
     card = (default_kind.folder / "README.md").read_text(encoding="utf-8")
     clients = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["clients"]
-    section = card[card.index(model_card.CLIENTS_START):card.index(model_card.CLIENTS_END)]
+    sections = card_sections(card)
+    # Every client gets its lines, checked at export or not; each begins with what to install.
+    assert list(sections) == [client["client"] for client in clients]
     for client in clients:
-        if client["passed"]:
-            assert f"**{client['client']}** {client['version']} (checked:" in section
-        elif client["passed"] is None:
-            assert client["client"] in section.split("Not checked on this export")[1]
-    assert 'pipeline("text-generation", model="<this folder or repo id>")' in section
-    assert 'gguf_file="model.gguf"' in section
+        assert sections[client["client"]][0] == ("bash", model_card.INSTALL[client["client"]])
+        status = "Checked at export with" if client["passed"] else "Not checked at export:"
+        assert f"### {client['client']}\n\n{status}" in card
+    assert 'pipeline("text-generation", model=".")' in card and 'gguf_file="model.gguf"' in card
+    assert 'pip install "lm-eval[hf]"' in card and "workflow/benchmarks" not in card
+    # The sample stage asked for 24 new tokens; the prompt and they fit the 64-token block.
+    assert "max_new_tokens=24," in card
+    use = model_card.usage_for(default_kind.lit_model().config, default_kind.tokenizer, {"max_new_tokens": 200}, None)
+    assert use.new_tokens == SEQ - len(default_kind.tokenizer.encode(model_card.DEFAULT_PROMPT)) < 200
+    # lm-eval's figures beside the pipeline's, each with its convention.
+    expected = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    assert f"| storylm_val bits_per_character | {model_card.fmt(expected['bits_per_character'])} |" in card
+    assert "with its own end-of-text not scored" in card and "its own end-of-text token included" in card
     # The clients script rewrites just this section.
     rewritten = model_card.with_client_lines(card, [model_card.CLIENTS_START, "new lines", model_card.CLIENTS_END])
     before, after = card.split(model_card.CLIENTS_START)[0], card.split(model_card.CLIENTS_END)[1]
     assert rewritten == f"{before}{model_card.CLIENTS_START}\nnew lines\n{model_card.CLIENTS_END}{after}"
+
+
+def installed(client: str, language: str, code: str) -> str | None:
+    """Why a card block cannot run here (its client is not installed), or None."""
+    from importlib.util import find_spec
+
+    if language == "bash" and code.startswith("llama-cli"):
+        return None if shutil.which("llama-cli") else "llama-cli is not on PATH"
+    needs = {"transformers": ["transformers"], "gguf (transformers)": ["transformers", "gguf", "accelerate"],
+             "llama.cpp": ["llama_cpp"], "ctranslate2": ["ctranslate2", "transformers"], "lm-eval": ["lm_eval"]}
+    missing = [module for module in needs[client] if find_spec(module) is None]
+    return f"{', '.join(missing)} not installed" if missing else None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_usage_line_of_the_card_runs_as_written(kind, request, tmp_path):
+    """Each block of the card's "Use it" section, as written, in a fresh process in a copy of the folder,
+    for every client installed here: the install lines name installed packages, the rest runs and writes
+    Chinese (or lm-eval's figures)."""
+    from importlib import metadata
+
+    kind = request.getfixturevalue(kind)
+    folder = tmp_path / "model"
+    shutil.copytree(kind.folder, folder)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    ran, skipped = [], []
+    for client, blocks in card_sections(card).items():
+        for language, code in blocks:
+            if code.startswith("pip install"):
+                for package in code.split()[2:]:
+                    name = package.strip('"').split("[")[0]
+                    if not installed(client, language, code):
+                        assert metadata.version(name), name
+                continue
+            reason = installed(client, language, code)
+            if reason:
+                skipped.append(f"{client}: {reason}")
+                continue
+            command = ["bash", "-c", code] if language == "bash" else [sys.executable, "-c", code]
+            done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, f"{client} {language} block failed:\n{code}\n{done.stderr[-3000:]}"
+            if client == "lm-eval":
+                assert "bits_per_character" in done.stdout and "word_perplexity" not in done.stdout
+            elif language == "python":
+                assert HAN.search(done.stdout), (client, done.stdout)
+            ran.append(client)
+    assert "transformers" in ran and "gguf (transformers)" in ran, (ran, skipped)
+
+
+@needs_chatglm3
+def test_the_tokenizer_stage_keeps_the_licence_the_export_ships(tmp_path):
+    from storylm.tokenizer import copy_pretrained
+
+    if not (CHATGLM3 / "MODEL_LICENSE").is_file():
+        pytest.skip(f"no MODEL_LICENSE in {CHATGLM3}")
+    copy_pretrained(CHATGLM3, tmp_path)
+    assert (tmp_path / "MODEL_LICENSE").read_bytes() == (CHATGLM3 / "MODEL_LICENSE").read_bytes()
+    assert {"tokenizer.model", "tokenizer_config.json"} <= {p.name for p in tmp_path.iterdir()}

@@ -4,9 +4,10 @@
 
 transformers (greedy ids equal litgpt's), transformers reading model.gguf (logits equal litgpt's),
 llama.cpp through llama-cpp-python (greedy text equal to transformers'), ctranslate2 (log-probs
-within 1e-4 of transformers') and lm-eval (bits per character within 1% of the pipeline's
-whole-story figure): storylm.clients has each check. A client that is not installed is skipped and
-named; install them with `pip install ctranslate2 lm-eval llama-cpp-python` (they are not pinned).
+within 1e-4 of transformers') and lm-eval (the lm_eval command on the folder's own task: bits per
+character within 1e-4 of the figure the export computed in lm-eval's convention): storylm.clients
+has each check. A client that is not installed is skipped and
+named; install them with `pip install ctranslate2 "lm-eval[hf]" llama-cpp-python` (they are not pinned).
 The litgpt checkpoint is the export's own (its storylm_stage.json names the pretrain folder) unless
 --checkpoint says otherwise. --write puts the results into the folder's storylm_clients.json and
 the model card's "Use it" section. docs/export.md carries the table measured with this script.
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from storylm import clients, model_card  # noqa: E402
+from storylm import clients, lm_eval_task, model_card  # noqa: E402
 from storylm.checkpoint import load_model, load_tokenizer  # noqa: E402
 from storylm.entry import write_json, write_text  # noqa: E402
 from storylm.export_check import probe_texts  # noqa: E402
@@ -36,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = args.checkpoint or Path("results/pretrain") / record["inputs"]["pretrain"] / "final"
     model, tokenizer = load_model(checkpoint, "cpu"), load_tokenizer(checkpoint)
     settings = json.loads((args.folder / "generation_config.json").read_text())
-    stories_file = args.folder / "lm_eval" / clients.LM_EVAL_STORIES_FILE
-    stories = ([(line["text"], line["bits"]) for line in map(json.loads, stories_file.open(encoding="utf-8"))]
-               if stories_file.is_file() else None)
+    stories = lm_eval_task.read_stories(args.folder)
     prompts = ["从前，有一个叫莉莉的小女孩", "有一天，小明和他的狗", "在森林里"]
     found = clients.run_all(args.folder, model, tokenizer, probe_texts([], {"prompts": prompts}), prompts, stories)
     print(f"{'client':<20} {'version':<10} {'result':<6} what was measured")
@@ -52,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         card = (args.folder / "README.md").read_text(encoding="utf-8")
         sample_settings = {"prompts": prompts[:1], "temperature": settings.get("temperature", 0.4),
                            "top_k": settings.get("top_k", 20)}
-        lines = model_card.client_lines(found, sample_settings, saved.get("lm_eval_expected"))
+        use = model_card.usage_for(model.config, tokenizer, sample_settings, saved.get("lm_eval_expected"))
+        lines = model_card.client_lines(found, use)
         write_text(args.folder / "README.md", model_card.with_client_lines(card, lines))
 
 

@@ -9,6 +9,7 @@ rule export:
         stories=upstream_file("export", "evaluate", "story_scores.tsv"),
         samples=upstream_file("export", "sample", "samples.json"),
         val=training_file("export", "corpus", "val.jsonl"),
+        tokenizer=training_file("export", "tokenizer", "tokenizer_config.json"),
     output:
         weights="results/export/{hash}/model.safetensors",
     log:
@@ -24,8 +25,10 @@ rule export:
         checkpoint_dir=input_dir("checkpoint"),
         evaluate_dir=input_dir("metrics"),
         sample_dir=input_dir("samples"),
+        tokenizer_dir=input_dir("tokenizer"),
         out=output_dir("weights"),
     shell:
         "python -m storylm.export --record {params.record:q} --checkpoint {params.checkpoint_dir}"
-        " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --val {input.val} --out {params.out}"
+        " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --val {input.val}"
+        " --tokenizer-dir {params.tokenizer_dir} --out {params.out}"
         " > {log} 2>&1"

@@ -52,4 +52,5 @@ Helpers:
     hf_tokenizer    a litgpt tokenizer as a transformers tokenizer class
     export_check    an export folder loaded with transformers and compared with litgpt
     model_card      the export's README.md
+    lm_eval_task    the export's lm-eval task, and the figures it gives computed in lm-eval's windows
 """

@@ -4,19 +4,22 @@
     gguf           transformers reading model.gguf (gguf_file=): logits equal litgpt's
     llama.cpp      llama-cpp-python on model.gguf: greedy text equal to transformers'
     ctranslate2    its converter's model: log-probs within 1e-4 of transformers'
-    lm-eval        loglikelihood_rolling on the val stories: bits per character within 1% of the
-                   pipeline's whole-story figure on the same stories
+    lm-eval        the lm_eval command on the folder's own task (lm_eval/), from another directory:
+                   bits per character within 1e-4 (relative) of the figure the export computed in
+                   lm-eval's convention (storylm.lm_eval_task)
 
 Each check returns a row: client, version, passed (True, False, or None when not installed) and
 what it measured. The export stage runs every installed client and writes the rows into
 storylm_clients.json and the model card; workflow/benchmarks/clients.py runs them on any export
 folder and prints the table of docs/export.md. None of the clients but transformers is a pinned
-dependency: `pip install ctranslate2 lm-eval llama-cpp-python`.
+dependency: `pip install ctranslate2 "lm-eval[hf]" llama-cpp-python`.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import subprocess
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -24,15 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from storylm import lm_eval_task
+from storylm.export_check import LOGITS_TOLERANCE
 from storylm.gguf_export import GGUF_FILE
 
 # Log-probability agreement asked of ctranslate2 (float32 on both sides), and of lm-eval's bits per
-# character against the pipeline's (relative).
+# character against the figure computed in its own convention from litgpt's model (relative; both
+# float32, the same windows, so only rounding parts them).
 LOGPROB_TOLERANCE = 1e-4
-BPC_TOLERANCE = 0.01
+LM_EVAL_TOLERANCE = 1e-4
 GREEDY_TOKENS = 40
-LM_EVAL_STORIES = 100  # the first val stories the pipeline scored: enough for 1%, quick on a CPU
-LM_EVAL_STORIES_FILE = "val_stories.jsonl"  # in the export's lm_eval/: each story's text and the pipeline's bits
+LM_EVAL_STORIES = 100  # the task's first stories: quick on a CPU
 GGUF = "gguf (transformers)"
 
 
@@ -174,30 +179,50 @@ def check_ctranslate2(folder: Path, hf_model, hf_tokenizer, texts: list[str]) ->
                f" {worst:.2g} on {len(texts)} texts")
 
 
-def check_lm_eval(folder: Path, stories: list[str], pipeline_bpc: float) -> dict:
-    """lm-eval's HFLM with no extra argument (its prefix is the export's bos): bits per character of
-    loglikelihood_rolling on the stories, against the pipeline's on the same stories."""
+def check_lm_eval(folder: Path, stories: list[tuple[str, float]]) -> dict:
+    """The lm_eval command on the folder's own task (lm_eval/), from another working directory, on its first
+    stories: its bits per character against the figure the export computed in lm-eval's convention."""
     if version("lm_eval") is None:
-        return not_installed("lm-eval", "lm-eval")
-    from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
+        return not_installed("lm-eval", "lm-eval[hf]")
+    sample = stories[:LM_EVAL_STORIES]
+    expected = lm_eval_task.figures([text for text, _ in sample], [bits for _, bits in sample])
+    try:
+        found = run_lm_eval(folder, limit=len(sample))
+    except RuntimeError as error:
+        return row("lm-eval", "lm-eval", False, str(error))
+    bpc = found["bits_per_character"]
+    off = abs(bpc - expected["bits_per_character"]) / expected["bits_per_character"]
+    return {**row("lm-eval", "lm-eval", off <= LM_EVAL_TOLERANCE,
+                  f"`lm_eval` on the folder's {lm_eval_task.TASK} task, first {len(sample)} stories:"
+                  f" {bpc:.5f} bits/char, {found['bits_per_byte']:.5f} bits/byte, against the expected"
+                  f" {expected['bits_per_character']:.5f} and {expected['bits_per_byte']:.5f}"
+                  f" ({off:.2e} apart)"), **{f"lm_eval_{key}": found[key] for key in lm_eval_task.METRICS},
+            "stories": len(sample)}
 
-    lm = HFLM(pretrained=str(folder), batch_size=8, device="cpu", dtype="float32")
-    requests = [Instance("loglikelihood_rolling", {}, (story,), i) for i, story in enumerate(stories)]
-    logprob = sum(lm.loglikelihood_rolling(requests, disable_tqdm=True))
-    bpc = -logprob / math.log(2) / sum(map(len, stories))
-    off = abs(bpc - pipeline_bpc) / pipeline_bpc
-    return {**row("lm-eval", "lm-eval", off <= BPC_TOLERANCE,
-                  f"loglikelihood_rolling on {len(stories)} val stories: {bpc:.4f} bits/char against the pipeline's"
-                  f" {pipeline_bpc:.4f} ({off:.2%} apart)"), "bits_per_character": bpc}
+
+def run_lm_eval(folder: Path, limit: int | None = None) -> dict:
+    """`python -m lm_eval` (the lm_eval command) on folder/lm_eval's task, in a temporary working directory:
+    {metric: value} of its results file. A failure raises RuntimeError with the command's last line."""
+    with tempfile.TemporaryDirectory() as cwd:
+        command = [sys.executable, "-m", "lm_eval", "--model", "hf",
+                   "--model_args", f"pretrained={folder.resolve()},dtype=float32", "--device", "cpu",
+                   "--include_path", str((folder / lm_eval_task.FOLDER).resolve()), "--tasks", lm_eval_task.TASK,
+                   "--batch_size", "8", "--output_path", "out", *(["--limit", str(limit)] if limit else [])]
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+        results = sorted(Path(cwd, "out").rglob("results_*.json"))
+        if done.returncode != 0 or not results:
+            last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1][:300]
+            raise RuntimeError(f"lm_eval exited with status {done.returncode}: {last}")
+        metrics = json.loads(results[-1].read_text())["results"][lm_eval_task.TASK]
+    return {key: metrics[f"{key},none"] for key in lm_eval_task.METRICS}
 
 
 def run_all(folder: Path, model, tokenizer, texts: list[str], prompts: list[str],
-            stories: list[tuple[str, float]] | None, tolerance: float = 1e-3) -> list[dict]:
+            stories: list[tuple[str, float]] | None, tolerance: float = LOGITS_TOLERANCE) -> list[dict]:
     """Every client's check on an export folder: the installed ones for real, the others named.
 
     model, tokenizer: litgpt's (storylm.checkpoint); texts: probe texts; stories: (text, the pipeline's
-    bits for it) of the val stories the pipeline scored whole, for lm-eval.
+    bits lm-eval gives it: storylm.lm_eval_task.read_stories) of the folder's lm-eval task.
     """
     block = model.config.block_size
     ids = [tokenizer.encode(text, eos=True)[:block].long() for text in dict.fromkeys(texts[:4] + texts[-4:])]
@@ -207,9 +232,7 @@ def run_all(folder: Path, model, tokenizer, texts: list[str], prompts: list[str]
     found.append(check_llama_cpp(folder, GGUF_FILE, prompts, expected))
     found.append(check_ctranslate2(folder, hf_model, hf_tokenizer, texts[:8]))
     if stories:
-        sample = stories[:LM_EVAL_STORIES]
-        pipeline_bpc = sum(bits for _, bits in sample) / sum(len(text) for text, _ in sample)
-        found.append(check_lm_eval(folder, [text for text, _ in sample], pipeline_bpc))
+        found.append(check_lm_eval(folder, stories))
     else:
-        found.append(row("lm-eval", "lm-eval", None, "no val stories scored by the pipeline were given"))
+        found.append(row("lm-eval", "lm-eval", None, "no lm-eval task: no val stories scored by the pipeline were given"))
     return found

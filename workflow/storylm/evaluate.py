@@ -10,9 +10,12 @@ Two conventions, both in metrics.json, each named beside its figure:
   the val stories joined by end-of-text, which cut stories anywhere, so many tokens are
   predicted from a short or a wrong context;
 - val_story_bits_per_character: each val story whole, after the end-of-text token of the story
-  before it (its context in training), its own end-of-text token included: what lm-eval's
-  loglikelihood_rolling measures on the export. About a tenth lower. Its per-story figures
-  (story_scores.tsv) give the noise of a finite val set to the runs table's intervals.
+  before it (its context in training), its own end-of-text token included, a story longer than
+  a window in consecutive windows. About a tenth lower. Its per-story figures (story_scores.tsv)
+  give the noise of a finite val set to the runs table's intervals. lm-eval's
+  loglikelihood_rolling on the export differs on two counts: it does not score the end-of-text,
+  and it gives a long story's last window a whole window of context; the export computes its
+  figure as lm-eval does (storylm.lm_eval_task).
 
 An extra set is tokenized as the shards are (each story, then EOS) into one stream, and
 every token of the stream but the first is scored exactly once, in windows of
@@ -158,8 +161,8 @@ def evaluate_extra_sets(model, tokenizer, entries: list[dict], train: Path | Non
 
 WINDOWS = ("windows of train.max_seq_length + 1 tokens over the val stories joined by end-of-text, cutting"
            " stories anywhere (litgpt's validation)")
-WHOLE_STORIES = ("each val story whole, after the end-of-text token before it, its own end-of-text token included"
-                 " (lm-eval's loglikelihood_rolling on the export, with the export's bos)")
+WHOLE_STORIES = ("each val story whole, after the end-of-text token before it, its own end-of-text token included,"
+                 " a story longer than a window in consecutive windows of train.max_seq_length tokens")
 
 
 def val_stories(val: Path, tokenizer, max_tokens: int | None) -> tuple[list[str], list[list[int]]]:

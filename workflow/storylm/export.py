@@ -16,8 +16,10 @@ load without trust_remote_code, what llama.cpp loads (model.gguf), and what `hf 
     tokenizer files          a trained BPE as PreTrainedTokenizerFast; a SentencePiece model (ChatGLM3) as
                              LlamaTokenizerFast (tokenizer.json) and LlamaTokenizer (tokenizer.model); bos is
                              end-of-text and add_bos_token false, as in training
-    lm_eval/                 an lm-eval task (storylm_val.yaml) on the val stories the pipeline scored
-    README.md                the model card, with the lines that load and sample it in each client that passed
+    lm_eval/                 an lm-eval task (storylm_val.yaml) on the val stories the pipeline scored, runnable
+                             from any directory, with the figures it gives (storylm.lm_eval_task)
+    README.md                the model card, with the lines that install, load and run it in each client
+    MODEL_LICENSE            the tokenizer's licence file, where its folder has one (ChatGLM3's)
     storylm_stage.json       the stage record (config.json is the model's)
     storylm_export.json      what the export checked: logits and token ids against litgpt
     storylm_clients.json     each client's check (storylm.clients): the installed ones ran for real
@@ -34,21 +36,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from storylm import checkpoint, clients, jsonl
+from storylm import checkpoint, clients, jsonl, lm_eval_task
 from storylm.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
 from storylm.export_check import LOGITS_TOLERANCE, check_folder, probe_texts
 from storylm.figures import numeric_figures, sample_figure_files
 from storylm.gguf_export import GGUF_FILE, write_gguf
 from storylm.hf_model import check_expressible, hf_config, hf_weights
 from storylm.hf_tokenizer import describe_tokenizer, dummy_prefix, save_tokenizer, special_tokens
-from storylm.model_card import CHECKS, CLIENTS, STAGE_RECORD, model_card
+from storylm.model_card import CHECKS, CLIENTS, STAGE_RECORD, CardFacts, model_card, usage_for
+from storylm.tokens import LICENCE_FILES
 
 # The one file to name as the Snakemake output; the whole folder appears at once.
 OUTPUT_FILE = "model.safetensors"
@@ -90,7 +92,7 @@ def read_training(checkpoint_dir: Path) -> dict:
 
 
 def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample_dir: Path | None,
-           out_dir: Path, val_split: Path | None = None) -> dict:
+           out_dir: Path, val_split: Path | None = None, tokenizer_dir: Path | None = None) -> dict:
     if not checkpoint_dir.is_dir():
         raise StageError(f"{checkpoint_dir}: the checkpoint folder does not exist")
     config = checkpoint.load_config(checkpoint_dir)
@@ -98,7 +100,7 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
     tokenizer = checkpoint.load_tokenizer(checkpoint_dir)
     metrics = read_metrics(evaluate_dir)
     samples, sample_settings, sample_figures = read_sample_stage(sample_dir)
-    stories = scored_stories(evaluate_dir, val_split)
+    stories = scored_texts(evaluate_dir, val_split)
     training = read_training(checkpoint_dir)
     state = checkpoint.load_state(checkpoint_dir)
     tied = checkpoint.embeddings_tied(state)
@@ -128,16 +130,19 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
         checks = check_folder(tmp, model, tokenizer, texts, config.block_size)
         checks.update(parameters=checkpoint.parameter_count(model), tie_word_embeddings=tied, head_dim=config.head_size,
                       vocab_size=config.padded_vocab_size, tokenizer=tokenizer_info)
-        lm_eval = write_lm_eval_task(tmp, stories)
-        story_bits = None if stories is None else list(zip(stories["text"], stories["bits"], strict=True))
+        lm_eval = None if stories is None else lm_eval_task.write_task(tmp, stories, model, tokenizer,
+                                                                         config.block_size)
         found = clients.run_all(tmp, model, tokenizer, texts, list(sample_settings.get("prompts") or texts[:1]),
-                                story_bits, LOGITS_TOLERANCE)
+                                lm_eval_task.read_stories(tmp), LOGITS_TOLERANCE)
         gguf = next(row for row in found if row["client"] == clients.GGUF)
         if gguf["passed"] is False:  # like the safetensors check: a difference is a bug
             raise RuntimeError(f"{tmp / GGUF_FILE}: {gguf['result']}, more than {LOGITS_TOLERANCE}: the GGUF is wrong")
-        write_text(tmp / "README.md", model_card(record, config, model_config, tokenizer_info, checks, metrics,
-                                                 samples, sample_settings, sample_figures, training,
-                                                 checks["parameters"], found, lm_eval))
+        licence = copy_licence(tmp, [d for d in (tokenizer_dir, checkpoint_dir) if d is not None])
+        usage = usage_for(config, tokenizer, sample_settings, lm_eval)
+        write_text(tmp / "README.md", model_card(CardFacts(
+            record=record, config=config, hf_config=model_config, tokenizer_info=tokenizer_info, checks=checks,
+            metrics=metrics, samples=samples, sample_settings=sample_settings, sample_figures=sample_figures,
+            training=training, clients=found, usage=usage, licence_file=licence)))
         write_json(tmp / CHECKS, checks)
         write_json(tmp / CLIENTS, {"clients": found, "lm_eval_expected": lm_eval})
         write_json(tmp / STAGE_RECORD, record)
@@ -145,53 +150,25 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
     return checks
 
 
-def scored_stories(evaluate_dir: Path | None, val_split: Path | None) -> pd.DataFrame | None:
-    """The val stories the evaluate stage scored whole, with their text and bits: what lm-eval is checked on."""
+def scored_texts(evaluate_dir: Path | None, val_split: Path | None) -> list[str] | None:
+    """The val stories the evaluate stage scored whole (story_scores.tsv's rows): what the lm-eval task scores."""
     if evaluate_dir is None or val_split is None or not (evaluate_dir / "story_scores.tsv").is_file():
         return None
     if not val_split.is_file():
         raise StageError(f"{val_split}: the val split does not exist (run the corpus stage)")
     scores = pd.read_csv(evaluate_dir / "story_scores.tsv", sep="\t")
-    texts = list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
-    # The pipeline's bits for each story as lm-eval scores it: its tokens, without its end-of-text.
-    return scores.assign(text=texts, bits=(scores["nats"] - scores["eos_nats"]) / math.log(2))
+    return list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
 
 
-def write_lm_eval_task(folder: Path, stories: pd.DataFrame | None) -> dict | None:
-    """lm_eval/: a loglikelihood_rolling task on the stories the pipeline scored, and what it should give."""
-    if stories is None:
-        return None
-    task = folder / "lm_eval"
-    task.mkdir()
-    write_text(task / clients.LM_EVAL_STORIES_FILE, "".join(
-        json.dumps({"text": text, "bits": float(b)}, ensure_ascii=False) + "\n"
-        for text, b in zip(stories["text"], stories["bits"], strict=True)))
-    write_text(task / "storylm_val.yaml", LM_EVAL_TASK)
-    bits = stories["bits"].sum()
-    return {"stories": len(stories), "bits_per_character": bits / stories["characters"].sum(),
-            "bits_per_byte": bits / sum(len(text.encode("utf-8")) for text in stories["text"])}
-
-
-LM_EVAL_TASK = """\
-# lm-eval task: each val story the storylm pipeline scored, scored whole after the model's bos
-# (end-of-text, the token before a story in training). Run from the model's folder:
-#   lm_eval --model hf --model_args pretrained=. --tasks storylm_val --include_path lm_eval
-task: storylm_val
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: lm_eval/val_stories.jsonl
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{text}}"
-metric_list:
-  - metric: word_perplexity
-  - metric: byte_perplexity
-  - metric: bits_per_byte
-metadata:
-  version: 1.0
-"""
+def copy_licence(folder: Path, sources: list[Path]) -> str | None:
+    """The tokenizer's licence file (ChatGLM3's MODEL_LICENSE), from the first folder that has one, into the
+    export: its name, or None where no folder has one."""
+    for source in sources:
+        for name in LICENCE_FILES:
+            if (source / name).is_file():
+                (folder / name).write_bytes((source / name).read_bytes())
+                return name
+    return None
 
 
 def readable(folder: Path) -> None:
@@ -209,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evaluate-dir", type=Path, help="the evaluate stage's folder (metrics.json)")
     parser.add_argument("--sample-dir", type=Path, help="the sample stage's folder (samples.json, figures)")
     parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: the stories lm-eval is checked on")
+    parser.add_argument("--tokenizer-dir", type=Path,
+                        help="the tokenizer stage's folder: a licence file there (MODEL_LICENSE) goes into the export")
     parser.add_argument("--out", type=Path, required=True, help="the export folder, replaced whole")
     args = parser.parse_args(argv)
     try:
@@ -217,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"--record: not valid JSON ({first_line(error)})") from None
     if not isinstance(record, dict):
         raise StageError("--record: not a JSON object")
-    checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val)
+    checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val, args.tokenizer_dir)
     print(f"exported {args.checkpoint} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
           f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"
           f" {checks['tokenizer_texts_compared']} texts")

@@ -17,7 +17,7 @@ from litgpt import Tokenizer
 
 from storylm.entry import StageError, atomic_path, exit_with, write_json, write_record
 from storylm.jsonl import iter_texts
-from storylm.tokens import SPECIAL_TOKENS, TOKENIZER_FILES, encode_batch, unk_id
+from storylm.tokens import LICENCE_FILES, SPECIAL_TOKENS, TOKENIZER_FILES, encode_batch, unk_id
 
 UNK, BOS, EOS = SPECIAL_TOKENS
 
@@ -53,12 +53,13 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir
 
 
 def copy_pretrained(src: Path, out_dir: Path) -> None:
-    """Copy the files litgpt.Tokenizer reads, unchanged, so the stage folder is self-contained."""
+    """Copy the files litgpt.Tokenizer reads, unchanged, so the stage folder is self-contained, and the
+    tokenizer's licence file (ChatGLM3's MODEL_LICENSE), which the export ships beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     copied = [name for name in TOKENIZER_FILES if (src / name).is_file()]
     if not any(name in copied for name in ("tokenizer.json", "tokenizer.model")):
         raise StageError(f"tokenizer.path: {src} holds neither tokenizer.json nor tokenizer.model")
-    for name in copied:
+    for name in copied + [name for name in LICENCE_FILES if (src / name).is_file()]:
         with atomic_path(out_dir / name) as tmp:
             shutil.copy2(src / name, tmp)
 

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 # Files of a pretrained tokenizer directory that litgpt.Tokenizer reads.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "generation_config.json")
+# Licence files of a pretrained tokenizer directory: copied with it and shipped in the export, not part of its
+# fingerprint (they do not change a token).
+LICENCE_FILES = ("MODEL_LICENSE", "LICENSE")
 
 # The trained tokenizer's special tokens; ids 0, 1, 2 in this order.
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
