@@ -21,13 +21,14 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/corpus.smk"
-include: "workflow/rules/tokenizer.smk"
-include: "workflow/rules/shards.smk"
-include: "workflow/rules/pretrain.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/sample.smk"
-include: "workflow/rules/export.smk"
+
+
+# One rule file per stage, in the order of the stage table (workflow/storylm/stages.py).
+for rule_file in STAGE_RULE_FILES:
+
+    include: rule_file
+
+
 include: "workflow/rules/report.smk"
 
 

@@ -158,6 +158,10 @@ def test_no_stories_is_an_error_naming_text_field(tmp_path):
         build_corpus(corpus_config(source="local", max_malformed_fraction=1), [path], tmp_path / "out")
 
 
+def corpus_record(cfg: dict) -> str:
+    return json.dumps({"stage": "corpus", "hash": "abc", "inputs": {}, "config": cfg})
+
+
 def test_cli_with_manifest_and_record(tmp_path):
     from storylm.download import fetch
 
@@ -165,9 +169,9 @@ def test_cli_with_manifest_and_record(tmp_path):
     cfg = corpus_config(source="local", local={"paths": [str(tmp_path / "stories.jsonl")]}, text_field="story_zh",
                         split={"val_size": 4})
     fetch(cfg, tmp_path / "raw")
-    record = json.dumps({"stage": "corpus", "hash": "abc", "inputs": {}, "config": {}})
+    record = corpus_record(cfg)
     done = subprocess.run(
-        [sys.executable, "-m", "storylm.corpus", "--config", json.dumps(cfg), "--record", record,
+        [sys.executable, "-m", "storylm.corpus", "--record", record,
          "--out", str(tmp_path / "out"), "--raw", str(tmp_path / "raw")],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "workflow")},
@@ -182,7 +186,7 @@ def test_cli_with_manifest_and_record(tmp_path):
 def test_cli_error_is_one_message(tmp_path):
     cfg = corpus_config(source="local", local={"paths": ["x"]})
     done = subprocess.run(
-        [sys.executable, "-m", "storylm.corpus", "--config", json.dumps(cfg), "--out", str(tmp_path / "out"),
+        [sys.executable, "-m", "storylm.corpus", "--record", corpus_record(cfg), "--out", str(tmp_path / "out"),
          "--raw", str(tmp_path / "missing")],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "workflow")},

@@ -104,6 +104,29 @@ def test_no_code_is_dead():
     assert result.returncode == 0 and not result.stdout, result.stdout + result.stderr
 
 
+def test_the_readme_draws_and_lists_the_stages_of_the_table():
+    """The diagram names the stages in the table's order (one download box for both downloads), and
+    the folder sentence names each stage's folder of hash folders."""
+    from storylm import stages
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    diagram = next(block for block in readme.split("```") if "─►" in block)
+    # Read by column (a stage right of another runs after it), then by row (side by side).
+    boxes = [(found.start(), row, found[0]) for row, line in enumerate(diagram.split("every run's results")[0]
+                                                                       .splitlines())
+             for found in re.finditer(r"[a-z]+", line)]
+    drawn = [name for _, _, name in sorted(boxes)]
+    assert drawn == [name for name in stages.ORDER if name != "tokenizer_download"]
+    groups: dict[str, list[str]] = {}
+    for spec in stages.STAGES:
+        top, _, name = spec.parent.partition("/")
+        groups.setdefault(top, [])
+        if name not in groups[top]:
+            groups[top].append(name)
+    sentence = ", ".join(f"`{top}/{{{','.join(names)}}}/<hash>/`" for top, names in groups.items())
+    assert sentence in " ".join(readme.split()), sentence
+
+
 def test_stage_commands_import_helpers_never_each_other():
     import ast
 

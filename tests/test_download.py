@@ -337,7 +337,8 @@ def test_cli_download_then_corpus(hub, tmp_path):
     cfg = json.dumps(hf_config(split={"val_size": 0.1}))
     done = run_cli("storylm.download", "--config", cfg, "--out", str(tmp_path / "raw"), env={"HF_ENDPOINT": hub.url})
     assert done.returncode == 0, done.stderr
-    done = run_cli("storylm.corpus", "--config", cfg, "--out", str(tmp_path / "corpus"), "--raw", str(tmp_path / "raw"))
+    record = json.dumps({"stage": "corpus", "hash": "abc", "inputs": {}, "config": json.loads(cfg)})
+    done = run_cli("storylm.corpus", "--record", record, "--out", str(tmp_path / "corpus"), "--raw", str(tmp_path / "raw"))
     assert done.returncode == 0, done.stderr
     stats = json.loads((tmp_path / "corpus" / "stats.json").read_text())
     assert (stats["train"]["stories"], stats["val"]["stories"]) == (54, 6)

@@ -11,22 +11,14 @@ import yaml
 
 from conftest import REPO, changed, copy_workflow, snakemake
 from storylm import config_docs, stages
-from storylm.runs import deep_merge, plan
+from storylm.runs import deep_merge, load_config, plan
 from storylm.schema import validate
 
 SCHEMA = str(REPO / "config" / "schema.yaml")
 
 
-def load_config(*files: str) -> dict:
-    """config/config.yaml with each file merged over it, as `snakemake --configfile FILE` does."""
-    config = {}
-    for name in ("config/config.yaml", *files):
-        config = deep_merge(config, yaml.safe_load((REPO / name).read_text(encoding="utf-8")) or {})
-    return config
-
-
 def default_config() -> dict:
-    config = validate(load_config())
+    config = validate(load_config(root=REPO))
     del config["runs"]
     return config
 
@@ -56,7 +48,7 @@ PINNED_SWEEPS = {
 
 @pytest.mark.parametrize("files", list(PINNED), ids=lambda files: files[0] if files else "default")
 def test_the_shipped_configs_keep_their_stage_folders(files):
-    the_plan = plan(load_config(*files))
+    the_plan = plan(load_config(files, root=REPO))
     assert {stage: set(by_hash) for stage, by_hash in the_plan.stages.items()} == \
         {stage: {hash_} for stage, hash_ in PINNED[files].items()}
 
@@ -64,7 +56,7 @@ def test_the_shipped_configs_keep_their_stage_folders(files):
 @pytest.mark.parametrize("sweep", list(PINNED_SWEEPS))
 def test_the_sweeps_keep_their_stage_folders(sweep):
     """Every folder a sweep had stays one of its folders (model_size.yaml gained seeds 1 and 2 beside 42)."""
-    the_plan = plan(load_config(sweep))
+    the_plan = plan(load_config([sweep], root=REPO))
     for stage, hashes in PINNED_SWEEPS[sweep].items():
         assert hashes <= set(the_plan.stages[stage]), stage
         assert len(the_plan.stages[stage]) == len(hashes) * len(the_plan.seeds[next(iter(the_plan.runs))]), stage
@@ -258,3 +250,77 @@ def test_every_schema_key_reruns_something():
         assert names and set(names) <= set(stages.ORDER), key
     with pytest.raises(KeyError, match="no_such_section.key: no stage reads it"):
         config_docs.reruns("no_such_section.key")
+
+
+# ---------------------------------------------------------------------------
+# The table drives the rules: folders, edges and order come from it, not from the rule files
+
+RULES = sorted((REPO / "workflow/rules").glob("*.smk"))
+
+
+def rule_names(path: Path) -> list[str]:
+    return re.findall(r"^(?:local)?rule (\w+):", path.read_text(encoding="utf-8"), flags=re.M)
+
+
+def test_no_rule_file_spells_a_stage_folder():
+    """Outputs are stage_file(stage, name), inputs role(stage, role): a folder moves in the table alone."""
+    parents = {spec.parent for spec in stages.STAGES}
+    for path in RULES:
+        text = path.read_text(encoding="utf-8")
+        for parent in parents:
+            assert f"{parent}/" not in text, f"{path.name} spells {parent}/"
+
+
+def test_every_role_a_rule_reads_comes_from_a_stage_it_reads():
+    """Each role(stage, role) of the rules resolves to a stage in the consumer's inputs or reads_through
+    (so every edge a rule really reads is in the table), and each role names a file its provider writes."""
+    calls = [(path.name, stage, role) for path in RULES
+             for stage, role in re.findall(r'\brole\("(\w+)", "([\w ]+)"\)', path.read_text(encoding="utf-8"))]
+    rules = "".join(p.read_text(encoding="utf-8") for p in RULES)
+    for name, stage, role in calls:
+        provider = stages.provider(stage, role)
+        spec = stages.BY_NAME[stage]
+        assert provider in spec.inputs + spec.reads_through, (name, stage, role)
+        assert f'stage_file("{provider}", "{stages.BY_NAME[provider].provides[role]}")' in rules, (name, role)
+    # Every stage that others read is read by role (a run's files included: common.smk's RUN_INPUTS).
+    asked = {role for _, _, role in calls} | set(re.findall(r'^    "\w+": "([\w ]+)",$', rules, flags=re.M))
+    assert asked | {"raw files", "hub tokenizer", "export"} == {r for spec in stages.STAGES for r in spec.provides}
+    assert {(stage, stages.provider(stage, role)) for _, stage, role in calls} >= {("sample", "tokenizer"),
+                                                                                  ("export", "corpus")}
+
+
+def test_a_stage_put_in_between_is_found_by_role(monkeypatch):
+    """A dedup stage between corpus and tokenizer that provides the splits: the tokenizer's role("train
+    split") finds it without a rule naming it."""
+    dedup = stages.StageSpec("dedup", "Data/dedup", ("corpus",), lambda config: {}, {},
+                             provides={"train split": "train.jsonl", "val split": "val.jsonl"})
+    tokenizer = stages.BY_NAME["tokenizer"]
+    moved = stages.StageSpec(tokenizer.name, tokenizer.parent, ("dedup", "tokenizer_download"), tokenizer.fingerprint,
+                             tokenizer.reads, provides=tokenizer.provides)
+    monkeypatch.setattr(stages, "BY_NAME", {**stages.BY_NAME, "dedup": dedup, "tokenizer": moved})
+    monkeypatch.setattr(stages, "ORDER", ("download", "corpus", "dedup", *stages.ORDER[2:]))
+    assert stages.provider("tokenizer", "train split") == "dedup"
+    assert stages.provider("tokenizer", "hub tokenizer") == "tokenizer_download"
+    with pytest.raises(KeyError, match="tokenizer reads 'corpus stats' from corpus: add corpus to its inputs"):
+        stages.provider("tokenizer", "corpus stats")
+
+
+def test_each_stage_has_its_rule_file_included_in_the_order_of_the_table():
+    """The Snakefile includes the table's rule files in its order (common.smk STAGE_RULE_FILES); each holds a
+    rule named after its stage, and none numbers the stages (the table is the one place of their order)."""
+    snakefile = (REPO / "Snakefile").read_text(encoding="utf-8")
+    assert "for rule_file in STAGE_RULE_FILES:" in snakefile
+    assert re.findall(r'^include: "(.+)"', snakefile, flags=re.M) == ["workflow/rules/common.smk",
+                                                                      "workflow/rules/report.smk"]
+    for spec in stages.STAGES:
+        assert spec.name in rule_names(REPO / spec.rule_file), spec.name
+    for path in RULES:
+        assert not re.search(r"\bStage \d", path.read_text(encoding="utf-8")), path.name
+    assert {REPO / spec.rule_file for spec in stages.STAGES} | {REPO / "workflow/rules/common.smk",
+                                                               REPO / "workflow/rules/report.smk"} == set(RULES)
+
+
+def test_the_samples_header_and_the_seeds_chain_come_from_the_table():
+    assert [n for n in stages.ancestors("sample") if stages.always_needed(n)] == [
+        "corpus", "tokenizer", "shards", "pretrain"]  # the samples.txt header's stages (common.smk LINEAGE)
+    assert config_docs.META_KEYS["seeds"].startswith("pretrain → evaluate, sample → export of the added seeds")

@@ -19,7 +19,8 @@ sys.path.insert(0, STORYLM_PATH)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)}; ")
 
 from storylm.entry import StageError  # noqa: E402
-from storylm.runs import differences, plan, training_config  # noqa: E402
+from storylm.runs import plan  # noqa: E402
+from storylm import stages  # noqa: E402
 from storylm.tokens import TOKENIZER_FILES  # noqa: E402
 
 try:
@@ -27,10 +28,17 @@ try:
 except StageError as error:
     raise WorkflowError(f"Invalid config: {error}") from None
 
+# The stages' rule files, in the order of the table (the Snakefile includes them).
+STAGE_RULE_FILES = list(dict.fromkeys(spec.rule_file for spec in stages.STAGES))
 RUNS = list(PLAN.runs)
 TRAININGS = PLAN.trainings()  # (run, seed): each run once per seed
 ONE_TRAINING = len(TRAININGS) == 1
 ENV = "../../envs/storylm.yaml"
+
+
+def stage_file(stage, filename):
+    """A rule's output: a file of the stage's hash folders, where the stage table puts them."""
+    return f"{stages.BY_NAME[stage].parent}/{{hash}}/{filename}"
 
 
 def hash_pattern(stage):
@@ -44,7 +52,20 @@ def stage_of(stage, wildcards):
 
 def upstream(stage, wildcards, name):
     """The folder of the stage `name` that the `stage` folder of this job reads."""
-    return PLAN.stage(name, stage_of(stage, wildcards).record["inputs"][name]).folder
+    return PLAN.upstream(stage, wildcards.hash, name).folder
+
+
+def role(stage, name):
+    """Input function: the file of role `name` (a split, the tokenizer, the final model...) from the nearest
+    stage upstream of this job's `stage` folder that provides it (storylm.stages: provides, provider)."""
+    provider = stages.provider(stage, name)
+    filename = stages.BY_NAME[provider].provides[name]
+    return lambda wildcards: f"{upstream(stage, wildcards, provider)}/{filename}"
+
+
+def run_file(run, seed, name):
+    """A file of role `name` of one training: from the last stage that provides it (its final model...)."""
+    return PLAN.run_file(run, seed, name)
 
 
 def run_folder(run, stage, seed=None):
@@ -73,12 +94,14 @@ def stage_setting(stage, *keys):
     return value
 
 
+# The stages a sample folder descends from that every run has (no download for builtin stories).
+LINEAGE = [name for name in stages.ancestors("sample") if stages.always_needed(name)]
+
+
 def lineage(wildcards):
     """Param function of sample: the stage hashes its stories descend from, for their header."""
     run, seed = stage_of("sample", wildcards).trainings[0]
-    return json.dumps(
-        {name: PLAN.hashes[run][seed][name] for name in ("corpus", "tokenizer", "shards", "pretrain", "sample")}
-    )
+    return json.dumps({name: PLAN.hashes[run][seed][name] for name in [*LINEAGE, "sample"]})
 
 
 def output_dir(name):
@@ -103,10 +126,6 @@ def raw_args(wildcards, input):
     return f"--raw {Path(input.manifest).parent}" if input.manifest else ""
 
 
-def corpus_split(stage, split):
-    return lambda wildcards: f"{upstream(stage, wildcards, 'corpus')}/{split}.jsonl"
-
-
 def tokenizer_files(wildcards):
     """The pretrained tokenizer's files: the hub download's manifest, or the local files themselves."""
     tok = stage_of("tokenizer", wildcards).config["tokenizer"]
@@ -128,38 +147,9 @@ def pretrained_tokenizer_args(wildcards):
     return f"--pretrained {shlex.quote(source)}"
 
 
-def upstream_file(stage, name, filename):
-    """Input function: a file of the `name` folder that the `stage` folder of this job reads."""
-    return lambda wildcards: f"{upstream(stage, wildcards, name)}/{filename}"
-
-
 def extra_set_files(wildcards):
     """The files of evaluate.extra_sets: a changed file reruns evaluate (its sha256 is in the hash too)."""
     return [entry["path"] for entry in stage_of("evaluate", wildcards).config["evaluate"]["extra_sets"]]
-
-
-def shards_stats(stage):
-    return upstream_file(stage, "shards", "stats.json")
-
-
-def tokenizer_config(stage):
-    return upstream_file(stage, "tokenizer", "tokenizer_config.json")
-
-
-def training_file(stage, name, filename):
-    """Input function: a file of the `name` folder of the first training that uses the `stage` folder of this
-    job, for a folder the stage's record does not list (sample reads its tokenizer through the checkpoint;
-    export's lm-eval task takes the corpus's val split)."""
-
-    def path(wildcards):
-        run, seed = stage_of(stage, wildcards).trainings[0]
-        return f"{run_folder(run, name, seed)}/{filename}"
-
-    return path
-
-
-def final_checkpoint(stage):
-    return upstream_file(stage, "pretrain", "final/lit_model.pth")
 
 
 def input_dir(name):
@@ -229,43 +219,32 @@ def training_pattern():
     return "|".join(re.escape(run) for run in RUNS)
 
 
+RUN_INPUTS = {
+    "pretrain_config": "litgpt config",
+    "train_log": "train log",
+    "checkpoint": "final model",
+    "evaluate": "metrics",
+    "plot": "loss plot",
+    "story_scores": "story scores",
+    "samples": "samples text",
+    "sample_figures": "sample checks",
+}
+
+
 def run_inputs(wildcards):
     run, seed = wildcards.run, int(wildcards.seed)
-    pretrain = run_folder(run, "pretrain", seed)
-    return {
-        "pretrain_config": f"{pretrain}/pretrain.yaml",
-        "train_log": f"{pretrain}/train.log",
-        "checkpoint": f"{pretrain}/final/lit_model.pth",
-        "evaluate": f"{run_folder(run, 'evaluate', seed)}/metrics.json",
-        "plot": f"{run_folder(run, 'evaluate', seed)}/loss.png",
-        "story_scores": f"{run_folder(run, 'evaluate', seed)}/story_scores.tsv",
-        "samples": f"{run_folder(run, 'sample', seed)}/samples.txt",
-        "sample_figures": f"{run_folder(run, 'sample', seed)}/consistency.json",
-    }
+    return {key: run_file(run, seed, name) for key, name in RUN_INPUTS.items()}
 
 
 def run_info(wildcards):
     """Param function of run_results: the training's stage hashes, config, and how its run differs from the base."""
-    run, seed = wildcards.run, int(wildcards.seed)
-    hashes = PLAN.hashes[run][seed]
-    return json.dumps(
-        {
-            "run": run,
-            "seed": seed,
-            # The stages the training uses (not, say, a download for builtin stories).
-            "stage_hashes": {stage: h for stage, h in hashes.items() if h in PLAN.stages.get(stage, {})},
-            "export_dir": run_folder(run, "export", seed),
-            "corpus_source": PLAN.runs[run]["corpus"]["source"],
-            "differs_from_base": differences(PLAN.base, PLAN.runs[run]),
-            "config": training_config(PLAN.runs[run], seed),
-        },
-        sort_keys=True,  # key order in the YAML must not change the params (and rerun the job)
-    )
+    # sort_keys: key order in the YAML must not change the params (and rerun the job).
+    return json.dumps(PLAN.training_info(wildcards.run, int(wildcards.seed)), sort_keys=True)
 
 
 def run_exports():
     """Every training's Hugging Face export (the default target builds them; results/samples.txt does not)."""
-    return [f"{run_folder(run, 'export', seed)}/model.safetensors" for run, seed in TRAININGS]
+    return [run_file(run, seed, "export") for run, seed in TRAININGS]
 
 
 def training_labels():

@@ -1,9 +1,10 @@
-# Stage 1: the raw stories (download for hf/url/local sources), cleaned and split into train/val JSONL.
+# The download and corpus stages: the raw stories (download for hf/url/local sources), cleaned and
+# split into train/val JSONL.
 
 
 rule download:
     output:
-        manifest="Data/raw/{hash}/manifest.json",
+        manifest=stage_file("download", "manifest.json"),
     log:
         log_path("download"),
     wildcard_constraints:
@@ -24,9 +25,9 @@ rule corpus:
     input:
         manifest=download_manifest,
     output:
-        train="Data/corpus/{hash}/train.jsonl",
-        val="Data/corpus/{hash}/val.jsonl",
-        stats="Data/corpus/{hash}/stats.json",
+        train=stage_file("corpus", "train.jsonl"),
+        val=stage_file("corpus", "val.jsonl"),
+        stats=stage_file("corpus", "stats.json"),
     log:
         log_path("corpus"),
     benchmark:
@@ -36,10 +37,8 @@ rule corpus:
     conda:
         ENV
     params:
-        corpus=settings("corpus"),
         record=record("corpus"),
         raw=raw_args,
         out=output_dir("stats"),
     shell:
-        "python -m storylm.corpus --config {params.corpus:q} --record {params.record:q} --out {params.out}"
-        " {params.raw} > {log} 2>&1"
+        "python -m storylm.corpus --record {params.record:q} --out {params.out} {params.raw} > {log} 2>&1"

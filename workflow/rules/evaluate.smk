@@ -1,19 +1,19 @@
-# Stage 5: val loss, perplexity, bits per character and loss curves of the final checkpoint.
+# The evaluate stage: val loss, perplexity, bits per character and loss curves of the final checkpoint.
 
 
 rule evaluate:
     input:
-        checkpoint=final_checkpoint("evaluate"),
-        train_log=upstream_file("evaluate", "pretrain", "train.log"),
-        shards=shards_stats("evaluate"),
-        train=corpus_split("evaluate", "train"),
-        val=corpus_split("evaluate", "val"),
-        corpus_stats=upstream_file("evaluate", "corpus", "stats.json"),
+        checkpoint=role("evaluate", "final model"),
+        train_log=role("evaluate", "train log"),
+        shards=role("evaluate", "shards"),
+        train=role("evaluate", "train split"),
+        val=role("evaluate", "val split"),
+        corpus_stats=role("evaluate", "corpus stats"),
         extra_sets=extra_set_files,
     output:
-        metrics="results/evaluate/{hash}/metrics.json",
-        plot="results/evaluate/{hash}/loss.png",
-        stories="results/evaluate/{hash}/story_scores.tsv",
+        metrics=stage_file("evaluate", "metrics.json"),
+        plot=stage_file("evaluate", "loss.png"),
+        stories=stage_file("evaluate", "story_scores.tsv"),
     log:
         log_path("evaluate"),
     benchmark:

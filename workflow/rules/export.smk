@@ -1,17 +1,18 @@
-# Stage 7: the final model as a Hugging Face folder that transformers loads as it is (docs/export.md).
+# The export stage: the final model as a Hugging Face folder that transformers loads as it is
+# (docs/export.md).
 
 
 rule export:
     input:
-        checkpoint=final_checkpoint("export"),
-        hyperparameters=upstream_file("export", "pretrain", "final/hyperparameters.yaml"),
-        metrics=upstream_file("export", "evaluate", "metrics.json"),
-        stories=upstream_file("export", "evaluate", "story_scores.tsv"),
-        samples=upstream_file("export", "sample", "samples.json"),
-        val=training_file("export", "corpus", "val.jsonl"),
-        tokenizer=training_file("export", "tokenizer", "tokenizer_config.json"),
+        checkpoint=role("export", "final model"),
+        hyperparameters=role("export", "hyperparameters"),
+        metrics=role("export", "metrics"),
+        stories=role("export", "story scores"),
+        samples=role("export", "samples"),
+        val=role("export", "val split"),
+        tokenizer=role("export", "tokenizer"),
     output:
-        weights="results/export/{hash}/model.safetensors",
+        weights=stage_file("export", "model.safetensors"),
     log:
         log_path("export"),
     benchmark:

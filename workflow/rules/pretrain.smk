@@ -1,4 +1,4 @@
-# Stage 4: render the litgpt pretrain YAML, then run `litgpt pretrain --config` on it.
+# The pretrain stage: render the litgpt pretrain YAML, then run `litgpt pretrain --config` on it.
 #
 # Declared outputs are what a finished training leaves: the final checkpoint, its litgpt
 # settings and the whole train log. litgpt's step-* checkpoints and the live log (progress.log,
@@ -10,10 +10,10 @@
 
 rule pretrain_config:
     input:
-        shards=shards_stats("pretrain"),
-        tokenizer=tokenizer_config("pretrain"),
+        shards=role("pretrain", "shards"),
+        tokenizer=role("pretrain", "tokenizer"),
     output:
-        config="results/pretrain/{hash}/pretrain.yaml",
+        config=stage_file("pretrain", "pretrain.yaml"),
     log:
         "logs/pretrain_config/{hash}.log",
     wildcard_constraints:
@@ -32,12 +32,12 @@ rule pretrain_config:
 
 rule pretrain:
     input:
-        config="results/pretrain/{hash}/pretrain.yaml",
-        shards=shards_stats("pretrain"),
+        config=stage_file("pretrain", "pretrain.yaml"),
+        shards=role("pretrain", "shards"),
     output:
-        checkpoint="results/pretrain/{hash}/final/lit_model.pth",
-        hyperparameters="results/pretrain/{hash}/final/hyperparameters.yaml",
-        train_log="results/pretrain/{hash}/train.log",
+        checkpoint=stage_file("pretrain", "final/lit_model.pth"),
+        hyperparameters=stage_file("pretrain", "final/hyperparameters.yaml"),
+        train_log=stage_file("pretrain", "train.log"),
     log:
         log_path("pretrain"),
     benchmark:

@@ -1,4 +1,4 @@
-# Stage 6: stories sampled from the final checkpoint, with the sample figures.
+# The sample stage: stories sampled from the final checkpoint, with the sample figures.
 
 
 # The prompts against the block size, as soon as the tokenizer is built: before training, not after.
@@ -8,9 +8,9 @@ localrules:
 
 rule sample_prompts:
     input:
-        tokenizer=training_file("sample", "tokenizer", "tokenizer_config.json"),
+        tokenizer=role("sample", "tokenizer"),
     output:
-        "results/sample/{hash}/prompt_tokens.json",
+        stage_file("sample", "prompt_tokens.json"),
     log:
         "logs/sample_prompts/{hash}.log",
     wildcard_constraints:
@@ -29,15 +29,15 @@ rule sample_prompts:
 
 rule sample:
     input:
-        prompts="results/sample/{hash}/prompt_tokens.json",
-        checkpoint=final_checkpoint("sample"),
-        train=corpus_split("sample", "train"),
-        val=corpus_split("sample", "val"),
+        prompts=stage_file("sample", "prompt_tokens.json"),
+        checkpoint=role("sample", "final model"),
+        train=role("sample", "train split"),
+        val=role("sample", "val split"),
     output:
-        samples="results/sample/{hash}/samples.txt",
-        json="results/sample/{hash}/samples.json",
-        consistency="results/sample/{hash}/consistency.json",
-        figures="results/sample/{hash}/figures.json",
+        samples=stage_file("sample", "samples.txt"),
+        json=stage_file("sample", "samples.json"),
+        consistency=stage_file("sample", "consistency.json"),
+        figures=stage_file("sample", "figures.json"),
     log:
         log_path("sample"),
     benchmark:

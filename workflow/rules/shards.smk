@@ -1,15 +1,15 @@
-# Stage 3: litdata shards of token ids (EOS after each story) under train/ and val/.
+# The shards stage: litdata shards of token ids (EOS after each story) under train/ and val/.
 
 
 rule shards:
     input:
-        train=corpus_split("shards", "train"),
-        val=corpus_split("shards", "val"),
-        tokenizer=tokenizer_config("shards"),
+        train=role("shards", "train split"),
+        val=role("shards", "val split"),
+        tokenizer=role("shards", "tokenizer"),
     output:
-        stats="Data/shards/{hash}/stats.json",
-        train_index="Data/shards/{hash}/train/index.json",
-        val_index="Data/shards/{hash}/val/index.json",
+        stats=stage_file("shards", "stats.json"),
+        train_index=stage_file("shards", "train/index.json"),
+        val_index=stage_file("shards", "val/index.json"),
     log:
         log_path("shards"),
     benchmark:

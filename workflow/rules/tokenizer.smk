@@ -1,9 +1,10 @@
-# Stage 2: the tokenizer, trained on the train split or copied from a pretrained one (local or from the hub).
+# The tokenizer_download and tokenizer stages: the tokenizer, trained on the train split or copied from
+# a pretrained one (local or from the hub).
 
 
 rule tokenizer_download:
     output:
-        manifest="Data/raw/{hash}/manifest.json",
+        manifest=stage_file("tokenizer_download", "manifest.json"),
     log:
         log_path("tokenizer_download"),
     wildcard_constraints:
@@ -19,12 +20,12 @@ rule tokenizer_download:
 
 rule tokenizer:
     input:
-        train=corpus_split("tokenizer", "train"),
-        val=corpus_split("tokenizer", "val"),
+        train=role("tokenizer", "train split"),
+        val=role("tokenizer", "val split"),
         pretrained=tokenizer_files,
     output:
-        config="Data/tokenizer/{hash}/tokenizer_config.json",
-        stats="Data/tokenizer/{hash}/stats.json",
+        config=stage_file("tokenizer", "tokenizer_config.json"),
+        stats=stage_file("tokenizer", "stats.json"),
     log:
         log_path("tokenizer"),
     benchmark:

@@ -21,6 +21,7 @@ Tools a person runs:
 
 Helpers:
     entry           the error model (StageError, one line, exit 1) and atomic writes
+    stage           the protocol of every stage command: its record checked, its folder locked, the record last
     schema          config/schema.yaml: validation and the one source of defaults
     config          config checks the schema cannot express
     stages          the stage table: folders, inputs, fingerprints, hashes, what a key reruns

@@ -19,28 +19,26 @@ import pandas as pd
 from storylm.comparison import Runs, summary_lines
 from storylm.entry import StageError, exit_with
 from storylm.results import training_results
-from storylm.runs import differences, load_config, plan, training_config
+from storylm.runs import load_config, plan
+
+
+# What a finished training has, by role (storylm.stages: provides): its log, metrics and sample checks
+# (the folders training_results reads, in its order), and the story scores when they exist.
+ROLES = ("train log", "metrics", "sample checks", "story scores")
 
 
 def finished_trainings(the_plan) -> tuple[list[dict], dict, list[str]]:
     """Every training whose evaluate and sample stages are done, with its story scores; and what is missing."""
     trainings, stories, missing = [], {}, []
     for run, seed in the_plan.trainings():
-        folders = {stage: Path(the_plan.run_stage(run, stage, seed).folder)
-                   for stage in ("pretrain", "evaluate", "sample", "export")}
-        needed = [folders["evaluate"] / "metrics.json", folders["sample"] / "consistency.json",
-                  folders["pretrain"] / "train.log"]
-        if not all(path.is_file() for path in needed):
+        files = {role: Path(the_plan.run_file(run, seed, role)) for role in ROLES}
+        if not all(files[role].is_file() for role in ROLES if role != "story scores"):
             missing.append(f"{run} seed {seed}")
             continue
-        info = {"run": run, "seed": seed, "export_dir": str(folders["export"]),
-                "stage_hashes": the_plan.hashes[run][seed], "corpus_source": the_plan.runs[run]["corpus"]["source"],
-                "differs_from_base": differences(the_plan.base, the_plan.runs[run]),
-                "config": training_config(the_plan.runs[run], seed)}
-        metrics, _ = training_results(info, folders["pretrain"], folders["evaluate"], folders["sample"])
+        metrics, _ = training_results(the_plan.training_info(run, seed), *(files[role].parent for role in ROLES[:3]))
         trainings.append(metrics)
-        if (folders["evaluate"] / "story_scores.tsv").is_file():
-            stories[(run, seed)] = pd.read_csv(folders["evaluate"] / "story_scores.tsv", sep="\t")
+        if files["story scores"].is_file():
+            stories[(run, seed)] = pd.read_csv(files["story scores"], sep="\t")
     return trainings, stories, missing
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from storylm.entry import StageError, exit_with, write_json, write_record
+from storylm.entry import StageError, exit_with, write_json
 from storylm.manifest import manifest_files
 from storylm.readers import FileCounts, raw_texts
+from storylm.stage import stage_main, stage_parser
 from storylm.stages import with_added_defaults
 from storylm.storytext import clean
 
@@ -257,23 +258,20 @@ def summary(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m storylm.corpus", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the corpus config as JSON (schema defaults applied)")
-    parser.add_argument("--out", required=True, type=Path, help="folder for train.jsonl, val.jsonl, stats.json")
-    parser.add_argument("--raw", type=Path, help="the download stage's folder (holds manifest.json)")
-    parser.add_argument("--record", help="JSON stage record (settings and input hashes), written to config.json")
-    args = parser.parse_args(argv)
-    cfg = json.loads(args.config)
+def build_stage(args: argparse.Namespace, cfg: dict) -> str:
     files = None
     if cfg["source"] != "builtin":
         if args.raw is None:
             raise CorpusError(f"corpus.source is '{cfg['source']}': give --raw, the download stage's folder")
         files = manifest_files(args.raw)
-    stats = build_corpus(cfg, files, args.out)
-    if args.record:
-        write_record(args.record, args.out)
-    print(summary(stats))
+    return summary(build_corpus(cfg, files, args.out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser("python -m storylm.corpus", __doc__.splitlines()[0],
+                          "folder for train.jsonl, val.jsonl, stats.json")
+    parser.add_argument("--raw", type=Path, help="the download stage's folder (holds manifest.json)")
+    stage_main(parser, build_stage, argv, "corpus")
 
 
 if __name__ == "__main__":

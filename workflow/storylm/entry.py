@@ -8,7 +8,8 @@ and exits 1, without a traceback. Anything else is a bug and keeps its traceback
 Every output file is written to a temporary name beside it and renamed into place, so a
 file under its final name is always complete: a killed job never leaves half a file that
 a later run would take for a result. A stage writes its record (config.json: its settings
-and the hashes it was built from) last, so a folder with its record is a finished stage.
+and the hashes it was built from) last, so a folder with its record is a finished stage
+(storylm.stage, the protocol every stage command follows).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import torch
 from storylm import extra_sets, jsonl, litgpt_log
 from storylm.checkpoint import load_model, load_tokenizer, parameter_count
 from storylm.entry import StageError, atomic_path, exit_with, first_line, write_json
-from storylm.environment import describe
+from storylm.stage import stage_main, stage_parser
 from storylm.stats import ratio_se
 from storylm.tokens import encode_batch
 
@@ -288,25 +288,23 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
     }
 
 
+def evaluate_stage(args: argparse.Namespace, cfg: dict) -> str:
+    torch.manual_seed(0)
+    metrics = evaluate(args.checkpoint, args.shards, args.train_log, args.out, args.seq_length, cfg, args.train,
+                       args.val)
+    write_json(args.out / "metrics.json", metrics)
+    return json.dumps(metrics, indent=2, ensure_ascii=False)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    parser = stage_parser("python -m storylm.evaluate", __doc__, "folder for metrics.json and the scores")
     parser.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
     parser.add_argument("--shards", type=Path, required=True)
     parser.add_argument("--train-log", type=Path, required=True)
     parser.add_argument("--seq-length", type=int, required=True, help="train.max_seq_length of the run")
     parser.add_argument("--train", type=Path, help="the corpus stage's train.jsonl (needed with extra sets)")
     parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its stories scored whole")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    record = json.loads(args.record)
-    torch.manual_seed(0)
-    metrics = evaluate(args.checkpoint, args.shards, args.train_log, args.out, args.seq_length, record["config"],
-                       args.train, args.val)
-    write_json(args.out / "metrics.json", metrics)
-    write_json(args.out / "environment.json", describe())
-    write_json(args.out / "config.json", record)  # last: a folder with its record is a finished stage
-    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    stage_main(parser, evaluate_stage, argv, "evaluate")
 
 
 if __name__ == "__main__":

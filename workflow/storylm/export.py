@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from storylm.gguf_export import GGUF_FILE, write_gguf
 from storylm.hf_model import check_expressible, hf_config, hf_weights
 from storylm.hf_tokenizer import describe_tokenizer, dummy_prefix, save_tokenizer, special_tokens
 from storylm.model_card import CHECKS, CLIENTS, STAGE_RECORD, CardFacts, model_card, usage_for
+from storylm.stage import finish_stage, read_record
 from storylm.tokens import LICENCE_FILES
 
 # The one file to name as the Snakemake output; the whole folder appears at once.
@@ -145,7 +145,9 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
             training=training, clients=found, usage=usage, licence_file=licence)))
         write_json(tmp / CHECKS, checks)
         write_json(tmp / CLIENTS, {"clients": found, "lm_eval_expected": lm_eval})
-        write_json(tmp / STAGE_RECORD, record)
+        # Last, as in every stage folder; no environment.json: the folder is for the hub, and
+        # storylm_export.json already names the client versions it was checked with.
+        finish_stage(tmp, record, STAGE_RECORD, environment=None)
         readable(tmp)
     return checks
 
@@ -190,12 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the tokenizer stage's folder: a licence file there (MODEL_LICENSE) goes into the export")
     parser.add_argument("--out", type=Path, required=True, help="the export folder, replaced whole")
     args = parser.parse_args(argv)
-    try:
-        record = json.loads(args.record)
-    except json.JSONDecodeError as error:
-        raise StageError(f"--record: not valid JSON ({first_line(error)})") from None
-    if not isinstance(record, dict):
-        raise StageError("--record: not a JSON object")
+    record = read_record(args.record, "export")
     checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val, args.tokenizer_dir)
     print(f"exported {args.checkpoint} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
           f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"

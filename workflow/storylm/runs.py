@@ -140,10 +140,26 @@ class Plan:
     def stage(self, name: str, hash_: str) -> Stage:
         return self.stages[name][hash_]
 
+    def upstream(self, stage: str, hash_: str, name: str) -> Stage:
+        """The `name` folder that this `stage` folder was built from: named in its record's inputs, or,
+        for a stage it reads through them (storylm.stages reads_through), in theirs, nearest first."""
+        frontier = [self.stage(stage, hash_)]
+        while frontier:
+            for entry in frontier:
+                if name in entry.record["inputs"]:
+                    return self.stage(name, entry.record["inputs"][name])
+            frontier = [self.stage(n, h) for entry in frontier for n, h in entry.record["inputs"].items()]
+        raise KeyError(f"{stages.folder(stage, hash_)}: built from no {name} folder")
+
     def run_stage(self, run: str, name: str, seed: int | None = None) -> Stage:
         """The stage folder of a run's training with `seed` (default: the run's first)."""
         seed = self.seeds[run][0] if seed is None else seed
         return self.stages[name][self.hashes[run][seed][name]]
+
+    def run_file(self, run: str, seed: int, role: str) -> str:
+        """A training's file of `role` (storylm.stages: provides), from the last stage that provides it."""
+        name = stages.last_provider(role)
+        return f"{self.run_stage(run, name, seed).folder}/{stages.BY_NAME[name].provides[role]}"
 
     def run_hashes(self, run: str, seed: int | None = None) -> dict[str, str]:
         """stage -> hash of a run's training with `seed` (default: the run's first)."""
@@ -151,6 +167,20 @@ class Plan:
 
     def trainings(self) -> list[tuple[str, int]]:
         return [(run, seed) for run, seeds in self.seeds.items() for seed in seeds]
+
+    def training_info(self, run: str, seed: int) -> dict:
+        """What a training's results say of it (results/runs/<run>/seed-<seed>/metrics.json): the hashes
+        of the stages it uses (not, say, a download for builtin stories), its config, and how its run
+        differs from the base. One place, for the rules (run_results) and storylm.compare alike."""
+        return {
+            "run": run,
+            "seed": seed,
+            "stage_hashes": {stage: h for stage, h in self.hashes[run][seed].items() if h in self.stages.get(stage, {})},
+            "export_dir": self.run_stage(run, "export", seed).folder,
+            "corpus_source": self.runs[run]["corpus"]["source"],
+            "differs_from_base": differences(self.base, self.runs[run]),
+            "config": training_config(self.runs[run], seed),
+        }
 
     def folders(self) -> dict[str, list[str]]:
         """{folder: runs that use it} over every stage of every training."""
@@ -174,11 +204,13 @@ def plan(config: dict) -> Plan:
     return Plan(base, runs, seeds, hashes, by_stage)
 
 
-def load_config(configfiles: list[Path], overrides: list[str]) -> dict:
-    """The config as Snakemake reads it, for the tools that take its options: config/config.yaml, each
-    --configfile merged over it, then each --config KEY=VALUE (strings, coerced by the schema later)."""
+def load_config(configfiles: list[Path] = (), overrides: list[str] = (), root: Path = Path(".")) -> dict:
+    """The config as Snakemake reads it (the one loader of "config.yaml plus overlays", for the tools that
+    take Snakemake's options and for the tests): <root>/config/config.yaml, each --configfile (relative
+    to root) merged over it, then each --config KEY=VALUE (strings, coerced by the schema later)."""
     config = {}
-    for path in [Path("config/config.yaml"), *configfiles]:
+    for path in [Path("config/config.yaml"), *map(Path, configfiles)]:
+        path = root / path
         if not path.is_file():
             raise StageError(f"{path}: no such config file")
         config = deep_merge(config, yaml.safe_load(path.read_text(encoding="utf-8")) or {})

@@ -26,9 +26,9 @@ from storylm import consistency, jsonl
 from storylm.checkpoint import load_model, load_tokenizer
 from storylm.config import ConfigError, check_prompt_tokens
 from storylm.entry import StageError, exit_with, write_json, write_text
-from storylm.environment import describe
 from storylm.generation import continuations
 from storylm.sample_metrics import figures
+from storylm.stage import add_stage_arguments, read_record, run_in_folder
 from storylm.tokens import tokenizer_ids
 
 
@@ -139,28 +139,7 @@ def check_prompts(settings: dict, tokenizer_dir: Path, block_size: int, out: Pat
     write_json(out, {"prompt_tokens": counts, "block_size": block_size})
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    stories = commands.add_parser("stories", help="sample the stories and their figures")
-    stories.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
-    stories.add_argument("--hashes", required=True, help="JSON of every stage's hash, for the header")
-    stories.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
-    stories.add_argument("--train", type=Path, required=True, help="the corpus stage's train.jsonl (for train copy)")
-    stories.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its first stories give the"
-                                                  " reference copy fraction of stories not in the train split")
-    stories.add_argument("--out", type=Path, required=True)
-    prompts = commands.add_parser("prompts", help="check that every prompt leaves room for a story")
-    prompts.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
-    prompts.add_argument("--tokenizer", type=Path, required=True, help="the tokenizer stage's folder")
-    prompts.add_argument("--block-size", type=int, required=True, help="model_config.block_size of the run")
-    prompts.add_argument("--out", type=Path, required=True, help="the JSON file of token counts")
-    args = parser.parse_args(argv)
-    record = json.loads(args.record)
-    settings = record["config"]
-    if args.command == "prompts":
-        check_prompts(settings, args.tokenizer, args.block_size, args.out)
-        return
+def sample_stage(args: argparse.Namespace, settings: dict) -> str:
     if not (args.checkpoint / "lit_model.pth").is_file():
         raise StageError(f"{args.checkpoint}: no lit_model.pth in the checkpoint directory (run the pretrain stage)")
     train = corpus_texts(args.train, "the train split")
@@ -174,9 +153,29 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.out / "samples.json", samples)
     write_json(args.out / "consistency.json", scores)
     write_json(args.out / "figures.json", figs)
-    write_json(args.out / "environment.json", describe())
-    write_json(args.out / "config.json", record)  # last: a folder with its record is a finished stage
-    print(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    stories = commands.add_parser("stories", help="sample the stories and their figures")
+    add_stage_arguments(stories, "folder for samples.txt, samples.json and the figures")
+    stories.add_argument("--hashes", required=True, help="JSON of every stage's hash, for the header")
+    stories.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
+    stories.add_argument("--train", type=Path, required=True, help="the corpus stage's train.jsonl (for train copy)")
+    stories.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its first stories give the"
+                                                  " reference copy fraction of stories not in the train split")
+    prompts = commands.add_parser("prompts", help="check that every prompt leaves room for a story")
+    prompts.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    prompts.add_argument("--tokenizer", type=Path, required=True, help="the tokenizer stage's folder")
+    prompts.add_argument("--block-size", type=int, required=True, help="model_config.block_size of the run")
+    prompts.add_argument("--out", type=Path, required=True, help="the JSON file of token counts")
+    args = parser.parse_args(argv)
+    if args.command == "prompts":
+        check_prompts(read_record(args.record, "sample")["config"], args.tokenizer, args.block_size, args.out)
+        return
+    run_in_folder(args, sample_stage, "sample", "python -m storylm.sample stories")
 
 
 if __name__ == "__main__":

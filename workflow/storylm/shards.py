@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from storylm.entry import exit_with, write_json, write_record
+from storylm.entry import exit_with, write_json
 from storylm.jsonl import iter_texts
-from storylm.stagelock import stage_lock
+from storylm.stage import stage_main, stage_parser
 
 _TOKENIZERS: dict[str, object] = {}  # one tokenizer per worker process, loaded on first use
 
@@ -127,22 +127,19 @@ def build(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, chunk_bytes: str
     return stats
 
 
+def build_stage(args: argparse.Namespace, cfg: dict) -> str:
+    stats = build(args.corpus, args.tokenizer, args.out, cfg["chunk_bytes"], args.batch_size, args.workers)
+    write_json(args.out / "stats.json", stats)
+    return json.dumps(stats, indent=2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    parser = stage_parser("python -m storylm.shards", __doc__, "folder for train/, val/ and stats.json")
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--tokenizer", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch-size", type=int, default=1024, help="stories per tokenizer call")
     parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    record = json.loads(args.record)
-    with stage_lock(args.out, "storylm.shards"):  # one writer of the folder at a time
-        stats = build(args.corpus, args.tokenizer, args.out, record["config"]["chunk_bytes"], args.batch_size,
-                      args.workers)
-        write_json(args.out / "stats.json", stats)
-        write_record(args.record, args.out)  # last: a folder with its record is a finished stage
-    print(json.dumps(stats, indent=2))
+    stage_main(parser, build_stage, argv, "shards")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Snakemake's own locks guard against two snakemake processes, not against the work they leave
 behind: after `kill -9` of snakemake, litgpt trains on, and `snakemake --unlock` with a rerun
 would start a second training in the same folder, both writing step-*, the logs and final/.
-So the pretrain and shards commands take this lock first and refuse to start while another
+So every stage command takes this lock first (storylm.stage) and refuses to start while another
 process holds it, naming that process.
 
 The lock is flock(2) on <folder>/.lock: the kernel releases it when the last process holding

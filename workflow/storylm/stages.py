@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -201,6 +201,18 @@ class StageSpec:
     # it counts (None: always); tests/test_stages.py checks these against what it really reads.
     reads: dict[str, str | None]
     needed: Callable[[dict], bool] = _always
+    # What other stages read from its folders: role -> file. A consumer asks for a role and gets the
+    # nearest stage upstream that provides it (`provider`), so a stage put in between (a dedup stage
+    # that also provides the splits) is found without a rule naming it.
+    provides: dict[str, str] = field(default_factory=dict)
+    # Stages it reads whose folders its inputs already fix (sample reads the tokenizer its pretrain was
+    # built from): edges of the graph, left out of its hash, since the inputs' hashes hold them.
+    reads_through: tuple[str, ...] = ()
+    rules: str = ""  # its rule file in workflow/rules/ (default <name>.smk), included in table order
+
+    @property
+    def rule_file(self) -> str:
+        return f"workflow/rules/{self.rules or self.name + '.smk'}"
 
 
 NOT_BUILTIN = "not for builtin"
@@ -218,10 +230,12 @@ STAGES: tuple[StageSpec, ...] = (
               {"corpus.source": None, "corpus.hf": "when corpus.source is hf",
                "corpus.url": "when corpus.source is url", "corpus.local": "when corpus.source is local",
                "corpus.include": NOT_BUILTIN},
-              needed=_downloads_corpus),
-    StageSpec("corpus", "Data/corpus", ("download",), _corpus, CORPUS_READS),
+              needed=_downloads_corpus, provides={"raw files": "manifest.json"}, rules="corpus.smk"),
+    StageSpec("corpus", "Data/corpus", ("download",), _corpus, CORPUS_READS,
+              provides={"train split": "train.jsonl", "val split": "val.jsonl", "corpus stats": "stats.json"}),
     StageSpec("tokenizer_download", "Data/raw", (), _tokenizer_download,
-              {"tokenizer.hf": "when tokenizer.source is hf"}, needed=_hub_tokenizer),
+              {"tokenizer.hf": "when tokenizer.source is hf"}, needed=_hub_tokenizer,
+              provides={"hub tokenizer": "manifest.json"}, rules="tokenizer.smk"),
     # The tokenizer reads the corpus to train on its train split (kind: train) and, in any case,
     # to measure itself on the val split.
     StageSpec("tokenizer", "Data/tokenizer", ("corpus", "tokenizer_download"), _tokenizer,
@@ -229,14 +243,23 @@ STAGES: tuple[StageSpec, ...] = (
                "tokenizer.vocab_size": "when tokenizer.kind is train",
                "tokenizer.min_frequency": "when tokenizer.kind is train",
                "tokenizer.max_train_characters": "when tokenizer.kind is train",
-               "tokenizer.path": "when tokenizer.source is local"}),
+               "tokenizer.path": "when tokenizer.source is local"},
+              provides={"tokenizer": "tokenizer_config.json"}),
     StageSpec("shards", "Data/shards", ("corpus", "tokenizer"), _shards,
-              {"shards": None}),
+              {"shards": None}, provides={"shards": "stats.json"}),
     StageSpec("pretrain", "results/pretrain", ("shards", "tokenizer"), _pretrain,
-              {**{key: None for key in PRETRAIN_KEYS}, "wandb_project": "when logger_name is wandb"}),
-    StageSpec("evaluate", "results/evaluate", ("pretrain", "shards", "corpus"), _evaluate, {"evaluate": None}),
-    StageSpec("sample", "results/sample", ("pretrain", "corpus"), _sample, {"sample": None}),
-    StageSpec("export", "results/export", ("pretrain", "evaluate", "sample"), _export, {"export": None, **CORPUS_READS}),
+              {**{key: None for key in PRETRAIN_KEYS}, "wandb_project": "when logger_name is wandb"},
+              provides={"final model": "final/lit_model.pth", "hyperparameters": "final/hyperparameters.yaml",
+                        "train log": "train.log", "litgpt config": "pretrain.yaml"}),
+    StageSpec("evaluate", "results/evaluate", ("pretrain", "shards", "corpus"), _evaluate, {"evaluate": None},
+              provides={"metrics": "metrics.json", "story scores": "story_scores.tsv", "loss plot": "loss.png"}),
+    StageSpec("sample", "results/sample", ("pretrain", "corpus"), _sample, {"sample": None},
+              provides={"samples": "samples.json", "samples text": "samples.txt", "sample checks": "consistency.json"},
+              reads_through=("tokenizer",)),  # the prompts' token counts, before training
+    StageSpec("export", "results/export", ("pretrain", "evaluate", "sample"), _export, {"export": None, **CORPUS_READS},
+              provides={"export": "model.safetensors"},
+              # the val split for the lm-eval task; the tokenizer folder's licence file
+              reads_through=("corpus", "tokenizer")),
 )
 
 BY_NAME = {spec.name: spec for spec in STAGES}
@@ -246,6 +269,41 @@ ORDER = tuple(spec.name for spec in STAGES)
 def folder(stage: str, hash_: str) -> str:
     """A stage folder, relative to the working directory."""
     return f"{BY_NAME[stage].parent}/{hash_}"
+
+
+def provider(stage: str, role: str) -> str:
+    """The nearest stage upstream of `stage` (by its inputs, breadth first, in table order) that provides
+    `role`; it must be one the stage reads (its inputs or reads_through), so every edge is in the table."""
+    frontier, seen = list(BY_NAME[stage].inputs), set()
+    while frontier:
+        for name in frontier:
+            if role in BY_NAME[name].provides:
+                spec = BY_NAME[stage]
+                if name not in spec.inputs + spec.reads_through:
+                    raise KeyError(f"{stage} reads {role!r} from {name}: add {name} to its inputs or reads_through")
+                return name
+        seen.update(frontier)
+        frontier = [n for n in ORDER if n not in seen and any(n in BY_NAME[m].inputs for m in frontier)]
+    raise KeyError(f"{stage}: no stage upstream provides {role!r}")
+
+
+def last_provider(role: str) -> str:
+    """The last stage in table order that provides `role` (a training's final model, its metrics)."""
+    return [spec.name for spec in STAGES if role in spec.provides][-1]
+
+
+def ancestors(stage: str) -> list[str]:
+    """Every stage `stage` descends from, in table order."""
+    reached = set(BY_NAME[stage].inputs)
+    for spec in reversed(STAGES):
+        if spec.name in reached:
+            reached |= set(spec.inputs)
+    return [name for name in ORDER if name in reached]
+
+
+def always_needed(stage: str) -> bool:
+    """Every run has this stage (no download for builtin stories, no tokenizer download but from the hub)."""
+    return BY_NAME[stage].needed is _always
 
 
 def inputs(stage: str, config: dict) -> list[str]:

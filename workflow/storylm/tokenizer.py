@@ -15,8 +15,9 @@ from pathlib import Path
 
 from litgpt import Tokenizer
 
-from storylm.entry import StageError, atomic_path, exit_with, write_json, write_record
+from storylm.entry import StageError, atomic_path, exit_with, write_json
 from storylm.jsonl import iter_texts
+from storylm.stage import stage_main, stage_parser
 from storylm.tokens import LICENCE_FILES, SPECIAL_TOKENS, TOKENIZER_FILES, encode_batch, unk_id
 
 UNK, BOS, EOS = SPECIAL_TOKENS
@@ -130,18 +131,17 @@ def build(stage_config: dict, corpus_dir: Path | None, source_dir: Path | None, 
     return stats
 
 
+def build_stage(args: argparse.Namespace, cfg: dict) -> str:
+    stats = build(cfg, args.corpus, args.pretrained, args.out)
+    write_json(args.out / "stats.json", stats)
+    return json.dumps(stats, indent=2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    parser = stage_parser("python -m storylm.tokenizer", __doc__, "folder for the tokenizer files and stats.json")
     parser.add_argument("--corpus", type=Path, help="corpus stage folder (train.jsonl, val.jsonl)")
     parser.add_argument("--pretrained", type=Path, help="pretrained tokenizer directory (kind: pretrained)")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    record = json.loads(args.record)
-    stats = build(record["config"], args.corpus, args.pretrained, args.out)
-    write_json(args.out / "stats.json", stats)
-    write_record(args.record, args.out)  # last: a folder with its record is a finished stage
-    print(json.dumps(stats, indent=2))
+    stage_main(parser, build_stage, argv, "tokenizer")
 
 
 if __name__ == "__main__":
