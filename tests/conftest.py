@@ -43,13 +43,10 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 def tiny_config() -> dict:
     """config/test.yaml over config/config.yaml, resolved: the whole pipeline in about a minute on 2 cores."""
-    from storylm.runs import deep_merge
+    from storylm.runs import load_config
     from storylm.schema import validate
 
-    config = {}
-    for name in ("config.yaml", "test.yaml"):
-        config = deep_merge(config, yaml.safe_load((REPO / "config" / name).read_text(encoding="utf-8")) or {})
-    config = validate(config)
+    config = validate(load_config(["config/test.yaml"], root=REPO))
     del config["runs"]
     return config
 
@@ -85,7 +82,8 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900)
 
 def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """{rule: job count} that a dry run would execute (empty when there is nothing to do)."""
-    result = snakemake(workdir, "--dry-run", "--quiet", "rules", *args)
+    # The targets and flags first: --quiet takes every word after it as one of its choices.
+    result = snakemake(workdir, "--dry-run", *args, "--quiet", "rules")
     jobs = {}
     for line in result.stdout.splitlines():
         parts = line.split()
