@@ -145,7 +145,7 @@ def test_a_second_training_in_a_locked_folder_is_refused_naming_the_holder(tmp_p
         result = storylm_command("pretrain", "run", "--config", str(out / "pretrain.yaml"))
     assert result.returncode == 1
     assert result.stderr == (f"error: {out}: in use by process {os.getpid()} (storylm.pretrain run); a second"
-                             " storylm.pretrain run there would write the same files. Wait for it to end, or stop"
+                             " storylm training there would write the same files. Wait for it to end, or stop"
                              " it first\n")
     assert not is_locked(out)
 
@@ -183,7 +183,8 @@ def make_work(out: Path, *names: str) -> None:
 
 
 def test_checkpoints_of_other_shards_are_set_aside_and_the_same_work_is_kept(tmp_path, capsys):
-    from storylm.pretrain import FINGERPRINT, fingerprint_files, set_aside_stale_work
+    from storylm.pretrain import fingerprint_files
+    from storylm.training_runner import FINGERPRINT, set_aside_stale_work
 
     out = rendered_pretrain(tmp_path)
     files = fingerprint_files(out / "pretrain.yaml", yaml.safe_load((out / "pretrain.yaml").read_text()))
@@ -207,7 +208,8 @@ def test_checkpoints_of_other_shards_are_set_aside_and_the_same_work_is_kept(tmp
 
 
 def test_work_from_before_fingerprints_is_kept_only_when_nothing_changed_after_it(tmp_path):
-    from storylm.pretrain import FINGERPRINT, fingerprint_files, set_aside_stale_work
+    from storylm.pretrain import fingerprint_files
+    from storylm.training_runner import FINGERPRINT, set_aside_stale_work
 
     out = rendered_pretrain(tmp_path)
     files = fingerprint_files(out / "pretrain.yaml", yaml.safe_load((out / "pretrain.yaml").read_text()))

@@ -3,7 +3,7 @@ real pretrain rule asks Slurm for GPUs and launches litgpt.
 
 What the pretrain job asks for and how it launches comes from the real workflow: a dry run of
 the real snakemake (`-p`) prints the job's resources and its shell command, whose `--srun-args`
-go to the real `storylm.pretrain.launch_command`.
+go to the real `storylm.training_runner.launch_command`.
 
 The tests marked `slurm` run a small stand-in workflow on the cluster that
 `bash .ci/slurm.sh start` brings up (they skip without one):
@@ -11,9 +11,9 @@ The tests marked `slurm` run a small stand-in workflow on the cluster that
     bash .ci/slurm.sh start && .venv/bin/python -m pytest -m slurm tests/test_slurm.py
 
 Its `pretrain` rule has the resources that the real dry run printed and runs the real
-`python -m storylm.pretrain run` with its `--srun-args`; only `litgpt` is a stand-in that trains
-nothing: every Slurm task starts Lightning Fabric, which must detect Slurm and form one process
-group.
+`python -m storylm.pretrain run` with its `--srun-args`, which starts the real storylm.litgpt_train;
+only the `litgpt` package is a stand-in that trains nothing: every Slurm task starts Lightning
+Fabric, which must detect Slurm and form one process group.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from conftest import copy_workflow, tiny_config, write_config
-from storylm.pretrain import launch_command
+from storylm.training_runner import LITGPT, launch_command
 
 try:  # tests/ is on sys.path (rootdir-relative import mode) ...
     from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
@@ -109,8 +109,9 @@ rule pretrain:
     params:
         srun=f"--srun-args {shlex.quote(RESOURCES['srun_args'])}" if RESOURCES["srun_args"] else "",
     shell:
-        # The real wrapper (storylm.pretrain run) launches `litgpt`, here bin/litgpt.
-        "PATH=$PWD/bin:$PATH PYTHONPATH=@REPO@/workflow STANDIN_DEVICES={DEVICES} STANDIN_NODES={NODES} "
+        # The real runner (storylm.pretrain run) launches storylm.litgpt_train, which runs litgpt's
+        # CLI: here the stand-in package in standin/litgpt.
+        "PYTHONPATH=$PWD/standin:@REPO@/workflow STANDIN_DEVICES={DEVICES} STANDIN_NODES={NODES} "
         "{PY} -m storylm.pretrain run --config pretrain.yaml {params.srun} && "
         "{PY} collect_ranks.py {output}"
 
@@ -121,11 +122,29 @@ rule report:
     shell: "cat {input} > {output}; echo report in Slurm job $SLURM_JOB_ID >> {output}"
 """.replace("@REPO@", str(REPO))
 
-FAKE_LITGPT = """\
-#!/bin/sh
-# Stand-in for litgpt: one rank of a fake training run.
-exec "@PY@" "$(dirname "$0")/../fabric_check.py" "$@"
-""".replace("@PY@", PYTHON)
+# Stand-in for the litgpt package: its CLI is one rank of a fake training run; its pretrain module
+# has the names storylm.litgpt_train wraps.
+FAKE_LITGPT_MAIN = """\
+import runpy, sys
+from pathlib import Path
+
+
+def main():
+    sys.argv[0] = "fabric_check.py"
+    runpy.run_path(str(Path.cwd() / "fabric_check.py"), run_name="__main__")
+"""
+FAKE_LITGPT_PRETRAIN = """\
+class CycleIterator:
+    pass
+
+
+def fit(fabric, state):
+    pass
+
+
+def save_checkpoint(fabric, state, tokenizer_dir, checkpoint_file):
+    pass
+"""
 
 FABRIC_CHECK = '''\
 """One rank of a fake training run: Lightning Fabric must see Slurm and all ranks."""
@@ -188,9 +207,11 @@ def make_workflow(path: Path, devices: int, overrides: dict) -> Path:
     for split in ("train", "val"):
         (wf / "shards" / split).mkdir(parents=True)
         (wf / "shards" / split / "index.json").write_text(json.dumps({"chunks": [], "split": split}))
-    (wf / "bin").mkdir()
-    (wf / "bin" / "litgpt").write_text(FAKE_LITGPT)
-    (wf / "bin" / "litgpt").chmod(0o755)
+    package = wf / "standin" / "litgpt"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(FAKE_LITGPT_MAIN)
+    (package / "pretrain.py").write_text(FAKE_LITGPT_PRETRAIN)
     (wf / "profiles").mkdir(exist_ok=True)
     (wf / "profiles" / "default").symlink_to(WORKFLOW_PROFILE)
     return wf
@@ -244,17 +265,17 @@ def test_pretrain_asks_for_one_task_per_gpu_and_srun_starts_them(tmp_path, monke
     srun_args = srun_args_of(command)
     config_path = Path(shlex.split(command)[shlex.split(command).index("--config") + 1])
     out_dir = wf / config_path.parent
-    litgpt = ["litgpt", "pretrain", "--config", str(config_path), "--out_dir", str(out_dir.resolve())]
+    litgpt = [*LITGPT, "pretrain", "--config", str(config_path), "--out_dir", str(out_dir.resolve())]
     monkeypatch.setenv("SLURM_JOB_ID", "123")
     if not multi:  # one process: the job step itself is it
         assert srun_args is None
-        assert launch_command(config_path, out_dir, srun_args) == litgpt
+        assert launch_command("pretrain", config_path, out_dir, srun_args) == litgpt
         return
-    assert launch_command(config_path, out_dir, srun_args) == [
+    assert launch_command("pretrain", config_path, out_dir, srun_args) == [
         "srun", "--kill-on-bad-exit=1", f"--nodes={num_nodes}", f"--ntasks-per-node={devices}",
         "--cpus-per-task=3", f"--gres=gpu:{devices}", *litgpt]
     monkeypatch.delenv("SLURM_JOB_ID")  # outside Slurm, Lightning starts the processes itself
-    assert launch_command(config_path, out_dir, srun_args) == litgpt
+    assert launch_command("pretrain", config_path, out_dir, srun_args) == litgpt
 
 
 def test_workflow_profile_leaves_slurm_settings_alone():

@@ -17,7 +17,7 @@ from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
     run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
 )
 from storylm import litgpt_log
-from storylm.pretrain import step_checkpoints
+from storylm.training_runner import step_checkpoints
 from storylm.runs import plan
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -10,7 +10,7 @@ import pytest
 
 from storylm import corpus, evaluate, export, sample, shards, stage, tokenizer
 from storylm.entry import StageError, run_stage
-from storylm.stagelock import is_locked, stage_lock
+from storylm.stagelock import LOCK_FILE, holders, is_locked, stage_lock
 
 RECORD = {"stage": "demo", "hash": "0123456789", "inputs": {"corpus": "abcdefabcd"}, "config": {"size": 3}}
 
@@ -33,9 +33,11 @@ def test_a_stage_writes_its_outputs_the_machine_and_its_record_last(tmp_path):
     assert json.loads((out / "config.json").read_text()) == RECORD
     environment = json.loads((out / "environment.json").read_text())
     assert set(environment) == {"torch_threads", "omp_num_threads", "cpu", "gpus", "python", "versions"}
-    # The record is the last file written: every other output is older or as old.
-    assert all(p.stat().st_mtime_ns <= (out / "config.json").stat().st_mtime_ns for p in out.iterdir())
+    # The record is the last output written: every other output is older or as old.
+    outputs = [p for p in out.iterdir() if p.name != LOCK_FILE]
+    assert all(p.stat().st_mtime_ns <= (out / "config.json").stat().st_mtime_ns for p in outputs)
     assert not is_locked(out)
+    assert holders(out) == ""  # a finished stage names no process (two runs' folders are byte-equal)
 
 
 def test_a_failed_stage_leaves_no_record_and_releases_its_folder(tmp_path):

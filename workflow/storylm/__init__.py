@@ -8,7 +8,7 @@ Stage commands, in the order they run:
     corpus          stories cleaned, deduplicated and split into train.jsonl / val.jsonl
     tokenizer       a byte-level BPE trained on the train split, or a pretrained tokenizer copied
     shards          token ids of every story into litdata shards (train/, val/)
-    pretrain        the litgpt pretrain YAML rendered, then `litgpt pretrain --config` with resume
+    pretrain        the litgpt pretrain YAML rendered, then `litgpt pretrain --config` through the training runner
     evaluate        val loss, bits per character, extra sets and loss curves of the final checkpoint
     sample          stories from the final checkpoint, with their figures and the checker's verdicts
     export          the final model as a Hugging Face folder
@@ -38,6 +38,8 @@ Helpers:
     consistency     the builtin-world story checker (also a command on a file of stories)
     tokens          token ids as litgpt makes them (batch encoding, special tokens)
     checkpoint      the one loader of litgpt checkpoints
+    training_runner a litgpt training any stage can run: locked, resumed, set aside, stopped, requeued
+    litgpt_train    litgpt's CLI that saves and stops at a signal or before the Slurm job's end
     litgpt_log      loss curves and throughput from litgpt's printed log
     generation      stories of one prompt in batches, each from its own seed
     results         one training's results in one place (metrics, figures, throughput, FLOPs)

@@ -1,5 +1,5 @@
 """The one loader of litgpt checkpoints (lit_model.pth, model_config.yaml, tokenizer files) for evaluate,
-sample and export.
+sample, export and the training runner's resume check.
 
 A missing or damaged file is a StageError that names it and says which stage to rerun, so a
 truncated lit_model.pth reads as one clear line, not as torch's `Invalid argument`.
@@ -34,16 +34,21 @@ def load_config(checkpoint_dir: Path) -> Config:
         raise StageError(f"{path}: not a litgpt model config ({first_line(error)})") from None
 
 
-def load_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    """The model weights; pretrain's checkpoints hold the whole training state, with the weights under "model"."""
-    path = Path(checkpoint_dir) / WEIGHTS
+def read_checkpoint(path: Path) -> object:
+    """What a lit_model.pth holds (memory-mapped, on the CPU); a missing or damaged file is a StageError."""
     if not path.is_file():
         raise StageError(f"{path}: missing (the checkpoint's weights); {RERUN}")
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as error:  # noqa: BLE001 - any failure to read is a damaged file
         raise StageError(f"{path}: cannot be read as a torch checkpoint, truncated or damaged"
                          f" ({first_line(error)}); {RERUN}") from None
+
+
+def load_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """The model weights; pretrain's checkpoints hold the whole training state, with the weights under "model"."""
+    path = Path(checkpoint_dir) / WEIGHTS
+    state = read_checkpoint(path)
     state = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(state, dict) or "transformer.wte.weight" not in state:
         raise StageError(f"{path}: holds no litgpt GPT weights (no transformer.wte.weight)")

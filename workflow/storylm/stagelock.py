@@ -9,7 +9,10 @@ process holds it, naming that process.
 The lock is flock(2) on <folder>/.lock: the kernel releases it when the last process holding
 the file open ends, however it ends (a killed process cannot leave a stale lock behind). The
 pretrain command hands the open file to litgpt, so the folder stays locked while litgpt runs,
-even if the command itself is killed. The file holds the holders' process ids, for the message.
+even if the command itself is killed. The file holds the holders' process ids, for the message,
+and is emptied when the command lets go (a finished stage keeps no stale process id). The file
+itself stays: removing a lock file that another process may have just opened would let two
+processes lock two different files.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def stage_lock(folder: Path, command: str):
         note(fd, f"process {os.getpid()} ({command})")
         yield fd
     finally:
+        os.ftruncate(fd, 0)  # still ours here: the note goes with the lock
         os.close(fd)
 
 

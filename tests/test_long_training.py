@@ -1,0 +1,123 @@
+"""A training stopped by a signal saves the step it stood at and finishes as if never stopped
+(storylm.litgpt_train, storylm.training_runner): the real snakemake, litgpt and litdata, locally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_workflow, load_json, owned_env, snakemake, stage_hashes, tiny_config, training_pid, wait_for, \
+    write_config
+from storylm import litgpt_log
+from storylm.litgpt_train import STOP_EXIT, Stopper, job_deadline
+from storylm.training_runner import LIVE_LOG, step_checkpoints
+
+# Two micro-batches a step (gradient accumulation), so a stop must wait for the step's end; a save
+# every 60 steps, so each stop falls inside an interval, where litgpt's own checkpoints lose work.
+STEPS = 160
+SAVE_INTERVAL = 60
+ONE_THREAD = ("--set-threads", "pretrain=1")  # bit-equal weights need the same float sums
+
+
+def long_config() -> dict:
+    config = tiny_config()
+    config["train"].update(global_batch_size=4, micro_batch_size=2, max_tokens=STEPS * 4 * 64,
+                           save_interval=SAVE_INTERVAL, log_interval=1)
+    config["eval"].update(interval=1000, final_validation=False)
+    return config
+
+
+def final_weights(out: Path) -> dict:
+    import torch
+
+    return torch.load(out / "final" / "lit_model.pth", map_location="cpu", weights_only=False)["model"]
+
+
+def logged_steps(out: Path) -> list[int]:
+    return [int(m["step"]) for line in (out / LIVE_LOG).read_text().splitlines() if (m := litgpt_log.TRAIN_LINE.match(line))]
+
+
+@pytest.mark.slow
+def test_a_training_stopped_twice_saves_where_it_stood_and_ends_with_the_weights_of_one_never_stopped(tmp_path):
+    config = long_config()
+    reference, stopped = copy_workflow(tmp_path / "reference"), copy_workflow(tmp_path / "stopped")
+    for workdir in (reference, stopped):
+        write_config(workdir, config)
+    out = stopped / "results" / "pretrain" / stage_hashes(config)["pretrain"]
+    env = owned_env()
+    never_stopped = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", *ONE_THREAD,
+                                      "--until", "pretrain"], cwd=reference, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+    try:
+        saved_at = []
+        for signum, after in ((signal.SIGTERM, 25), (signal.SIGINT, 85)):
+            # As a shell's background job (`snakemake ... &`) starts it: with SIGINT ignored, which every
+            # process it starts inherits; a SIGINT to litgpt must still stop it.
+            pipeline = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", *ONE_THREAD,
+                                         "--until", "pretrain"], cwd=stopped, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            try:
+                litgpt = wait_for(lambda step=after: (out / LIVE_LOG).is_file() and logged_steps(out)[-1:] >= [step]
+                                  and training_pid(out, env), timeout=300, what=f"step {after}")
+                os.kill(litgpt, signum)
+                output, _ = pipeline.communicate(timeout=120)
+            finally:
+                pipeline.kill()
+            assert pipeline.returncode != 0, output
+            record = load_json(out / "stopped.json")
+            stood_at = logged_steps(out)[-1]  # the last step litgpt printed: the one it stood at
+            assert record["reason"] == signal.Signals(signum).name and record["step"] == stood_at
+            assert record["step"] % SAVE_INTERVAL and record["step"] < STEPS  # inside a save interval
+            assert step_checkpoints(out)[0].parent.name == f"step-{stood_at:08d}"
+            assert not list(out.glob("saving-*")) and not (out / "final").exists()
+            log = (out / LIVE_LOG).read_text()
+            assert f"Stopped at step {stood_at} ({signal.Signals(signum).name}): saved" in log
+            assert (f"storylm: training stopped ({signal.Signals(signum).name}) after"
+                    f" {stood_at - (saved_at[-1] if saved_at else 0)} steps in this part: saved step {stood_at},"
+                    f" {STEPS - stood_at} of {STEPS} steps remain; run the same command again to resume") in log
+            saved_at.append(stood_at)
+
+        snakemake(stopped, "--cores", "1", *ONE_THREAD, "--until", "pretrain")
+        assert never_stopped.wait(timeout=600) == 0, never_stopped.stdout.read()
+    finally:
+        never_stopped.kill()
+    log = out / "train.log"
+    assert [p.split("/")[-2] for p in litgpt_log.resumed_from(log)] == [f"step-{s:08d}" for s in saved_at]
+    assert logged_steps(out) == list(range(1, STEPS + 1))  # every step once, none lost, none repeated
+    ours = final_weights(out)
+    theirs = final_weights(reference / out.relative_to(stopped))
+    assert ours.keys() == theirs.keys()
+    different = [name for name in ours if not ours[name].equal(theirs[name])]
+    assert not different, different
+
+
+def test_the_deadline_comes_from_the_environment_or_squeue(monkeypatch, tmp_path):
+    assert job_deadline({}) is None
+    assert job_deadline({"STORYLM_TRAIN_UNTIL": "1700000000"}) == 1700000000.0
+    assert job_deadline({"SLURM_JOB_ID": "7", "SLURM_JOB_END_TIME": "1700000123"}) == 1700000123.0
+    # Without SLURM_JOB_END_TIME, squeue's %e (the local time); "Unknown" means no limit.
+    squeue = tmp_path / "squeue"
+    squeue.write_text('#!/bin/sh\n[ "$*" = "-h -j 7 -o %e" ] && echo "$END"\n')
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("END", "2026-12-06T10:30:00")
+    assert job_deadline({"SLURM_JOB_ID": "7"}) == time.mktime((2026, 12, 6, 10, 30, 0, 0, 0, -1))
+    monkeypatch.setenv("END", "Unknown")
+    assert job_deadline({"SLURM_JOB_ID": "7"}) is None
+
+
+def test_the_margin_covers_the_longest_step_and_save():
+    stopper = Stopper(deadline=None, margin=None)
+    stopper.longest_step, stopper.state_bytes = 2.0, 400e6
+    assert stopper.margin() == 2.0 + 5.0 + 4.0 + 15.0  # before a save is measured: from the state's size
+    stopper.longest_save = 3.5
+    assert stopper.margin() == 2.0 + 3.5 + 15.0
+    assert Stopper(deadline=None, margin=30.0).margin() == 30.0  # STORYLM_STOP_MARGIN
+
