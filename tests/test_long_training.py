@@ -66,7 +66,9 @@ def test_a_training_stopped_twice_saves_where_it_stood_and_ends_with_the_weights
             try:
                 litgpt = wait_for(lambda step=after: (out / LIVE_LOG).is_file() and logged_steps(out)[-1:] >= [step]
                                   and training_pid(out, env), timeout=300, what=f"step {after}")
-                os.kill(litgpt, signum)
+                # SIGTERM as Slurm sends it, to every process of the step (the data loader's worker
+                # too); SIGINT as the runner passes on a Ctrl-C, to litgpt alone.
+                os.killpg(litgpt, signum) if signum == signal.SIGTERM else os.kill(litgpt, signum)
                 output, _ = pipeline.communicate(timeout=120)
             finally:
                 pipeline.kill()

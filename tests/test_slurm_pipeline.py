@@ -1,20 +1,25 @@
 """The real pipeline with `--profile slurm` on the local Slurm cluster (bash .ci/slurm.sh start).
 
 Every job goes through Slurm, the pretrain job asks for its GPU, the outputs equal those of a
-local run of the same config, and a pretrain job cancelled with scancel resumes from its latest
-step checkpoint when the same command runs again.
+local run of the same config, a pretrain job cancelled with scancel saves the step it stood at and
+stops the pipeline, and a training longer than its job's time limit saves before the limit,
+requeues its job and ends with the weights of a training never stopped.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from conftest import copy_workflow, load_json, stage_hashes, write_config
 from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
-    run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
+    job_state, run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
 )
 from storylm import litgpt_log
 from storylm.training_runner import step_checkpoints
@@ -80,44 +85,87 @@ def test_slurm_outputs_equal_the_local_run(slurm_run):
                 assert (workdir / path.relative_to(local)).read_bytes() == path.read_bytes(), path
 
 
-def test_a_scancelled_pretrain_job_resumes_from_its_latest_checkpoint(slurm_run, slurm_cluster):
+def test_a_requeued_pretrain_job_resumes_and_a_scancelled_one_saves_and_stops_the_pipeline(slurm_run, slurm_cluster):
     workdir, _, _, config = slurm_run
     config = copy.deepcopy(config)
     config["seed"] = 5  # a new pretrain stage; corpus, tokenizer and shards are reused
-    steps = 200  # ~0.1 s each: time to scancel after the step-10 checkpoint, even on a loaded machine
-    config["train"].update(max_tokens=steps * 4 * 64, save_interval=5, log_interval=1)
-    config["eval"].update(interval=1000)
+    steps = 3000  # ~10 ms each: time for a requeue and a scancel between two save intervals
+    config["train"].update(max_tokens=steps * 4 * 64, save_interval=1000, log_interval=1)
+    config["eval"].update(interval=100000)
     write_config(workdir, config)
     out = workdir / "results" / "pretrain" / stage_hashes(config)["pretrain"]
-    profile = workdir / "profiles" / "slurm"
 
-    # Only as far as training: what comes after it is the same as in slurm_run.
-    first = run_snakemake(workdir, "--until", "pretrain", profile=profile, overrides=overrides(slurm_cluster),
-                          background=True)
+    run = run_snakemake(workdir, "--until", "pretrain", profile=workdir / "profiles" / "slurm",
+                        overrides=overrides(slurm_cluster), background=True)
     try:
-        job = first.wait_for_submission("pretrain", timeout=240)
-        wait_for_job_state(job.slurm_jobid, ["RUNNING"], timeout=120)
-        wait_until(lambda: (out / "step-00000010" / "lit_model.pth").exists(), 300, what="a step checkpoint")
-        scancel(job.slurm_jobid)
-        assert first.wait(timeout=300) != 0, first.describe()
+        job = run.wait_for_submission("pretrain", timeout=240).slurm_jobid
+        wait_for_job_state(job, ["RUNNING"], timeout=120)
+        wait_until(lambda: logged_steps(out)[-1:] >= [100], 300, what="step 100")
+        # Slurm requeues it (as after a preemption): SIGTERM, a save, and the same job runs again.
+        assert subprocess.run(["scontrol", "requeue", job]).returncode == 0
+        first = wait_until(lambda: (out / "stopped.json").is_file() and load_json(out / "stopped.json"), 60,
+                           what="the save at the requeue")
+        assert first["reason"] == "SIGTERM" and first["step"] == logged_steps(out)[-1], first
+        resumed = wait_until(lambda: litgpt_log.resumed_from(out / "progress.log"), 400, what="the resumed job")
+        assert len(resumed) == 1 and resumed[0].endswith(f"/step-{first['step']:08d}/lit_model.pth"), resumed
+        assert run.proc.poll() is None, run.describe()  # snakemake waited for the requeued job
+        wait_until(lambda: logged_steps(out)[-1] >= first["step"] + 100, 300, what="100 steps after the resume")
+        scancel(job)
+        assert run.wait(timeout=300) != 0, run.describe()
     finally:
-        first.stop()
+        run.stop()
+    assert job_state(job) == "CANCELLED"  # not requeued: scancel means stop
+    second = load_json(out / "stopped.json")
+    assert second["reason"] == "SIGTERM" and second["step"] == logged_steps(out)[-1], second
+    assert step_checkpoints(out)[0].parent.name == f"step-{second['step']:08d}"
     assert not (out / "final" / "lit_model.pth").exists()
-    latest = int(step_checkpoints(out)[0].parent.name.split("-")[1])
-    assert 10 <= latest < steps
+    assert f"Slurm job {job} is " in (out / "progress.log").read_text()
 
-    second = run_snakemake(workdir, "--until", "pretrain", profile=profile, overrides=overrides(slurm_cluster),
-                           timeout=900)
-    second.check()
-    assert [j.rule for j in second.submitted()] == ["pretrain"], second.describe()  # the rest was done
-    log = out / "train.log"
-    assert litgpt_log.resumed_from(log)[-1].endswith(f"step-{latest:08d}/lit_model.pth")
-    text = log.read_text()
-    first_step_after = int(text[text.rindex("Resuming training from"):].split(" step ", 1)[1].split()[0])
-    assert first_step_after == latest + 1
-    train, _ = litgpt_log.parse(log)
-    assert train["step"].max() == steps
-    assert (out / "final" / "lit_model.pth").is_file()
+
+def logged_steps(out) -> list[int]:
+    live = out / "progress.log"
+    text = live.read_text() if live.is_file() else ""
+    return [int(m["step"]) for line in text.splitlines() if (m := litgpt_log.TRAIN_LINE.match(line))]
+
+
+def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_stopped(slurm_run, slurm_cluster):
+    """A pretrain of about twice what a 1-minute job can train: it saves before the job's end, requeues
+    its own job, resumes; a local training of the same config ends with the same weights, bit for bit."""
+    workdir, local, _, config = slurm_run
+    config = copy.deepcopy(config)
+    config["seed"] = 6
+    steps = 3000  # ~10 ms a step on one thread: ~30 s of training, a 1-minute job trains ~20 s of it
+    config["train"].update(max_tokens=steps * 4 * 64, save_interval=None, log_interval=100)
+    config["eval"].update(interval=100000)
+    write_config(workdir, config)
+    out = workdir / "results" / "pretrain" / stage_hashes(config)["pretrain"]
+    write_config(local, config)
+    reference = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--set-threads", "pretrain=1",
+                                  "--until", "pretrain"], cwd=local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    try:
+        run = run_snakemake(workdir, "--until", "pretrain", profile=workdir / "profiles" / "slurm",
+                            overrides=overrides(slurm_cluster, set_resources={"pretrain": {"runtime": 1}}),
+                            timeout=1200)
+        run.check()
+        assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    finally:
+        reference.kill()
+        write_config(local, slurm_run[3])  # the shared local run's own config back
+    pretrains = [job for job in run.submitted() if job.rule == "pretrain"]
+    assert len(pretrains) == 1, run.describe()  # one Slurm job, run more than once: requeued
+    info = scontrol_show_job(pretrains[0].slurm_jobid)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, info
+    progress = (out / "progress.log").read_text()
+    requeued = progress.count(f"requeued Slurm job {pretrains[0].slurm_jobid}, which resumes from it")
+    assert requeued == int(info["Restarts"]), progress
+    assert "training stopped (deadline) after" in progress and f" of {steps} steps remain" in progress
+    assert len(litgpt_log.resumed_from(out / "train.log")) == requeued
+    import torch
+
+    ours, theirs = (torch.load(folder / "final" / "lit_model.pth", weights_only=False)["model"]
+                    for folder in (out, local / out.relative_to(workdir)))
+    assert [name for name in ours if not ours[name].equal(theirs[name])] == []
 
 
 def test_the_pretrain_jobs_of_two_runs_run_at_the_same_time(slurm_run, slurm_cluster):

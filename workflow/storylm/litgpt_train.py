@@ -26,6 +26,7 @@ exits STOP_EXIT without writing final/. A second Ctrl-C stops at once, without a
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import os
@@ -157,12 +158,45 @@ class Stopper:
             (out_dir / STOPPED).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         saved = f"saved {target} in {seconds:.1f} s" if trained else "nothing new to save"
         fabric.print(f"Stopped at step {step} ({self.reason}): {saved}; the same command resumes from it", flush=True)
-        raise SystemExit(STOP_EXIT)
+        for logger in fabric.loggers:  # what the loggers hold goes to their files first
+            logger.finalize("success")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        end_data_workers()
+        os._exit(STOP_EXIT)  # out at once: nothing is left to tidy (the loader's shutdown would wait for workers)
+
+
+def deaf_to_stop_signals() -> None:
+    """In the DataLoader's workers: ignore the stop signals. Slurm signals every process of the job
+    step, and torch's worker handler dies at SIGTERM, which fails the training ("DataLoader worker is
+    killed by signal") before it can save; the workers end with the training, as always."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def end_data_workers() -> None:
+    """Kill the DataLoader's workers once the training is over. They ignore SIGTERM (deaf_to_stop_signals),
+    and Python's exit ends its daemon processes with SIGTERM and then waits for them: it would wait forever."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join()
 
 
 def install(stopper: Stopper) -> None:
-    """Wrap litgpt.pretrain's fit, CycleIterator and save_checkpoint so that `stopper` sees each batch."""
+    """Wrap litgpt.pretrain's fit, CycleIterator and save_checkpoint so that `stopper` sees each batch,
+    and make the data loader's workers ignore the stop signals."""
     from litgpt import pretrain
+    from torch.utils.data._utils import signal_handling
+
+    set_worker_handlers = signal_handling._set_worker_signal_handlers
+
+    def worker_signal_handlers(*args):  # each worker calls it first thing (torch's worker loop)
+        set_worker_handlers(*args)
+        deaf_to_stop_signals()
+
+    signal_handling._set_worker_signal_handlers = worker_signal_handlers
 
     original_fit, original_save = pretrain.fit, pretrain.save_checkpoint
     fit_signature = inspect.signature(original_fit)
@@ -193,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     for signum in SIGNALS:
         signal.signal(signum, stopper.on_signal)
     install(stopper)
+    atexit.register(end_data_workers)  # after multiprocessing's own exit handler, so it runs before it
     from litgpt.__main__ import main as litgpt_main
 
     # litgpt's CLI (and save_hyperparameters, which parses it again) read sys.argv as `litgpt <command> ...`.
