@@ -32,9 +32,10 @@ RULES = {"corpus", "tokenizer", "shards", "pretrain_config", "pretrain", "evalua
 TIMINGS = ("train_seconds", "train_tokens_per_second")  # wall-clock figures differ from run to run
 
 
-def overrides(cluster):
+def overrides(cluster, **more):
     # Only the partition and the sizes for the 2-CPU CI node change; the rest is the real profile.
     return cluster.overrides(
+        **more,
         slurm_init_seconds_before_status_checks=1,
         set_threads={"shards": 2, "pretrain": 1, "corpus": 1, "tokenizer": 1, "evaluate": 1, "sample": 1},
     )

@@ -41,7 +41,7 @@ STEPS = 2000
 
 def prepared_workflow(root: Path) -> Path:
     """A copy of the workflow with the smoke config's pretrain stage rendered; its pretrain.yaml."""
-    for name in ("Snakefile", "workflow", "config", "profiles"):
+    for name in ("Snakefile", "workflow", "config", "profiles", "envs"):
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, root / name)
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
