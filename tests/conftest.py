@@ -153,6 +153,15 @@ def training_pid(run: Path, env: dict) -> int | None:
     return int(found[1]) if found and carries(int(found[1]), env) else None
 
 
+def logged_steps(out: Path) -> list[int]:
+    """The step of every training line of a run folder's progress.log so far, repeats kept ([] before it exists)."""
+    from storylm import litgpt_log
+
+    live = out / "progress.log"
+    text = live.read_text(encoding="utf-8") if live.is_file() else ""
+    return [int(m["step"]) for line in text.splitlines() if (m := litgpt_log.TRAIN_LINE.match(line))]
+
+
 def load_json(path: Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

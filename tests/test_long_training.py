@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_workflow, load_json, owned_env, snakemake, stage_hashes, tiny_config, training_pid, wait_for, \
+from conftest import copy_workflow, load_json, logged_steps, owned_env, snakemake, stage_hashes, tiny_config, training_pid, wait_for, \
     write_config
 from storylm import litgpt_log
 from storylm.litgpt_train import STOP_EXIT, Stopper, job_deadline
@@ -39,10 +39,6 @@ def final_weights(out: Path) -> dict:
     return torch.load(out / "final" / "lit_model.pth", map_location="cpu", weights_only=False)["model"]
 
 
-def logged_steps(out: Path) -> list[int]:
-    return [int(m["step"]) for line in (out / LIVE_LOG).read_text().splitlines() if (m := litgpt_log.TRAIN_LINE.match(line))]
-
-
 @pytest.mark.slow
 def test_a_training_stopped_twice_saves_where_it_stood_and_ends_with_the_weights_of_one_never_stopped(tmp_path):
     config = long_config()
@@ -64,7 +60,7 @@ def test_a_training_stopped_twice_saves_where_it_stood_and_ends_with_the_weights
                                         stderr=subprocess.STDOUT, text=True,
                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
             try:
-                litgpt = wait_for(lambda step=after: (out / LIVE_LOG).is_file() and logged_steps(out)[-1:] >= [step]
+                litgpt = wait_for(lambda step=after: logged_steps(out)[-1:] >= [step]
                                   and training_pid(out, env), timeout=300, what=f"step {after}")
                 # SIGTERM as Slurm sends it, to every process of the step (the data loader's worker
                 # too); SIGINT as the runner passes on a Ctrl-C, to litgpt alone.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_workflow, load_json, stage_hashes, write_config
+from conftest import copy_workflow, load_json, logged_steps, stage_hashes, write_config
 from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
     job_state, run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
 )
@@ -121,12 +121,6 @@ def test_a_requeued_pretrain_job_resumes_and_a_scancelled_one_saves_and_stops_th
     assert step_checkpoints(out)[0].parent.name == f"step-{second['step']:08d}"
     assert not (out / "final" / "lit_model.pth").exists()
     assert f"Slurm job {job} is " in (out / "progress.log").read_text()
-
-
-def logged_steps(out) -> list[int]:
-    live = out / "progress.log"
-    text = live.read_text() if live.is_file() else ""
-    return [int(m["step"]) for line in text.splitlines() if (m := litgpt_log.TRAIN_LINE.match(line))]
 
 
 def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_stopped(slurm_run, slurm_cluster):

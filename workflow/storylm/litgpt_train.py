@@ -73,6 +73,8 @@ class Stopper:
         self.state_bytes = 0
         self.fit: dict = {}  # fit()'s arguments: fabric, state, out_dir, tokenizer_dir, train, ...
         self.first_iter = 0
+        self.accumulation = 1  # micro-batches an optimizer step (fixed for a fit() call)
+        self.max_iters = 0  # the micro-batches fit() trains to, as litgpt.pretrain.fit counts them
         self.last_boundary: float | None = None
 
     # --- hooks -----------------------------------------------------------------------------------
@@ -87,6 +89,10 @@ class Stopper:
         self.fit = fit_arguments
         state = fit_arguments["state"]
         self.first_iter = state["iter_num"]
+        train, fabric = fit_arguments["train"], fit_arguments["fabric"]
+        self.accumulation = train.gradient_accumulation_iters(fit_arguments["devices"], fit_arguments["num_nodes"])
+        tokens_per_iter = train.micro_batch_size * state["model"].max_seq_length
+        self.max_iters = train.max_tokens // fabric.world_size // tokens_per_iter
         self.state_bytes = sum(p.numel() * p.element_size() for p in state["model"].parameters()) * 4
         self.last_boundary = None
 
@@ -100,9 +106,8 @@ class Stopper:
         """Called before each batch: stop here if asked and this is the end of an optimizer step."""
         if not self.fit:
             return
-        state, fabric, train = self.fit["state"], self.fit["fabric"], self.fit["train"]
-        accumulation = train.gradient_accumulation_iters(self.fit["devices"], self.fit.get("num_nodes", 1))
-        if state["iter_num"] % accumulation:
+        state, fabric = self.fit["state"], self.fit["fabric"]
+        if state["iter_num"] % self.accumulation:
             return  # inside an optimizer step: its gradients are not in the state a checkpoint holds
         now = time.monotonic()
         if self.last_boundary is not None:
@@ -116,13 +121,8 @@ class Stopper:
 
             stop = bool(fabric.all_reduce(torch.tensor(float(stop), device=fabric.device), reduce_op="max"))
             self.reason = self.reason or ("another rank" if stop else None)
-        if stop and state["iter_num"] < self.max_iters():
+        if stop and state["iter_num"] < self.max_iters:
             self.stop()
-
-    def max_iters(self) -> int:
-        train, fabric, state = self.fit["train"], self.fit["fabric"], self.fit["state"]
-        tokens_per_iter = train.micro_batch_size * state["model"].max_seq_length
-        return train.max_tokens // fabric.world_size // tokens_per_iter  # as litgpt.pretrain.fit counts them
 
     def timed_save(self, save, *args) -> None:
         """litgpt's save_checkpoint, timed: the margin holds the longest save."""
@@ -137,8 +137,7 @@ class Stopper:
 
         fabric, state, out_dir = self.fit["fabric"], self.fit["state"], Path(self.fit["out_dir"])
         step = state["step_count"]
-        trained = (state["iter_num"] - self.first_iter) // max(1, self.fit["train"].gradient_accumulation_iters(
-            self.fit["devices"], self.fit.get("num_nodes", 1)))
+        trained = (state["iter_num"] - self.first_iter) // self.accumulation
         target = out_dir / f"step-{step:08d}"
         started = time.monotonic()
         if trained and not (target / "lit_model.pth").is_file():  # litgpt's save_interval may have saved it
@@ -151,8 +150,7 @@ class Stopper:
         seconds = time.monotonic() - started
         if fabric.global_rank == 0:
             record = {"reason": self.reason, "step": step, "iter_num": state["iter_num"],
-                      "max_steps": self.max_iters() // max(1, self.fit["train"].gradient_accumulation_iters(
-                          self.fit["devices"], self.fit.get("num_nodes", 1))),
+                      "max_steps": self.max_iters // self.accumulation,
                       "steps_this_part": trained, "checkpoint": str(target) if trained or target.is_dir() else None,
                       "save_s": round(seconds, 3), "margin_s": round(self.margin(), 3), "time": time.time()}
             (out_dir / STOPPED).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
