@@ -338,6 +338,15 @@ def wait_for_job_state(jobid: str, states: Iterable[str] = ("RUNNING",), timeout
     raise AssertionError(f"Slurm job {jobid} is {state}, expected one of {sorted(wanted)}")
 
 
+def start_if_requeued(jobid: str) -> bool:
+    """Start a requeued job now: Slurm holds a requeued batch job about two minutes (Reason=BeginTime)
+    before it may run again; a test need not wait for that. True when the job was moved up."""
+    info = scontrol_show_job(jobid)
+    if info.get("JobState") != "PENDING" or info.get("Reason") != "BeginTime":
+        return False
+    return _run(["scontrol", "update", f"JobId={jobid}", "StartTime=now"]).returncode == 0
+
+
 def scancel(jobid: str) -> None:
     res = _run(["scancel", str(jobid)])
     assert res.returncode == 0, f"scancel {jobid}: {res.stderr}"

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import copy_workflow, load_json, logged_steps, stage_hashes, write_config
 from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
-    job_state, run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
+    job_state, run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, start_if_requeued,
+    wait_for_job_state, wait_until,
 )
 from storylm import litgpt_log
 from storylm.training_runner import step_checkpoints
@@ -107,7 +108,12 @@ def test_a_requeued_pretrain_job_resumes_and_a_scancelled_one_saves_and_stops_th
         first = wait_until(lambda: (out / "stopped.json").is_file() and load_json(out / "stopped.json"), 60,
                            what="the save at the requeue")
         assert first["reason"] == "SIGTERM" and first["step"] == logged_steps(out)[-1], first
-        resumed = wait_until(lambda: litgpt_log.resumed_from(out / "progress.log"), 400, what="the resumed job")
+
+        def resumed_job():
+            start_if_requeued(job)
+            return litgpt_log.resumed_from(out / "progress.log")
+
+        resumed = wait_until(resumed_job, 400, what="the resumed job")
         assert len(resumed) == 1 and resumed[0].endswith(f"/step-{first['step']:08d}/lit_model.pth"), resumed
         assert run.proc.poll() is None, run.describe()  # snakemake waited for the requeued job
         wait_until(lambda: logged_steps(out)[-1] >= first["step"] + 100, 300, what="100 steps after the resume")
@@ -124,13 +130,15 @@ def test_a_requeued_pretrain_job_resumes_and_a_scancelled_one_saves_and_stops_th
 
 
 def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_stopped(slurm_run, slurm_cluster):
-    """A pretrain of about twice what a 1-minute job can train: it saves before the job's end, requeues
-    its own job, resumes; a local training of the same config ends with the same weights, bit for bit."""
+    """A pretrain of about three times what a 1-minute job can train: it saves before each job's end,
+    requeues its own job, resumes; a local training of the same config ends with the same weights, bit for bit."""
     workdir, local, _, config = slurm_run
     config = copy.deepcopy(config)
     config["seed"] = 6
-    steps = 3000  # ~10 ms a step on one thread: ~30 s of training, a 1-minute job trains ~20 s of it
-    config["train"].update(max_tokens=steps * 4 * 64, save_interval=None, log_interval=100)
+    # About 6.5 ms a step on one thread (2-3 ms of compute, the rest litgpt's loop): about 90 s of
+    # training, where a 1-minute job trains about 30 s (its start, then the margin before its end).
+    steps = 14000
+    config["train"].update(max_tokens=steps * 4 * 64, save_interval=None, log_interval=500)
     config["eval"].update(interval=100000)
     write_config(workdir, config)
     out = workdir / "results" / "pretrain" / stage_hashes(config)["pretrain"]
@@ -138,19 +146,26 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
     reference = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--set-threads", "pretrain=1",
                                   "--until", "pretrain"], cwd=local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    run = run_snakemake(workdir, "--until", "pretrain", profile=workdir / "profiles" / "slurm",
+                        overrides=overrides(slurm_cluster, set_resources={"pretrain": {"runtime": 1}}), background=True)
     try:
-        run = run_snakemake(workdir, "--until", "pretrain", profile=workdir / "profiles" / "slurm",
-                            overrides=overrides(slurm_cluster, set_resources={"pretrain": {"runtime": 1}}),
-                            timeout=1200)
+
+        def ended():
+            for job in run.submitted():
+                start_if_requeued(job.slurm_jobid)
+            return run.proc.poll() is not None
+
+        wait_until(ended, 1200, interval=2, what="the pipeline's end")
         run.check()
         assert reference.wait(timeout=600) == 0, reference.stdout.read()
     finally:
+        run.stop()
         reference.kill()
         write_config(local, slurm_run[3])  # the shared local run's own config back
     pretrains = [job for job in run.submitted() if job.rule == "pretrain"]
     assert len(pretrains) == 1, run.describe()  # one Slurm job, run more than once: requeued
     info = scontrol_show_job(pretrains[0].slurm_jobid)
-    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, info
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 2, info  # three jobs or more
     progress = (out / "progress.log").read_text()
     requeued = progress.count(f"requeued Slurm job {pretrains[0].slurm_jobid}, which resumes from it")
     assert requeued == int(info["Restarts"]), progress

@@ -70,6 +70,9 @@ def one_part(root: Path, config: Path, out: Path, stop_after: int | None) -> dic
         process.wait()
         return None
     while not steps_logged(out) or steps_logged(out)[-1][0] < start + stop_after:
+        if process.poll() is not None:
+            sys.exit(f"stop_cost: the training exited ({process.returncode}) before step {start + stop_after};"
+                     f" its output: {out / LIVE_LOG}")
         time.sleep(0.05)
     at_signal = steps_logged(out)[-1][0]
     sent = time.monotonic()
