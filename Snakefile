@@ -7,7 +7,7 @@
 #   snakemake --report results/report.html             (the runs table, plots and stories)
 #
 # The config is validated (and its defaults filled in) per run by config/schema.yaml, in
-# workflow/rules/common.smk: see workflow/storylm/runs.py.
+# workflow/rules/common.smk: see workflow/storylm/plan/runs.py.
 
 from snakemake.utils import min_version
 
@@ -23,7 +23,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 
 
-# One rule file per stage, in the order of the stage table (workflow/storylm/stages.py).
+# One rule file per stage, in the order of the stage table (workflow/storylm/plan/stages.py).
 for rule_file in STAGE_RULE_FILES:
 
     include: rule_file

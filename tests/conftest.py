@@ -43,8 +43,8 @@ WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
 
 def tiny_config() -> dict:
     """config/test.yaml over config/config.yaml, resolved: the whole pipeline in about a minute on 2 cores."""
-    from storylm.runs import load_config
-    from storylm.schema import validate
+    from storylm.plan.runs import load_config
+    from storylm.plan.schema import validate
 
     config = validate(load_config(["config/test.yaml"], root=REPO))
     del config["runs"]
@@ -94,13 +94,13 @@ def dry_run_jobs(workdir: Path, *args: str) -> dict[str, int]:
 
 def with_defaults(config: dict) -> dict:
     """The config as the workflow sees it: validated, with the schema's defaults filled in."""
-    from storylm.schema import validate
+    from storylm.plan.schema import validate
 
     return validate(copy.deepcopy(config))
 
 
 def stage_hashes(config: dict) -> dict[str, str]:
-    from storylm.stages import hashes
+    from storylm.plan.stages import hashes
 
     return hashes(with_defaults(config))
 
@@ -147,7 +147,7 @@ def carries(pid: int, env: dict) -> bool:
 
 def training_pid(run: Path, env: dict) -> int | None:
     """The litgpt process training in run, as the stage lock records it, if this test started it (with env)."""
-    from storylm.stagelock import holders
+    from storylm.io.stagelock import holders
 
     found = re.search(r"its litgpt, process (\d+)", holders(run))
     return int(found[1]) if found and carries(int(found[1]), env) else None
@@ -155,7 +155,7 @@ def training_pid(run: Path, env: dict) -> int | None:
 
 def logged_steps(out: Path) -> list[int]:
     """The step of every training line of a run folder's progress.log so far, repeats kept ([] before it exists)."""
-    from storylm import litgpt_log
+    from storylm.results import litgpt_log
 
     live = out / "progress.log"
     text = live.read_text(encoding="utf-8") if live.is_file() else ""

@@ -57,9 +57,9 @@ MODULE = '''"""How many train stories hold at least charcount.min_characters cha
 import argparse
 from pathlib import Path
 
-from storylm.entry import exit_with, write_json
-from storylm.jsonl import iter_texts
-from storylm.stage import stage_main, stage_parser
+from storylm.io.entry import exit_with, write_json
+from storylm.io.jsonl import iter_texts
+from storylm.plan.stage import stage_main, stage_parser
 
 
 def count(args: argparse.Namespace, config: dict) -> str:
@@ -82,7 +82,7 @@ if __name__ == "__main__":
 
 def add_stage(workdir):
     """The four additions, each where the walk-through says; returns the files they touched."""
-    table = workdir / "workflow/storylm/stages.py"
+    table = workdir / "workflow/storylm/plan/stages.py"
     text = table.read_text(encoding="utf-8")
     end = text.index("\n)\n\nBY_NAME")
     table.write_text(text[:end] + "\n" + ROW.rstrip("\n") + text[end:], encoding="utf-8")
@@ -94,7 +94,7 @@ def add_stage(workdir):
 
 
 def plan_hash(workdir, stage: str) -> str:
-    code = ("import json; from storylm.runs import load_config, plan; "
+    code = ("import json; from storylm.plan.runs import load_config, plan; "
             "print(json.dumps(plan(load_config()).run_hashes('default')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(workdir / "workflow")})

@@ -1,11 +1,11 @@
-"""storylm.archive: .tar.gz extraction that cannot write outside its destination."""
+"""storylm.io.archive: .tar.gz extraction that cannot write outside its destination."""
 
 import io
 import tarfile
 
 import pytest
 
-from storylm.archive import ArchiveError, archive_stem, safe_extract
+from storylm.io.archive import ArchiveError, archive_stem, safe_extract
 
 
 def make_archive(path, members):

@@ -15,14 +15,21 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from conftest import (CHATGLM3_DIR, HAVE_REAL_STORIES, NO_REAL_STORIES, PICTUREBOOKS, REPO, TINYSTORIES_ROW,
-                      needs_chatglm3)
-from storylm import config as storylm_config
+from conftest import (
+    CHATGLM3_DIR,
+    HAVE_REAL_STORIES,
+    NO_REAL_STORIES,
+    PICTUREBOOKS,
+    REPO,
+    TINYSTORIES_ROW,
+    needs_chatglm3,
+)
 from storylm import shards
-from storylm.config import ConfigError
-from storylm.jsonl import write_texts
+from storylm.io.jsonl import write_texts
+from storylm.model.tokens import encode_batch
+from storylm.plan import config as storylm_config
+from storylm.plan.config import ConfigError
 from storylm.tokenizer import tokenizer_stats
-from storylm.tokens import encode_batch
 
 pytestmark = needs_chatglm3
 

@@ -1,4 +1,4 @@
-"""Config checks (storylm/config.py) and the schema's refusals, without running any stage."""
+"""Config checks (storylm/plan/config.py) and the schema's refusals, without running any stage."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from conftest import CHATGLM3_DIR, REPO, changed, needs_chatglm3
-from storylm import config as storylm_config
-from storylm.config import ConfigError
+from storylm.plan import config as storylm_config
+from storylm.plan.config import ConfigError
 
 SCHEMA = str(REPO / "config" / "schema.yaml")
 
@@ -76,8 +76,8 @@ def test_an_optimizer_argument_set_to_null_is_left_out_and_litgpt_builds_the_opt
     import torch
     from litgpt.utils import instantiate_torch_optimizer
 
+    from storylm.plan.schema import validate as fill_defaults
     from storylm.pretrain import optimizer_args
-    from storylm.schema import validate as fill_defaults
 
     config = fill_defaults({"optimizer": {"class_path": "torch.optim.SGD",
                                           "init_args": {"lr": 0.1, "betas": None, "momentum": "0.9"}}})

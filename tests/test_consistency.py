@@ -12,9 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from storylm.consistency import (RULES, check_story, find_names, find_objects, find_places, first_sentence,
-                                 quotes, score)
-from storylm.storygen import NAMES, PLACES, generate_stories
+from storylm.stories.consistency import (
+    RULES,
+    check_story,
+    find_names,
+    find_objects,
+    find_places,
+    first_sentence,
+    quotes,
+    score,
+)
+from storylm.stories.storygen import NAMES, PLACES, generate_stories
 
 REPO = Path(__file__).resolve().parents[1]
 LABELLED = REPO / "tests" / "data" / "labelled_samples.jsonl"
@@ -375,7 +383,7 @@ def test_cut_story_fails_the_ending_rule(stories):
 # -- the command ------------------------------------------------------------------------------
 
 def run_command(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "storylm.consistency", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "storylm.stories.consistency", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from hubserver import REPO_ROOT, corpus_config
 from storylm.corpus import CorpusError, build_corpus
-from storylm.readers import ReadError
-from storylm.storygen import generate_stories
+from storylm.io.readers import ReadError
+from storylm.stories.storygen import generate_stories
 
 
 def stories() -> list[str]:

@@ -55,7 +55,8 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_the_config_readme_table_and_folders_are_the_schemas_and_the_stage_tables():
-    from storylm import config_docs, stages
+    from storylm import config_docs
+    from storylm.plan import stages
 
     readme = (REPO / "config/README.md").read_text(encoding="utf-8")
     assert readme == config_docs.readme_with_table(readme), "run: python -m storylm.config_docs"
@@ -68,8 +69,8 @@ def test_the_config_readme_table_and_folders_are_the_schemas_and_the_stage_table
 
 def test_the_embedded_default_is_the_schemas_defaults():
     """One source of defaults: config/config.yaml sets nothing the schema does not already default to."""
-    from storylm.runs import differences
-    from storylm.schema import defaults, validate
+    from storylm.plan.runs import differences
+    from storylm.plan.schema import defaults, validate
 
     default_file = yaml.safe_load((REPO / "config/config.yaml").read_text())
     assert differences(defaults(), validate(default_file)) == {}
@@ -90,8 +91,12 @@ def module_map() -> dict[str, list[str]]:
 
 
 def test_the_module_map_lists_every_module_once():
-    modules = sorted(p.stem for p in (REPO / "workflow/storylm").glob("*.py") if p.stem != "__init__")
-    listed = [name for names in module_map().values() for name in names]
+    """Each module of the package, commands and helpers in their subpackages, once in the map."""
+    package = REPO / "workflow/storylm"
+    modules = sorted(".".join(p.relative_to(package).with_suffix("").parts) for p in package.rglob("*.py")
+                     if p.stem != "__init__")
+    listed = [f"{section.removeprefix('storylm.')}.{name}" if section.startswith("storylm.") else name
+              for section, names in module_map().items() for name in names]
     assert sorted(listed) == modules
 
 
@@ -107,7 +112,7 @@ def test_no_code_is_dead():
 def test_the_readme_draws_and_lists_the_stages_of_the_table():
     """The diagram names the stages in the table's order (one download box for both downloads), and
     the folder sentence names each stage's folder of hash folders."""
-    from storylm import stages
+    from storylm.plan import stages
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     diagram = next(block for block in readme.split("```") if "─►" in block)
@@ -127,25 +132,43 @@ def test_the_readme_draws_and_lists_the_stages_of_the_table():
     assert sentence in " ".join(readme.split()), sentence
 
 
-def test_stage_commands_import_helpers_never_each_other():
+def imported_modules(path) -> set[str]:
+    """The storylm modules a file imports, as dotted names below storylm ("corpus", "io.entry")."""
     import ast
 
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "storylm":
+            below = node.module.removeprefix("storylm").lstrip(".")
+            found |= {f"{below}.{alias.name}".lstrip(".") for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.removeprefix("storylm.") for alias in node.names if alias.name.startswith("storylm.")}
+    return found
+
+
+def test_the_layers_import_only_downward():
+    """A stage command imports helpers, never another command; a helper imports only from its own
+    subpackage and those the module map lists above it, never a command."""
     sections = module_map()
     commands = set(sections["Stage commands"]) | set(sections["Tools a person runs"])
+    layers = [section.removeprefix("storylm.") for section in sections if section.startswith("storylm.")]
+    package = REPO / "workflow/storylm"
     for name in commands:
-        tree = ast.parse((REPO / "workflow/storylm" / f"{name}.py").read_text(encoding="utf-8"))
-        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                    and node.module == "storylm" for alias in node.names}
-        imported |= {node.module.split(".")[1] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                     and (node.module or "").startswith("storylm.")}
-        assert not (imported & commands) - {name}, (name, imported & commands)
+        imported = imported_modules(package / f"{name}.py")
+        assert not (imported & commands), (name, imported & commands)
+    for rank, layer in enumerate(layers):
+        allowed = set(layers[:rank + 1])
+        for path in sorted((package / layer).glob("*.py")):
+            for module in imported_modules(path):
+                top = module.split(".")[0]
+                assert top in allowed, f"storylm.{layer}.{path.stem} imports storylm.{module}, a layer above it"
 
 
 def test_every_public_exception_derives_from_the_one_root():
     import importlib
     import inspect
 
-    from storylm.entry import StageError
+    from storylm.io.entry import StageError
 
     for path in (REPO / "workflow/storylm").glob("*.py"):
         module = importlib.import_module(f"storylm.{path.stem}" if path.stem != "__init__" else "storylm")
@@ -218,7 +241,7 @@ def test_every_readme_command_runs(tmp_path):
 def test_a_sweep_describes_the_default_as_it_is_and_points_to_where_it_was_measured(sweep):
     """A sweep's comments restate the default it varies (its budget, its depth and width) and say where its
     figures are: both go stale when the default is tuned again."""
-    from storylm.schema import defaults
+    from storylm.plan.schema import defaults
 
     default = defaults()
     text = sweep.read_text(encoding="utf-8")

@@ -9,12 +9,20 @@ import time
 
 import pytest
 
-from hubserver import (REPO_ROOT, closed_port_url, corpus_config, hf_env, jsonl_bytes, server,  # noqa: F401
-                       small_tinystories_archive, tinystories_rows)
+from hubserver import (  # noqa: F401
+    REPO_ROOT,
+    closed_port_url,
+    corpus_config,
+    hf_env,
+    jsonl_bytes,
+    server,
+    small_tinystories_archive,
+    tinystories_rows,
+)
 from storylm import download
 from storylm.corpus import build_corpus
 from storylm.download import DownloadError, fetch
-from storylm.manifest import manifest_files
+from storylm.io.manifest import manifest_files
 
 REPO = "adam89/TinyStoriesChinese"
 ARCHIVE = "TinyStories_all_data_zh.tar.gz"
@@ -361,7 +369,7 @@ TOKENIZER_REPO = "someone/story-tokenizer"
 @pytest.fixture
 def tokenizer_hub(hf_env, tmp_path):
     """A model repository holding a small trained BPE tokenizer (tokenizer.json in LFS) and a README."""
-    from storylm.storygen import generate_stories
+    from storylm.stories.storygen import generate_stories
     from storylm.tokenizer import train_bpe
 
     train_bpe((s["text"] for s in generate_stories(200, seed=3)), 300, 2, tmp_path / "bpe")

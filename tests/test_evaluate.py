@@ -11,10 +11,10 @@ import torch
 
 from conftest import REPO
 from storylm import evaluate
-from storylm.checkpoint import load_model, load_tokenizer
-from storylm.entry import StageError, run_stage
-from storylm.jsonl import write_texts
-from storylm.tokens import encode_batch
+from storylm.io.entry import StageError, run_stage
+from storylm.io.jsonl import write_texts
+from storylm.model.checkpoint import load_model, load_tokenizer
+from storylm.model.tokens import encode_batch
 from tiny_checkpoint import make_checkpoint
 
 SEQ = 8

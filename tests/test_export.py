@@ -22,13 +22,16 @@ import pytest
 import torch
 import yaml
 
-from storylm import consistency, export, export_check, model_card
-from storylm.entry import run_stage
+from storylm import export
+from storylm.hub import export_check, model_card
+from storylm.hub import folder as export_folder
+from storylm.io.entry import run_stage
+from storylm.io.jsonl import write_texts
+from storylm.model.tokens import encode_batch
 from storylm.sample import sample_all
-from storylm.jsonl import write_texts
-from storylm.storygen import generate_stories
+from storylm.stories import consistency
+from storylm.stories.storygen import generate_stories
 from storylm.tokenizer import train_bpe
-from storylm.tokens import encode_batch
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("STORYLM_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -160,8 +163,8 @@ class Kind:
         self.val = root / "val.jsonl"
         write_texts(self.val, val_texts)
         if with_stages:  # the evaluate stage's whole-story scores, by its own code
-            from storylm.checkpoint import load_model, load_tokenizer
             from storylm.evaluate import story_scores, val_stories
+            from storylm.model.checkpoint import load_model, load_tokenizer
 
             scores = story_scores(load_model(checkpoint, "cpu"), *val_stories(self.val, load_tokenizer(checkpoint), None),
                                   SEQ, 8)
@@ -172,7 +175,7 @@ class Kind:
         self.tokenizer = Tokenizer(checkpoint)
 
     def lit_model(self):
-        from storylm.checkpoint import load_model
+        from storylm.model.checkpoint import load_model
 
         return load_model(self.checkpoint, device="cpu")
 
@@ -285,7 +288,7 @@ def test_chatglm3_goes_as_llama_tokenizers_with_litgpts_ids(microstories_kind):
         assert 13 in tokenizer("第一行\n第二行")["input_ids"]
     texts = microstories_kind.val_texts
     assert [slow(t)["input_ids"] for t in texts] == [microstories_kind.tokenizer.encode(t).tolist() for t in texts]
-    checks = json.loads((microstories_kind.folder / model_card.CHECKS).read_text())
+    checks = json.loads((microstories_kind.folder / export_folder.CHECKS).read_text())
     assert checks["tokenizer_ids_equal"] is True and checks["tokenizer_mismatch_count"] == 0
 
 
@@ -326,13 +329,17 @@ def test_default_kind_folder(default_kind):
     from safetensors import safe_open
 
     folder = default_kind.folder
-    names = {p.name for p in folder.iterdir()}
-    assert {"config.json", export.OUTPUT_FILE, "model.gguf", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "special_tokens_map.json", "README.md", "lm_eval", model_card.STAGE_RECORD,
-            model_card.CHECKS, model_card.CLIENTS} <= names
+    names = sorted(p.name for p in folder.iterdir())
+    # Exactly the files storylm.hub.folder describes (a BPE tokenizer: no tokenizer.model, no licence file)...
+    assert names == sorted(set(export_folder.DESCRIBED) - {"tokenizer.model", "MODEL_LICENSE", "LICENSE"})
+    # ... and the card lists each, with what it holds.
+    card = (folder / export_folder.CARD).read_text(encoding="utf-8")
+    files = card.split("## Files\n")[1].split("\n## ")[0]
+    assert [line.split("`")[1] for line in files.splitlines() if line.startswith("| `")] == [
+        name for name in export_folder.DESCRIBED if name in names]
     config = json.loads((folder / "config.json").read_text())
     assert (config["vocab_size"], config["head_dim"], config["tie_word_embeddings"]) == (512, 8, True)
-    assert json.loads((folder / model_card.STAGE_RECORD).read_text()) == RECORD
+    assert json.loads((folder / export_folder.STAGE_RECORD).read_text()) == RECORD
     generation = json.loads((folder / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 2)
     assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 20)
@@ -342,7 +349,7 @@ def test_default_kind_folder(default_kind):
     assert (tokenizer_config["bos_token"], tokenizer_config["eos_token"], tokenizer_config["add_bos_token"]) == \
         ("</s>", "</s>", False)
     assert json.loads((folder / "special_tokens_map.json").read_text())["bos_token"] == "</s>"
-    with safe_open(folder / export.OUTPUT_FILE, "pt") as f:
+    with safe_open(folder / export_folder.WEIGHTS, "pt") as f:
         keys = set(f.keys())
         assert f.get_tensor("model.embed_tokens.weight").shape == (512, 32)
     # Tied: the head is the embedding, stored once.
@@ -359,7 +366,7 @@ def test_untied_bf16_head_is_stored(gqa_untied_kind):
 
     config = json.loads((gqa_untied_kind.folder / "config.json").read_text())
     assert (config["tie_word_embeddings"], config["num_key_value_heads"], config["dtype"]) == (False, 2, "bfloat16")
-    with safe_open(gqa_untied_kind.folder / export.OUTPUT_FILE, "pt") as f:
+    with safe_open(gqa_untied_kind.folder / export_folder.WEIGHTS, "pt") as f:
         assert f.get_tensor("model.layers.0.self_attn.k_proj.weight").shape == (16, 32)
         head = f.get_tensor("lm_head.weight")
         assert (head.shape, head.dtype) == ((512, 32), torch.bfloat16)
@@ -383,7 +390,7 @@ def test_model_card(default_kind):
     assert "| consistency.consistent_fraction |" in body
     samples = json.loads((default_kind.sample_dir / "samples.json").read_text())
     assert "> " + samples[0]["text"].replace("\n", "\n> ") in body
-    assert "storylm's built-in story generator (`storylm.storygen`, 6,000 stories, seed 1234)" in body
+    assert "storylm's built-in story generator (`storylm.stories.storygen`, 6,000 stories, seed 1234)" in body
     assert f"| max_tokens | {40 * 8 * SEQ:,} |" in body and "| global_batch_size | 8 |" in body
     assert "ids equal `litgpt.Tokenizer`'s" in body
     assert "not measured" not in body
@@ -421,7 +428,7 @@ def test_export_replaces_an_existing_folder_whole(default_kind, tmp_path):
     out.mkdir(parents=True)
     (out / "stale.txt").write_text("from an older export")
     assert run_export(default_kind.checkpoint, out) == 0
-    assert not (out / "stale.txt").exists() and (out / export.OUTPUT_FILE).is_file()
+    assert not (out / "stale.txt").exists() and (out / export_folder.WEIGHTS).is_file()
     assert [p.name for p in out.parent.iterdir()] == ["h"]
 
 
@@ -575,10 +582,11 @@ def test_transformers_reads_the_gguf_back_with_litgpts_logits(kind, request):
     batch = windows(token_stream(kind.tokenizer, kind.val_texts), 4)
     with torch.no_grad():
         lit = kind.lit_model()(batch)
-        gguf_model = AutoModelForCausalLM.from_pretrained(kind.folder, gguf_file="model.gguf", dtype=torch.float32)
+        gguf_model = AutoModelForCausalLM.from_pretrained(kind.folder, gguf_file=export_folder.GGUF,
+                                                          dtype=torch.float32)
         diff = (gguf_model.eval()(batch).logits - lit).abs().max().item()
-    assert lit.std() > 0.5 and diff < 1e-3
-    clients = {c["client"]: c for c in json.loads((kind.folder / model_card.CLIENTS).read_text())["clients"]}
+    assert lit.std() > 0.5 and diff < export_folder.LOGITS_TOLERANCE
+    clients = {c["client"]: c for c in json.loads((kind.folder / export_folder.CLIENTS).read_text())["clients"]}
     assert clients["gguf (transformers)"]["passed"] is True
     assert clients["transformers"]["passed"] is True
 
@@ -612,7 +620,7 @@ def test_the_lm_eval_task_scores_the_stories_the_pipeline_scored(default_kind):
     assert [m["metric"] for m in task["metric_list"]] == ["bits_per_character", "bits_per_byte", "byte_perplexity"]
     stories = [json.loads(line) for line in (default_kind.folder / "lm_eval/val_stories.jsonl").open()]
     assert [story["text"] for story in stories] == default_kind.val_texts
-    expected = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    expected = json.loads((default_kind.folder / export_folder.CLIENTS).read_text())["lm_eval_expected"]
     assert expected["stories"] == 40 and expected["window_tokens"] == SEQ
     assert expected["characters"] == sum(map(len, default_kind.val_texts))
     assert expected["bits_per_character"] == pytest.approx(sum(s["bits"] for s in stories) / expected["characters"])
@@ -622,7 +630,7 @@ def test_the_lm_eval_task_scores_the_stories_the_pipeline_scored(default_kind):
 def test_rolling_windows_are_lm_evals(tmp_path):
     """storylm's copy of lm-eval's windows, against lm-eval's own functions, on lengths around the window."""
     utils = pytest.importorskip("lm_eval.utils")
-    from storylm.lm_eval_task import rolling_windows
+    from storylm.hub.lm_eval_task import rolling_windows
 
     for length in (0, 1, 2, 7, 63, 64, 65, 100, 127, 128, 129, 300):
         ids = list(range(3, 3 + length))
@@ -642,7 +650,7 @@ def test_the_lm_eval_command_runs_the_shipped_task_from_anywhere(kind, request, 
     shutil.copytree(kind.folder, folder)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    expected = json.loads((folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    expected = json.loads((folder / export_folder.CLIENTS).read_text())["lm_eval_expected"]
     longest = max(len(kind.tokenizer.encode(text)) for text in kind.val_texts)
     done = subprocess.run(["lm_eval", "--model", "hf", "--model_args", f"pretrained={folder},dtype=float32",
                            "--include_path", str(folder / "lm_eval"), "--tasks", "storylm_val",
@@ -669,7 +677,7 @@ def card_sections(card: str) -> dict[str, list[tuple[str, str]]]:
 
 def test_the_card_shows_how_to_use_every_client(default_kind):
     card = (default_kind.folder / "README.md").read_text(encoding="utf-8")
-    clients = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["clients"]
+    clients = json.loads((default_kind.folder / export_folder.CLIENTS).read_text())["clients"]
     sections = card_sections(card)
     # Every client gets its lines, checked at export or not; each begins with what to install.
     assert list(sections) == [client["client"] for client in clients]
@@ -684,7 +692,7 @@ def test_the_card_shows_how_to_use_every_client(default_kind):
     use = model_card.usage_for(default_kind.lit_model().config, default_kind.tokenizer, {"max_new_tokens": 200}, None)
     assert use.new_tokens == SEQ - len(default_kind.tokenizer.encode(model_card.DEFAULT_PROMPT)) < 200
     # lm-eval's figures beside the pipeline's, each with its convention.
-    expected = json.loads((default_kind.folder / model_card.CLIENTS).read_text())["lm_eval_expected"]
+    expected = json.loads((default_kind.folder / export_folder.CLIENTS).read_text())["lm_eval_expected"]
     assert f"| storylm_val bits_per_character | {model_card.fmt(expected['bits_per_character'])} |" in card
     assert "with its own end-of-text not scored" in card and "its own end-of-text token included" in card
     # The clients script rewrites just this section.

@@ -1,5 +1,5 @@
 """A training stopped by a signal saves the step it stood at and finishes as if never stopped
-(storylm.litgpt_train, storylm.training_runner): the real snakemake, litgpt and litdata, locally."""
+(storylm.model.litgpt_train, storylm.model.training_runner): the real snakemake, litgpt and litdata, locally."""
 
 from __future__ import annotations
 
@@ -12,11 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_workflow, load_json, logged_steps, owned_env, snakemake, stage_hashes, tiny_config, training_pid, wait_for, \
-    write_config
-from storylm import litgpt_log
-from storylm.litgpt_train import STOP_EXIT, Stopper, job_deadline
-from storylm.training_runner import LIVE_LOG, step_checkpoints
+from conftest import (
+    copy_workflow,
+    load_json,
+    logged_steps,
+    owned_env,
+    snakemake,
+    stage_hashes,
+    tiny_config,
+    training_pid,
+    wait_for,
+    write_config,
+)
+from storylm.model.litgpt_train import STOP_EXIT, Stopper, job_deadline
+from storylm.model.training_runner import LIVE_LOG, step_checkpoints
+from storylm.results import litgpt_log
 
 # Two micro-batches a step (gradient accumulation), so a stop must wait for the step's end; a save
 # every 60 steps, so each stop falls inside an interval, where litgpt's own checkpoints lose work.

@@ -20,12 +20,22 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from conftest import (CHATGLM3_DIR, HAVE_REAL_STORIES, NO_REAL_STORIES, PICTUREBOOKS, REPO, copy_workflow, load_json,
-                      needs_chatglm3, snakemake, write_config)
+from conftest import (
+    CHATGLM3_DIR,
+    HAVE_REAL_STORIES,
+    NO_REAL_STORIES,
+    PICTUREBOOKS,
+    REPO,
+    copy_workflow,
+    load_json,
+    needs_chatglm3,
+    snakemake,
+    write_config,
+)
 from hubserver import FakeServer, point_hf_at, real_row, tinystories_archive, tinystories_rows
-from storylm import config as storylm_config
-from storylm import stages
-from storylm.jsonl import iter_texts
+from storylm.io.jsonl import iter_texts
+from storylm.plan import config as storylm_config
+from storylm.plan import stages
 from storylm.pretrain import render
 
 pytestmark = needs_chatglm3
@@ -103,7 +113,7 @@ def test_the_config_file_fetches_the_reference_tokenizer_from_the_hub():
     assert tokenizer["hf"]["repo_id"] == TOKENIZER_REPO
     assert tokenizer["hf"]["files"] == ["tokenizer.model", "tokenizer_config.json"]
     # Pinned to the very files the reference used (the fixture's copies of them).
-    from storylm.filehash import file_sha256
+    from storylm.io.filehash import file_sha256
 
     assert tokenizer["hf"]["sha256"] == {name: file_sha256(CHATGLM3_DIR / name) for name in tokenizer["hf"]["files"]}
     corpus = config["corpus"]

@@ -112,7 +112,7 @@ def test_val_metrics_match_an_independent_evaluation(pipeline_run):
 
 
 def test_consistency_is_the_fraction_of_consistent_samples(pipeline_run):
-    from storylm.consistency import check_story
+    from storylm.stories.consistency import check_story
 
     workdir, config = pipeline_run
     sample_dir = only_folder(workdir, "results/sample")
@@ -144,8 +144,8 @@ def test_the_rendered_litgpt_config_is_complete(pipeline_run):
             assert rendered["train"][key] == value, key
     assert rendered["optimizer"] == config["optimizer"]
     # litgpt's own parser accepts it: the same file a user reruns by hand.
-    from litgpt.pretrain import setup
     from jsonargparse import ArgumentParser
+    from litgpt.pretrain import setup
 
     parser = ArgumentParser()
     parser.add_function_arguments(setup)

@@ -1,4 +1,4 @@
-"""storylm.readers: story texts out of .jsonl/.json/.parquet/.txt, every problem counted."""
+"""storylm.io.readers: story texts out of .jsonl/.json/.parquet/.txt, every problem counted."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 
 from conftest import PICTUREBOOKS, TINYSTORIES_ROW, needs_real_stories
 from hubserver import jsonl_bytes, real_row, tinystories_rows
-from storylm.readers import FileCounts, ReadError, field_value, raw_texts
+from storylm.io.readers import FileCounts, ReadError, field_value, raw_texts
 
 
 def read(path, text_field="text", limit=0.5):

@@ -17,12 +17,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (REPO, copy_workflow, dry_run_jobs, load_json, owned_env, snakemake, stage_hashes, tiny_config,
-                      training_pid, wait_for, write_config)
-from storylm import stages
-from storylm.entry import StageError
-from storylm.runs import RunError, plan, resolve
-from storylm.stagelock import is_locked, note, stage_lock
+from conftest import (
+    REPO,
+    copy_workflow,
+    dry_run_jobs,
+    load_json,
+    owned_env,
+    snakemake,
+    stage_hashes,
+    tiny_config,
+    training_pid,
+    wait_for,
+    write_config,
+)
+from storylm.io.entry import StageError
+from storylm.io.stagelock import is_locked, note, stage_lock
+from storylm.plan import stages
+from storylm.plan.runs import RunError, plan, resolve
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
 
@@ -183,8 +194,8 @@ def make_work(out: Path, *names: str) -> None:
 
 
 def test_checkpoints_of_other_shards_are_set_aside_and_the_same_work_is_kept(tmp_path, capsys):
+    from storylm.model.training_runner import FINGERPRINT, set_aside_stale_work
     from storylm.pretrain import fingerprint_files
-    from storylm.training_runner import FINGERPRINT, set_aside_stale_work
 
     out = rendered_pretrain(tmp_path)
     files = fingerprint_files(out / "pretrain.yaml", yaml.safe_load((out / "pretrain.yaml").read_text()))
@@ -208,8 +219,8 @@ def test_checkpoints_of_other_shards_are_set_aside_and_the_same_work_is_kept(tmp
 
 
 def test_work_from_before_fingerprints_is_kept_only_when_nothing_changed_after_it(tmp_path):
+    from storylm.model.training_runner import FINGERPRINT, set_aside_stale_work
     from storylm.pretrain import fingerprint_files
-    from storylm.training_runner import FINGERPRINT, set_aside_stale_work
 
     out = rendered_pretrain(tmp_path)
     files = fingerprint_files(out / "pretrain.yaml", yaml.safe_load((out / "pretrain.yaml").read_text()))
@@ -255,7 +266,7 @@ def test_a_local_file_is_identified_by_its_content(tmp_path, monkeypatch):
 
 
 def test_a_cached_hash_is_used_until_size_or_time_change(tmp_path, monkeypatch):
-    from storylm import filehash
+    from storylm.io import filehash
 
     monkeypatch.chdir(tmp_path)
     big = tmp_path / "big.jsonl"
@@ -287,7 +298,7 @@ def hf_cache_snapshot(root: Path) -> Path:
 def test_linked_local_files_are_read_under_their_own_names(tmp_path, point_at):
     from storylm.corpus import build_corpus
     from storylm.download import fetch
-    from storylm.manifest import manifest_files
+    from storylm.io.manifest import manifest_files
 
     snapshot = hf_cache_snapshot(tmp_path / "hub")
     path = snapshot if point_at == "folder" else snapshot / "train.jsonl"
@@ -351,9 +362,8 @@ def test_run_names_that_would_break_folders_or_commands_are_refused(name, messag
 
 
 def test_a_truncated_checkpoint_names_the_file_and_what_to_rerun(tmp_path):
+    from storylm.model.checkpoint import load_model
     from tiny_checkpoint import make_checkpoint
-
-    from storylm.checkpoint import load_model
 
     checkpoint = make_checkpoint(tmp_path / "final")
     weights = checkpoint / "lit_model.pth"
@@ -368,7 +378,7 @@ def test_a_truncated_checkpoint_names_the_file_and_what_to_rerun(tmp_path):
 
 
 def test_a_story_of_invisible_characters_is_empty():
-    from storylm.storytext import clean
+    from storylm.stories.storytext import clean
 
     assert clean("\u200b\u200c\u200d\ufeff \u2060", "NFC") == ""
     assert clean("\u200b小猫\u200b", "NFC") == "\u200b小猫\u200b"  # a real story keeps its characters
@@ -389,7 +399,7 @@ def test_a_cut_off_shard_chunk_is_named(tmp_path):
 
 
 def test_a_story_too_long_to_tokenize_names_its_file_and_line(tmp_path):
-    from storylm.readers import ReadError, raw_texts
+    from storylm.io.readers import ReadError, raw_texts
 
     path = tmp_path / "novel.jsonl"
     path.write_text('{"text": "短"}\n' + json.dumps({"text": "长" * 5000}) + "\n", encoding="utf-8")

@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (copy_workflow, load_json, owned_env, snakemake, stage_hashes, tiny_config, training_pid, wait_for,
-                      write_config)
-from storylm import litgpt_log
-from storylm.training_runner import set_aside_corrupt_checkpoints, step_checkpoints
+from conftest import (
+    copy_workflow,
+    load_json,
+    owned_env,
+    snakemake,
+    stage_hashes,
+    tiny_config,
+    training_pid,
+    wait_for,
+    write_config,
+)
+from storylm.model.training_runner import set_aside_corrupt_checkpoints, step_checkpoints
+from storylm.results import litgpt_log
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """Runs: several configs in one workflow, sharing every folder they can, compared side by side.
 
-The unit tests resolve configs with storylm.runs; the slow ones run the real snakemake on two
+The unit tests resolve configs with storylm.plan.runs; the slow ones run the real snakemake on two
 tiny runs and then change the runs: added, renamed, removed, duplicated, broken.
 """
 
@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
-from storylm import stages
-from storylm.runs import RunError, plan, resolve
+from storylm.plan import stages
+from storylm.plan.runs import RunError, plan, resolve
 
 
 def with_runs(runs: dict) -> dict:

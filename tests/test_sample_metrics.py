@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from conftest import REPO, load_json
-from storylm import sample, train_copy
-from storylm.entry import run_stage
-from storylm.jsonl import iter_texts, write_texts
-from storylm.sample_metrics import continuation, distinct_n, figures, repeated_ngram_counts, repeated_ngram_fraction
+from storylm import sample
+from storylm.io.entry import run_stage
+from storylm.io.jsonl import iter_texts, write_texts
+from storylm.stories import train_copy
+from storylm.stories.sample_metrics import (
+    continuation,
+    distinct_n,
+    figures,
+    repeated_ngram_counts,
+    repeated_ngram_fraction,
+)
 from tiny_checkpoint import make_checkpoint
 
 # -- figures on texts whose values are known by hand ------------------------------------
@@ -88,7 +95,7 @@ def test_train_copy_stops_reading_once_everything_is_found():
 
 
 def test_rebuilding_the_automaton_does_not_change_the_answer(monkeypatch):
-    from storylm.storygen import generate_stories
+    from storylm.stories.storygen import generate_stories
 
     train = [s["text"] for s in generate_stories(300, 1)]
     samples = [s["text"][5:] for s in generate_stories(20, 2)]
@@ -166,8 +173,8 @@ def test_missing_train_split_is_one_line_naming_the_file(checkpoint, tmp_path, c
 
 def test_padded_vocabulary_rows_are_never_sampled(checkpoint):
     """The model has 320 rows (300 ids padded to a multiple of 64): sampling must never pick 300..319."""
-    from storylm.checkpoint import load_model, load_tokenizer
-    from storylm.tokens import tokenizer_ids
+    from storylm.model.checkpoint import load_model, load_tokenizer
+    from storylm.model.tokens import tokenizer_ids
     from storylm.sample import never_sample_beyond
 
     model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
@@ -190,14 +197,14 @@ def test_padded_vocabulary_rows_are_never_sampled(checkpoint):
     {"temperature": 1.0, "top_k": None, "top_p": 0.9},
 ], ids=["top_k", "greedy", "top_p"])
 def test_batched_sampling_writes_the_stories_litgpt_generate_writes(checkpoint, settings):
-    """The sample stage draws a prompt's stories in batches (storylm.generation); each must be the story
+    """The sample stage draws a prompt's stories in batches (storylm.model.generation); each must be the story
     litgpt's own generate writes from the same seed, one at a time, including where it ends: the end-of-text
     token is made likely here, so stories of one batch end at different lengths."""
     import sys
 
-    from storylm.checkpoint import load_model, load_tokenizer
+    from storylm.model.checkpoint import load_model, load_tokenizer
+    from storylm.model.tokens import tokenizer_ids
     from storylm.sample import never_sample_beyond, sample_prompt
-    from storylm.tokens import tokenizer_ids
 
     sys.path.insert(0, str(REPO / "workflow" / "benchmarks"))
     from sample_speed import one_at_a_time  # litgpt.generate.base.generate, story by story

@@ -1,4 +1,4 @@
-"""Seeds, intervals and verdicts: runs a user can rank (storylm.stats, storylm.comparison, storylm.compare).
+"""Seeds, intervals and verdicts: runs a user can rank (storylm.results.stats, storylm.results.comparison, storylm.compare).
 
 The unit tests check the plan and the statistics on made-up numbers; the slow ones train the tiny
 config under several seeds with the real snakemake and check that an A/A comparison cannot tell
@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, copy_workflow, dry_run_jobs, load_json, snakemake, stage_hashes, tiny_config, write_config
-from storylm import stats
-from storylm.comparison import BPC, CHECKER_ELSEWHERE, CONSISTENT, FINISHED, Runs
-from storylm.runs import plan
+from storylm.plan.runs import plan
+from storylm.results import stats
+from storylm.results.comparison import BPC, CHECKER_ELSEWHERE, CONSISTENT, FINISHED, Runs
 
 
 def with_runs(runs: dict, **base) -> dict:
@@ -141,8 +141,8 @@ WEAK_RUNS = {  # runs a first small experiment gives: rates of exactly 0 and 1, 
 
 @pytest.mark.parametrize("case", WEAK_RUNS)
 def test_every_interval_contains_its_estimate_and_the_plot_draws_it(case, tmp_path):
-    from storylm.comparison import FIGURES
     from storylm.report import plot_comparison
+    from storylm.results.comparison import FIGURES
 
     trainings, story_count = WEAK_RUNS[case]
     runs = Runs(trainings, {(m["run"], m["seed"]): stories(m["val_story_bits_per_character"], story_count, m["seed"])

@@ -3,7 +3,7 @@ real pretrain rule asks Slurm for GPUs and launches litgpt.
 
 What the pretrain job asks for and how it launches comes from the real workflow: a dry run of
 the real snakemake (`-p`) prints the job's resources and its shell command, whose `--srun-args`
-go to the real `storylm.training_runner.launch_command`.
+go to the real `storylm.model.training_runner.launch_command`.
 
 The tests marked `slurm` run a small stand-in workflow on the cluster that
 `bash .ci/slurm.sh start` brings up (they skip without one):
@@ -11,7 +11,7 @@ The tests marked `slurm` run a small stand-in workflow on the cluster that
     bash .ci/slurm.sh start && .venv/bin/python -m pytest -m slurm tests/test_slurm.py
 
 Its `pretrain` rule has the resources that the real dry run printed and runs the real
-`python -m storylm.pretrain run` with its `--srun-args`, which starts the real storylm.litgpt_train;
+`python -m storylm.pretrain run` with its `--srun-args`, which starts the real storylm.model.litgpt_train;
 only the `litgpt` package is a stand-in that trains nothing: every Slurm task starts Lightning
 Fabric, which must detect Slurm and form one process group.
 """
@@ -27,18 +27,23 @@ import pytest
 import yaml
 
 from conftest import copy_workflow, tiny_config, write_config
-from storylm.training_runner import LITGPT, launch_command
-
-try:  # tests/ is on sys.path (rootdir-relative import mode) ...
-    from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
-        PYTHON, REPO, SLURM_PROFILE, WORKFLOW_PROFILE, job_state, load_profile, profile_override_args,
-        run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
-    )
-except ImportError:  # ... or tests is a package
-    from .slurm_cluster import (  # noqa: F401
-        PYTHON, REPO, SLURM_PROFILE, WORKFLOW_PROFILE, job_state, load_profile, profile_override_args,
-        run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, wait_for_job_state, wait_until,
-    )
+from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
+    PYTHON,
+    REPO,
+    SLURM_PROFILE,
+    WORKFLOW_PROFILE,
+    job_state,
+    load_profile,
+    profile_override_args,
+    run_snakemake,
+    scancel,
+    scontrol_show_job,
+    slurm_cluster,
+    slurm_logs,
+    wait_for_job_state,
+    wait_until,
+)
+from storylm.model.training_runner import LITGPT, launch_command
 
 # Resources Snakemake derives itself, or that it prints in other units: not the rule's own.
 DERIVED_RESOURCES = {"tmpdir", "disk_mb", "disk", "disk_mib", "mem", "mem_mib", "_cores", "_nodes"}
@@ -109,7 +114,7 @@ rule pretrain:
     params:
         srun=f"--srun-args {shlex.quote(RESOURCES['srun_args'])}" if RESOURCES["srun_args"] else "",
     shell:
-        # The real runner (storylm.pretrain run) launches storylm.litgpt_train, which runs litgpt's
+        # The real runner (storylm.pretrain run) launches storylm.model.litgpt_train, which runs litgpt's
         # CLI: here the stand-in package in standin/litgpt.
         "PYTHONPATH=$PWD/standin:@REPO@/workflow STANDIN_DEVICES={DEVICES} STANDIN_NODES={NODES} "
         "{PY} -m storylm.pretrain run --config pretrain.yaml {params.srun} && "
@@ -123,7 +128,7 @@ rule report:
 """.replace("@REPO@", str(REPO))
 
 # Stand-in for the litgpt package: its CLI is one rank of a fake training run; its pretrain module
-# has the names storylm.litgpt_train wraps.
+# has the names storylm.model.litgpt_train wraps.
 FAKE_LITGPT_MAIN = """\
 import runpy, sys
 from pathlib import Path

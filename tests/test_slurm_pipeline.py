@@ -19,12 +19,19 @@ import pytest
 
 from conftest import copy_workflow, load_json, logged_steps, stage_hashes, write_config
 from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
-    job_state, run_snakemake, scancel, scontrol_show_job, slurm_cluster, slurm_logs, start_if_requeued,
-    wait_for_job_state, wait_until,
+    job_state,
+    run_snakemake,
+    scancel,
+    scontrol_show_job,
+    slurm_cluster,
+    slurm_logs,
+    start_if_requeued,
+    wait_for_job_state,
+    wait_until,
 )
-from storylm import litgpt_log
-from storylm.training_runner import step_checkpoints
-from storylm.runs import plan
+from storylm.model.training_runner import step_checkpoints
+from storylm.plan.runs import plan
+from storylm.results import litgpt_log
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""One protocol for every stage command (storylm.stage): the record checked once, the folder locked while the
+"""One protocol for every stage command (storylm.plan.stage): the record checked once, the folder locked while the
 stage runs, environment.json and the record written last, and nothing of the record when the stage fails."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from storylm import corpus, evaluate, export, sample, shards, stage, tokenizer
-from storylm.entry import StageError, run_stage
-from storylm.stagelock import LOCK_FILE, holders, is_locked, stage_lock
+from storylm import corpus, evaluate, export, sample, shards, tokenizer
+from storylm.io.entry import StageError, run_stage
+from storylm.io.stagelock import LOCK_FILE, holders, is_locked, stage_lock
+from storylm.plan import stage
 
 RECORD = {"stage": "demo", "hash": "0123456789", "inputs": {"corpus": "abcdefabcd"}, "config": {"size": 3}}
 

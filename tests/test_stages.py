@@ -1,4 +1,4 @@
-"""The stage table (storylm/stages.py): pinned hashes, what each setting invalidates, and the table against
+"""The stage table (storylm/plan/stages.py): pinned hashes, what each setting invalidates, and the table against
 what its fingerprints really read. No stage runs here."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from conftest import REPO, changed, copy_workflow, snakemake
-from storylm import config_docs, stages
-from storylm.runs import deep_merge, load_config, plan
-from storylm.schema import validate
+from storylm import config_docs
+from storylm.plan import stages
+from storylm.plan.runs import deep_merge, load_config, plan
+from storylm.plan.schema import validate
 
 SCHEMA = str(REPO / "config" / "schema.yaml")
 
@@ -125,7 +126,7 @@ def test_switching_back_gives_the_earlier_hashes():
 
 def test_pretrained_tokenizer_is_hashed_by_content(tmp_path):
     """Two copies of one tokenizer folder hash alike; a changed file changes the hash."""
-    from storylm.storygen import generate_stories
+    from storylm.stories.storygen import generate_stories
     from storylm.tokenizer import train_bpe
 
     config = changed(default_config(), "tokenizer.kind", "pretrained")
@@ -234,7 +235,7 @@ def test_the_reruns_column_is_derived_from_the_table():
 
 def test_every_schema_key_reruns_something():
     """A key no stage reads and no META_KEYS entry explains would be a setting that does nothing."""
-    from storylm.schema import load_schema
+    from storylm.plan.schema import load_schema
 
     def leaves(properties: dict, prefix: str = ""):
         for key, spec in properties.items():

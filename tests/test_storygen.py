@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from storylm import storygen
-from storylm.storygen import (
-    BOY_NAMES, KINDS, NAMES, PLACES, SHAPES, generate_stories, main, write_jsonl,
+from storylm.stories import storygen
+from storylm.stories.storygen import (
+    BOY_NAMES,
+    KINDS,
+    NAMES,
+    PLACES,
+    SHAPES,
+    generate_stories,
+    main,
+    write_jsonl,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +66,7 @@ def test_first_stories_do_not_depend_on_count():
 
 @pytest.mark.parametrize("hashseed", ["0", "12345"])
 def test_same_stories_in_other_processes(hashseed):
-    code = ("import json; from storylm.storygen import generate_stories; "
+    code = ("import json; from storylm.stories.storygen import generate_stories; "
             "print(json.dumps([s['text'] for s in generate_stories(30, 5)]))")
     env = {**os.environ, "PYTHONHASHSEED": hashseed, "PYTHONPATH": str(REPO / "workflow")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -135,6 +142,6 @@ def test_main_writes_the_same_file(tmp_path):
 def test_cli(tmp_path):
     out = tmp_path / "x.jsonl"
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
-    subprocess.run([sys.executable, "-m", "storylm.storygen", "--num-stories", "10", "--seed", "1",
+    subprocess.run([sys.executable, "-m", "storylm.stories.storygen", "--num-stories", "10", "--seed", "1",
                     "--out", str(out)], cwd=REPO, env=env, check=True)
     assert [r["text"] for r in read_jsonl(out)] == texts(10, 1)

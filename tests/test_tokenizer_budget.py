@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from storylm import stages
-from storylm.jsonl import iter_texts
-from storylm.schema import defaults
-from storylm.storygen import write_jsonl
+from storylm.io.jsonl import iter_texts
+from storylm.plan import stages
+from storylm.plan.schema import defaults
+from storylm.stories.storygen import write_jsonl
 from storylm.tokenizer import train_bpe, training_texts
 
 

@@ -9,7 +9,7 @@ import torch
 from litgpt import GPT, Config
 from litgpt.utils import save_config
 
-from storylm.storygen import generate_stories
+from storylm.stories.storygen import generate_stories
 from storylm.tokenizer import train_bpe
 
 

@@ -6,9 +6,9 @@ _ = SimpleNamespace()
 _.max_seq_length  # noqa: B018 - litgpt's GPT reads it (a property setter sizes the rope cache): config.py, results.py
 _.pre_tokenizer  # noqa: B018 - the tokenizers library reads both when it encodes and decodes: tokenizer.py
 _.decoder  # noqa: B018
-_.run_hashes  # noqa: B018 - storylm.runs.Plan: the tests' way to find a run's stage folders
-_.KINDS  # noqa: B018 - storylm.storygen: every kind of character, for tests/test_storygen.py
-_.rule_file  # noqa: B018 - storylm.stages: the Snakefile includes each stage's rule file (workflow/rules/common.smk)
-_.provider  # noqa: B018 - storylm.stages: common.smk's role() input function asks it which stage provides a role
-_.ancestors  # noqa: B018 - storylm.stages: common.smk derives LINEAGE (the stages a sample descends from) from both
+_.run_hashes  # noqa: B018 - storylm.plan.runs.Plan: the tests' way to find a run's stage folders
+_.KINDS  # noqa: B018 - storylm.stories.storygen: every kind of character, for tests/test_storygen.py
+_.rule_file  # noqa: B018 - storylm.plan.stages: the Snakefile includes each stage's rule file (workflow/rules/common.smk)
+_.provider  # noqa: B018 - storylm.plan.stages: common.smk's role() input function asks it which stage provides a role
+_.ancestors  # noqa: B018 - storylm.plan.stages: common.smk derives LINEAGE (the stages a sample descends from) from both
 _.always_needed  # noqa: B018

@@ -23,8 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from storylm.entry import atomic_path  # noqa: E402
-from storylm.stats import proportion_interval  # noqa: E402
+from storylm.io.entry import atomic_path  # noqa: E402
+from storylm.results.stats import proportion_interval  # noqa: E402
 
 
 def curve_table(runs: pd.DataFrame) -> pd.DataFrame:

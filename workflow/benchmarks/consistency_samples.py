@@ -1,7 +1,7 @@
 """Stories from any litgpt checkpoint, for labelling by hand or for measuring the story checker.
 
 Writes JSON lines {"prompt", "text", "source", "seed"} and prints how many the checker
-(storylm.consistency) calls consistent, with each rule's pass fraction.
+(storylm.stories.consistency) calls consistent, with each rule's pass fraction.
 
   calibration  (how tests/data/labelled_samples.jsonl was sampled; docs/evaluation.md)
       python workflow/benchmarks/consistency_samples.py results/pretrain/<hash>/step-00000100 \\
@@ -20,11 +20,10 @@ import argparse
 import json
 from pathlib import Path
 
-
-from storylm import consistency
-from storylm.checkpoint import load_model, load_tokenizer
-from storylm.tokens import tokenizer_ids
+from storylm.model.checkpoint import load_model, load_tokenizer
+from storylm.model.tokens import tokenizer_ids
 from storylm.sample import never_sample_beyond, sample_prompt, story_seed
+from storylm.stories import consistency
 
 PIPELINE_PROMPTS = ["从前，有一个叫莉莉的小女孩", "有一天，小明和他的狗", "在森林里"]
 # Two more characters' openings and a place, so the shapes with a friend come up too.

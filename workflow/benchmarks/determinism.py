@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from storylm import litgpt_log  # noqa: E402
+from storylm.results import litgpt_log  # noqa: E402
 
 
 def weights_sha256(checkpoint: Path) -> str:
@@ -55,11 +55,11 @@ def probe(checkpoint_dir: Path, val: Path, threads: int) -> tuple[str, float]:
 import hashlib, json, math, torch
 torch.set_num_threads({threads})
 from pathlib import Path
-from storylm.checkpoint import load_model, load_tokenizer
+from storylm.model.checkpoint import load_model, load_tokenizer
 from storylm.evaluate import story_scores, val_stories
 from storylm.sample import never_sample_beyond, sample_prompt
-from storylm.schema import defaults
-from storylm.tokens import tokenizer_ids
+from storylm.plan.schema import defaults
+from storylm.model.tokens import tokenizer_ids
 model, tokenizer = load_model(Path({str(checkpoint_dir)!r}), "cpu"), load_tokenizer(Path({str(checkpoint_dir)!r}))
 never_sample_beyond(model, tokenizer_ids(tokenizer))
 settings = defaults()["sample"]

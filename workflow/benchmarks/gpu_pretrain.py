@@ -1,6 +1,6 @@
 """Pretraining throughput and peak GPU memory of the microstories model: the pipeline vs plain litgpt.
 
-1. Generated stories (storylm.storygen) are tokenized with the ChatGLM3-6B tokenizer into
+1. Generated stories (storylm.stories.storygen) are tokenized with the ChatGLM3-6B tokenizer into
    litdata shards by storylm.shards.build, the pipeline's own shards stage.
 2. "pipeline": config/microstories.yaml (the real 44M model, bf16-mixed, micro batch 32,
    sequences of 512, global batch 512) is rendered by storylm.pretrain.render, the pipeline's
@@ -66,8 +66,8 @@ def build_shards(work: Path, tokenizer_dir: Path, stories: int, val_stories: int
     import inspect
 
     from storylm import shards
-    from storylm.jsonl import write_texts
-    from storylm.storygen import generate_stories
+    from storylm.io.jsonl import write_texts
+    from storylm.stories.storygen import generate_stories
 
     corpus, out = work / "corpus", work / "shards"
     corpus.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def microstories_config(args) -> dict:
 
 def pipeline_yaml(config: dict, shards: Path, work: Path) -> Path:
     """What the pretrain_config rule writes: storylm.pretrain.render of the pretrain stage's record."""
-    from storylm import config as storylm_config
+    from storylm.plan import config as storylm_config
     from storylm.pretrain import render
 
     storylm_config.check(config)

@@ -2,7 +2,7 @@
 
 Draws --max-samples stories for each of --seeds sampling seeds from a checkpoint (as the
 sample stage does: one prompt after the other, a derived seed per story), then computes
-storylm.sample_metrics.figures on the first k stories of each seed for each k in --sizes,
+storylm.stories.sample_metrics.figures on the first k stories of each seed for each k in --sizes,
 and prints, per figure and k, the mean and the standard deviation over the seeds. The
 standard deviation is the figure's noise at that sample count: a default for
 sample.num_figure_samples should make it small next to the differences between runs one
@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the storylm pack
 
 import pandas as pd  # noqa: E402
 
-from storylm import consistency  # noqa: E402
-from storylm.checkpoint import load_model, load_tokenizer  # noqa: E402
-from storylm.jsonl import iter_texts  # noqa: E402
+from storylm.io.jsonl import iter_texts  # noqa: E402
+from storylm.model.checkpoint import load_model, load_tokenizer  # noqa: E402
 from storylm.sample import sample_prompt, story_seed  # noqa: E402
-from storylm.sample_metrics import figures  # noqa: E402
+from storylm.stories import consistency  # noqa: E402
+from storylm.stories.sample_metrics import figures  # noqa: E402
 
 FIGURES = ("finished_fraction", "repeated_4gram_fraction", "distinct_2", "train_copy_fraction", "consistent_fraction")
 

@@ -1,5 +1,5 @@
 """Stories per second of the sample stage, one story at a time (litgpt's generate, as before) against
-batched (storylm.generation), side by side in one run on the same checkpoint, machine and settings.
+batched (storylm.model.generation), side by side in one run on the same checkpoint, machine and settings.
 
     PYTHONPATH=workflow python workflow/benchmarks/sample_speed.py results/pretrain/<hash>/final \
         [--stories 300] [--record results/sample/<hash>/config.json] [--threads N]
@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from litgpt.generate.base import generate  # noqa: E402
 
-from storylm.checkpoint import load_model, load_tokenizer  # noqa: E402
+from storylm.model.checkpoint import load_model, load_tokenizer  # noqa: E402
+from storylm.model.tokens import tokenizer_ids  # noqa: E402
+from storylm.plan.schema import defaults  # noqa: E402
 from storylm.sample import never_sample_beyond, sample_prompt, story_seed  # noqa: E402
-from storylm.schema import defaults  # noqa: E402
-from storylm.tokens import tokenizer_ids  # noqa: E402
 
 
 def one_at_a_time(model, tokenizer, prompt: str, seeds: list[int], settings: dict) -> list[tuple[str, bool]]:

@@ -1,5 +1,5 @@
 """What a stop costs a training: the seconds from SIGTERM to a saved, exited training, and the overhead
-of checking for a stop before each batch (storylm.litgpt_train).
+of checking for a stop before each batch (storylm.model.litgpt_train).
 
     PYTHONPATH=workflow python workflow/benchmarks/stop_cost.py --stops 3
 
@@ -32,9 +32,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "workflow"))
 
-from storylm import litgpt_log  # noqa: E402
-from storylm.litgpt_train import STOPPED, Stopper  # noqa: E402
-from storylm.training_runner import LIVE_LOG  # noqa: E402
+from storylm.model.litgpt_train import STOPPED, Stopper  # noqa: E402
+from storylm.model.training_runner import LIVE_LOG  # noqa: E402
+from storylm.results import litgpt_log  # noqa: E402
 
 STEPS = 2000
 

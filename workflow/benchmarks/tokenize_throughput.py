@@ -4,11 +4,11 @@ Measures the ChatGLM3-6B tokenizer (SentencePiece, the reference run's) and a by
 tokenizer trained by the pipeline's own code, each on
 
   real       the real fixture stories (TinyStoriesChinese row 0 + 54 picture books), repeated
-  generated  stories from the builtin generator (storylm.storygen)
+  generated  stories from the builtin generator (storylm.stories.storygen)
 
 through storylm.shards.build, the litdata optimize path the pipeline runs (JSONL in, shards
 out, EOS after each story), at each --workers count; plus, as a baseline without litdata and
-without process start-up, one in-process storylm.tokens.encode_batch pass on one core.
+without process start-up, one in-process storylm.model.tokens.encode_batch pass on one core.
 
     python workflow/benchmarks/tokenize_throughput.py --tokenizer-dir ../shared/fixtures/chatglm3-6b \\
         --stories 50000 --workers 1 2
@@ -50,13 +50,13 @@ def real_stories(repeat: int) -> list[str]:
 
 
 def generated_stories(count: int, seed: int = 1234) -> list[str]:
-    from storylm.storygen import generate_stories
+    from storylm.stories.storygen import generate_stories
 
     return [story["text"] for story in generate_stories(count, seed)]
 
 
 def write_corpus(texts: list[str], corpus_dir: Path) -> None:
-    from storylm.jsonl import write_texts
+    from storylm.io.jsonl import write_texts
 
     corpus_dir.mkdir(parents=True, exist_ok=True)
     write_texts(corpus_dir / "train.jsonl", texts)
@@ -93,8 +93,8 @@ def in_process(tokenizer_dir: Path, texts: list[str], batch_size: int) -> tuple[
     """Wall seconds, CPU seconds and tokens of encode_batch over texts in this process (no litdata)."""
     from litgpt import Tokenizer
 
+    from storylm.model.tokens import encode_batch
     from storylm.tokenizer import batched
-    from storylm.tokens import encode_batch
 
     tokenizer = Tokenizer(tokenizer_dir)
     start, cpu = time.perf_counter(), cpu_seconds()

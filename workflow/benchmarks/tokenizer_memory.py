@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CHILD = r"""
 import itertools, json, resource, sys, tempfile, time
 from pathlib import Path
-from storylm.jsonl import iter_texts
+from storylm.io.jsonl import iter_texts
 from storylm.tokenizer import train_bpe, training_texts
 
 path, budget, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -1,13 +1,13 @@
-"""Peak memory and time of train_copy_fraction (storylm.train_copy) on a train split of TinyStoriesChinese size.
+"""Peak memory and time of train_copy_fraction (storylm.stories.train_copy) on a train split of TinyStoriesChinese size.
 
 Writes a synthetic train split in the corpus stage's format (JSON lines with "text") of
-max(--chars) characters: builtin stories (storylm.storygen) cycled with a running number
+max(--chars) characters: builtin stories (storylm.stories.storygen) cycled with a running number
 appended, so no two lines are equal, as after the corpus stage's dedup. The builtin
 stories are more formulaic than TinyStoriesChinese, so the automaton finds more matches a
 character than it would there: a pessimistic case for time.
 
 Then, for each size in --chars, a fresh Python process reads the first that many
-characters of the file the way the sample stage does (storylm.jsonl.iter_texts) and
+characters of the file the way the sample stage does (storylm.io.jsonl.iter_texts) and
 computes train_copy over --samples stories of another seed (as stand-ins for model
 samples), and prints its wall seconds, its CPU seconds (all of the process, imports
 included; on a shared machine closer to what an idle core takes) and its peak RSS
@@ -33,9 +33,9 @@ sys.path.insert(0, str(WORKFLOW))  # the storylm package in workflow/
 # The measurement, run in a fresh process so that writing the file does not count.
 CHILD = r"""
 import json, resource, sys, time
-from storylm.jsonl import iter_texts
-from storylm.storygen import generate_stories
-from storylm.train_copy import train_copy
+from storylm.io.jsonl import iter_texts
+from storylm.stories.storygen import generate_stories
+from storylm.stories.train_copy import train_copy
 
 path, max_chars, num_samples, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
@@ -67,7 +67,7 @@ print(json.dumps({"chars": max_chars, "seconds": round(seconds, 1),
 
 def write_train(path: Path, chars: int, pool_size: int = 20_000) -> int:
     """Synthetic train split of at least `chars` characters; returns its stories."""
-    from storylm.storygen import generate_stories
+    from storylm.stories.storygen import generate_stories
 
     pool = [story["text"] for story in generate_stories(pool_size, 1)]
     written = stories = 0

@@ -1,7 +1,7 @@
 # Helpers shared by the rules: the runs, their stage folders, and the input and param functions.
 #
-# Every stage folder is named by a hash of its settings (storylm/stages.py). The plan below
-# resolves every run of the config (storylm/runs.py) and keeps one entry per distinct hash, so
+# Every stage folder is named by a hash of its settings (storylm/plan/stages.py). The plan below
+# resolves every run of the config (storylm/plan/runs.py) and keeps one entry per distinct hash, so
 # each rule is a wildcard rule over its hash folders and each folder is built by one job, for
 # however many runs use it.
 
@@ -18,10 +18,10 @@ STORYLM_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, STORYLM_PATH)
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)}; ")
 
-from storylm.entry import StageError  # noqa: E402
-from storylm.runs import plan  # noqa: E402
-from storylm import stages  # noqa: E402
-from storylm.tokens import TOKENIZER_FILES  # noqa: E402
+from storylm.io.entry import StageError  # noqa: E402
+from storylm.plan.runs import plan  # noqa: E402
+from storylm.plan import stages  # noqa: E402
+from storylm.model.tokens import TOKENIZER_FILES  # noqa: E402
 
 try:
     PLAN = plan(config)
@@ -57,7 +57,7 @@ def upstream(stage, wildcards, name):
 
 def role(stage, name):
     """Input function: the file of role `name` (a split, the tokenizer, the final model...) from the nearest
-    stage upstream of this job's `stage` folder that provides it (storylm.stages: provides, provider)."""
+    stage upstream of this job's `stage` folder that provides it (storylm.plan.stages: provides, provider)."""
     provider = stages.provider(stage, name)
     filename = stages.BY_NAME[provider].provides[name]
     return lambda wildcards: f"{upstream(stage, wildcards, provider)}/{filename}"

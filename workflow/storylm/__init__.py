@@ -1,7 +1,7 @@
 """storylm: the Python package behind the Snakemake rules (workflow/rules/*.smk).
 
 Module map. Stage commands are run by the rules as `python -m storylm.<module>`; each writes one
-stage folder (storylm.stages names it) and imports helpers, never another stage command.
+stage folder (storylm.plan.stages names it) and imports helpers, never another stage command.
 
 Stage commands, in the order they run:
     download        the raw corpus files (hf, url, local), and a hub tokenizer's files
@@ -19,41 +19,55 @@ Tools a person runs:
     compare         two runs side by side in a terminal: intervals, differences, verdicts
     config_docs     config/README.md's table of keys, from config/schema.yaml
 
-Helpers:
+Helpers, in subpackages from the bottom layer up: a module imports only from its own
+subpackage and the ones listed above it (tests/test_docs.py checks it), never a command.
+
+storylm.io, files and the error model:
     entry           the error model (StageError, one line, exit 1) and atomic writes
-    stage           the protocol of every stage command: its record checked, its folder locked, the record last
-    schema          config/schema.yaml: validation and the one source of defaults
-    config          config checks the schema cannot express
-    stages          the stage table: folders, inputs, fingerprints, hashes, what a key reruns
-    runs            a config's runs and their seeds resolved, and the plan of every stage folder they need
-    stagelock       an exclusive lock on a stage folder for a stage command's whole life
-    environment     the machine a stage ran on (threads, CPU, GPU, versions)
     filehash        sha256 of files
     archive         safe extraction of .tar.gz archives
     manifest        a download folder's manifest.json
     readers         story texts from .jsonl, .json, .parquet and .txt files, every problem counted
-    storytext       the one cleaning rule of stories
     jsonl           the corpus stage's split files
+    stagelock       an exclusive lock on a stage folder for a stage command's whole life
+    environment     the machine a stage ran on (threads, CPU, GPU, versions)
+
+storylm.stories, the text of stories:
+    storytext       the one cleaning rule of stories
     storygen        the builtin corpus: a seeded generator of Chinese children's stories
     consistency     the builtin-world story checker (also a command on a file of stories)
-    tokens          token ids as litgpt makes them (batch encoding, special tokens)
-    checkpoint      the one loader of litgpt checkpoints
-    training_runner a litgpt training any stage can run: locked, resumed, set aside, stopped, requeued
-    litgpt_train    litgpt's CLI that saves and stops at a signal or before the Slurm job's end
-    litgpt_log      loss curves and throughput from litgpt's printed log
-    generation      stories of one prompt in batches, each from its own seed
-    results         one training's results in one place (metrics, figures, throughput, FLOPs)
-    stats           intervals and verdicts (seed spread, story noise)
-    comparison      the runs tables with intervals, and verdicts between runs
     extra_sets      evaluate.extra_sets: a user's own stories, read strictly
     sample_metrics  figures of sampled stories that hold for any corpus
     train_copy      how much sampled text is copied from the train split
-    figures         which JSON files hold figures, and their numbers by dotted key
+
+storylm.model, litgpt's model, tokens and training:
+    tokens          token ids as litgpt makes them (batch encoding, special tokens)
+    checkpoint      the one loader of litgpt checkpoints
+    generation      stories of one prompt in batches, each from its own seed
+    training_runner a litgpt training any stage can run: locked, resumed, set aside, stopped, requeued
+    litgpt_train    litgpt's CLI that saves and stops at a signal or before the Slurm job's end
+
+storylm.results, figures and comparisons:
+    litgpt_log      loss curves and throughput from litgpt's printed log
+    figures         which JSON files hold figures, their numbers by dotted key, what the val figures measure
+    summary         one training's results in one place (metrics, figures, throughput, FLOPs)
+    stats           intervals and verdicts (seed spread, story noise)
+    comparison      the runs tables with intervals, and verdicts between runs
+
+storylm.plan, what to run:
+    schema          config/schema.yaml: validation and the one source of defaults
+    stages          the stage table: folders, inputs, fingerprints, hashes, what a key reruns
+    config          config checks the schema cannot express
+    runs            a config's runs and their seeds resolved, and the plan of every stage folder they need
+    stage           the protocol of every stage command: its record checked, its folder locked, the record last
+
+storylm.hub, the export folder and its clients:
+    folder          the export folder's files: their names, what each holds, the one logits tolerance
     hf_model        a litgpt model as LlamaForCausalLM (MistralForCausalLM for odd head widths)
-    gguf_export     the model as model.gguf for llama.cpp
-    clients         an export run by each installed client (transformers, llama.cpp, ctranslate2, lm-eval)
     hf_tokenizer    a litgpt tokenizer as a transformers tokenizer class
+    gguf_export     the model as model.gguf for llama.cpp
     export_check    an export folder loaded with transformers and compared with litgpt
-    model_card      the export's README.md
+    clients         an export run by each installed client (transformers, llama.cpp, ctranslate2, lm-eval)
     lm_eval_task    the export's lm-eval task, and the figures it gives computed in lm-eval's windows
+    model_card      the export's README.md
 """

@@ -26,10 +26,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from storylm import stages
-from storylm.entry import StageError
-from storylm.runs import load_config, plan
-from storylm.stagelock import holders, is_locked
+from storylm.io.entry import StageError
+from storylm.io.stagelock import holders, is_locked
+from storylm.plan import stages
+from storylm.plan.runs import load_config, plan
 
 STAGE_HASH = re.compile(rf"^[0-9a-f]{{{stages.HASH_LENGTH}}}$")
 SNAKEMAKE_LOCKS = Path(".snakemake/locks")

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from storylm.comparison import Runs, summary_lines
-from storylm.entry import StageError, exit_with
-from storylm.results import training_results
-from storylm.runs import load_config, plan
+from storylm.io.entry import StageError, exit_with
+from storylm.plan.runs import load_config, plan
+from storylm.results.comparison import Runs, summary_lines
+from storylm.results.summary import training_results
 
-
-# What a finished training has, by role (storylm.stages: provides): its log, metrics and sample checks
+# What a finished training has, by role (storylm.plan.stages: provides): its log, metrics and sample checks
 # (the folders training_results reads, in its order), and the story scores when they exist.
 ROLES = ("train log", "metrics", "sample checks", "story scores")
 

@@ -1,5 +1,5 @@
 """config/README.md's generated parts: the table of keys, from config/schema.yaml (the one source of
-defaults), and the list of stage folders, from the stage table (storylm.stages).
+defaults), and the list of stage folders, from the stage table (storylm.plan.stages).
 
     python -m storylm.config_docs            rewrite them in config/README.md
     python -m storylm.config_docs --check    exit 1 if they differ from the schema and the stage table
@@ -13,9 +13,9 @@ import argparse
 import json
 import sys
 
-from storylm import stages
-from storylm.entry import write_text
-from storylm.schema import SCHEMA_PATH, load_schema
+from storylm.io.entry import write_text
+from storylm.plan import stages
+from storylm.plan.schema import SCHEMA_PATH, load_schema
 
 README = SCHEMA_PATH.parent / "README.md"
 
@@ -43,12 +43,12 @@ META_KEYS = {
 
 
 def reruns(key: str) -> str:
-    """What a change of `key` reruns, derived from the stage table (storylm.stages)."""
+    """What a change of `key` reruns, derived from the stage table (storylm.plan.stages)."""
     if key.split(".")[0] in META_KEYS:
         return META_KEYS[key.split(".")[0]]
     names, notes = stages.reruns(key)
     if not names:
-        raise KeyError(f"{key}: no stage reads it; add it to a stage's reads in storylm.stages (or to META_KEYS)")
+        raise KeyError(f"{key}: no stage reads it; add it to a stage's reads in storylm.plan.stages (or to META_KEYS)")
     return chain(names) + (f" ({'; '.join(notes)})" if notes else "")
 
 

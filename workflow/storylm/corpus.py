@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from storylm.entry import StageError, exit_with, write_json
-from storylm.manifest import manifest_files
-from storylm.readers import FileCounts, raw_texts
-from storylm.stage import stage_main, stage_parser
-from storylm.stages import with_added_defaults
-from storylm.storytext import clean
+from storylm.io.entry import StageError, exit_with, write_json
+from storylm.io.manifest import manifest_files
+from storylm.io.readers import FileCounts, raw_texts
+from storylm.plan.stage import stage_main, stage_parser
+from storylm.plan.stages import with_added_defaults
+from storylm.stories.storytext import clean
 
 
 class CorpusError(StageError):
@@ -81,7 +81,7 @@ def build_corpus(corpus_cfg: dict, files: list[Path] | None, out_dir: Path) -> d
 
 def _raw_stories(cfg: dict, files: list[Path] | None, file_counts: list[FileCounts]) -> Iterator[str]:
     if cfg["source"] == "builtin":
-        from storylm.storygen import generate_stories
+        from storylm.stories.storygen import generate_stories
 
         builtin = cfg["builtin"]
         return (story["text"] for story in generate_stories(builtin["num_stories"], builtin["seed"]))

@@ -29,10 +29,10 @@ from urllib.parse import unquote, urlparse
 
 import requests
 
-from storylm.archive import ArchiveError, archive_stem, is_archive, safe_extract
-from storylm.entry import StageError, exit_with
-from storylm.filehash import file_sha256
-from storylm.manifest import write_manifest
+from storylm.io.archive import ArchiveError, archive_stem, is_archive, safe_extract
+from storylm.io.entry import StageError, exit_with
+from storylm.io.filehash import file_sha256
+from storylm.io.manifest import write_manifest
 
 CONNECT_TIMEOUT_S = 10  # to open a connection (the hub's own metadata timeout is 10 s too)
 READ_TIMEOUT_S = 60  # between two chunks of a download

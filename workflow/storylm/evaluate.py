@@ -15,7 +15,7 @@ Two conventions, both in metrics.json, each named beside its figure:
   give the noise of a finite val set to the runs table's intervals. lm-eval's
   loglikelihood_rolling on the export differs on two counts: it does not score the end-of-text,
   and it gives a long story's last window a whole window of context; the export computes its
-  figure as lm-eval does (storylm.lm_eval_task).
+  figure as lm-eval does (storylm.hub.lm_eval_task).
 
 An extra set is tokenized as the shards are (each story, then EOS) into one stream, and
 every token of the stream but the first is scored exactly once, in windows of
@@ -32,12 +32,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from storylm import extra_sets, jsonl, litgpt_log
-from storylm.checkpoint import load_model, load_tokenizer, parameter_count
-from storylm.entry import StageError, atomic_path, exit_with, first_line, write_json
-from storylm.stage import stage_main, stage_parser
-from storylm.stats import ratio_se
-from storylm.tokens import encode_batch
+from storylm.io import jsonl
+from storylm.io.entry import StageError, atomic_path, exit_with, first_line, write_json
+from storylm.model.checkpoint import load_model, load_tokenizer, parameter_count
+from storylm.model.tokens import encode_batch
+from storylm.plan.stage import stage_main, stage_parser
+from storylm.results import litgpt_log
+from storylm.results.figures import WHOLE_STORIES, WINDOWS
+from storylm.results.stats import ratio_se
+from storylm.stories import extra_sets
 
 
 @torch.no_grad()
@@ -157,12 +160,6 @@ def evaluate_extra_sets(model, tokenizer, entries: list[dict], train: Path | Non
         result["stories_in_train"] = in_train[name]
         result["stories_in_train_fraction"] = in_train[name] / result["stories"]
     return results
-
-
-WINDOWS = ("windows of train.max_seq_length + 1 tokens over the val stories joined by end-of-text, cutting"
-           " stories anywhere (litgpt's validation)")
-WHOLE_STORIES = ("each val story whole, after the end-of-text token before it, its own end-of-text token included,"
-                 " a story longer than a window in consecutive windows of train.max_seq_length tokens")
 
 
 def val_stories(val: Path, tokenizer, max_tokens: int | None) -> tuple[list[str], list[list[int]]]:

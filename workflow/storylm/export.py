@@ -5,24 +5,9 @@
         --out results/export/<h>
 
 The folder is what `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
-load without trust_remote_code, what llama.cpp loads (model.gguf), and what `hf upload` takes as it is:
-
-    config.json              LlamaForCausalLM config, or MistralForCausalLM where n_head x head_size != n_embd
-                             (storylm.hf_model); vocab_size = litgpt's padded_vocab_size, the embedding's rows
-    model.safetensors        the weights, named by litgpt's own copy_weights_llama
-    model.gguf               the same weights and tokenizer for llama.cpp, float32 (storylm.gguf_export)
-    generation_config.json   bos (= end-of-text, the token before a story), eos, pad (= eos) and the sample
-                             stage's sampling settings
-    tokenizer files          a trained BPE as PreTrainedTokenizerFast; a SentencePiece model (ChatGLM3) as
-                             LlamaTokenizerFast (tokenizer.json) and LlamaTokenizer (tokenizer.model); bos is
-                             end-of-text and add_bos_token false, as in training
-    lm_eval/                 an lm-eval task (storylm_val.yaml) on the val stories the pipeline scored, runnable
-                             from any directory, with the figures it gives (storylm.lm_eval_task)
-    README.md                the model card, with the lines that install, load and run it in each client
-    MODEL_LICENSE            the tokenizer's licence file, where its folder has one (ChatGLM3's)
-    storylm_stage.json       the stage record (config.json is the model's)
-    storylm_export.json      what the export checked: logits and token ids against litgpt
-    storylm_clients.json     each client's check (storylm.clients): the installed ones ran for real
+load without trust_remote_code, what llama.cpp loads (model.gguf), and what `hf upload` takes as it
+is. Its files are described once, in storylm.hub.folder (FILES), and listed in its model card;
+docs/export.md says more about each.
 
 Before the folder is put in place the export loads it back with transformers and compares it with
 litgpt: logits on probe texts, from model.safetensors and from model.gguf (a difference is a bug,
@@ -41,19 +26,19 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from storylm import checkpoint, clients, jsonl, lm_eval_task
-from storylm.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
-from storylm.export_check import LOGITS_TOLERANCE, check_folder, probe_texts
-from storylm.figures import numeric_figures, sample_figure_files
-from storylm.gguf_export import GGUF_FILE, write_gguf
-from storylm.hf_model import check_expressible, hf_config, hf_weights
-from storylm.hf_tokenizer import describe_tokenizer, dummy_prefix, save_tokenizer, special_tokens
-from storylm.model_card import CHECKS, CLIENTS, STAGE_RECORD, CardFacts, model_card, usage_for
-from storylm.stage import finish_stage, read_record
-from storylm.tokens import LICENCE_FILES
-
-# The one file to name as the Snakemake output; the whole folder appears at once.
-OUTPUT_FILE = "model.safetensors"
+from storylm.hub import clients, lm_eval_task
+from storylm.hub.export_check import check_folder, load_folder, probe_texts
+from storylm.hub.folder import CARD, CHECKS, CLIENTS, GGUF, LOGITS_TOLERANCE, STAGE_RECORD, WEIGHTS, undescribed
+from storylm.hub.gguf_export import write_gguf
+from storylm.hub.hf_model import check_expressible, hf_config, hf_weights
+from storylm.hub.hf_tokenizer import describe_tokenizer, dummy_prefix, save_tokenizer, special_tokens
+from storylm.hub.model_card import CardFacts, model_card, usage_for
+from storylm.io import jsonl
+from storylm.io.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
+from storylm.model import checkpoint
+from storylm.model.tokens import LICENCE_FILES
+from storylm.plan.stage import finish_stage, read_record
+from storylm.results.figures import numeric_figures, sample_figure_files
 
 
 def read_metrics(evaluate_dir: Path | None) -> dict | None:
@@ -116,7 +101,7 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
 
     with atomic_dir(out_dir) as tmp:
         model_config.save_pretrained(tmp)
-        save_file(weights, str(tmp / OUTPUT_FILE), metadata={"format": "pt"})
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         sampling = {key: sample_settings[key] for key in ("temperature", "top_k", "top_p") if key in sample_settings}
         generation = GenerationConfig(
             bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
@@ -124,25 +109,30 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
             **({"do_sample": True, **sampling} if sampling.get("temperature") else {}))
         generation.save_pretrained(tmp)
         hf_class = save_tokenizer(checkpoint_dir, tokenizer, tmp, config.block_size)
-        write_gguf(tmp / GGUF_FILE, config, weights, tokenizer, checkpoint_dir, special,
+        write_gguf(tmp / GGUF, config, weights, tokenizer, checkpoint_dir, special,
                    dummy_prefix(checkpoint_dir / "tokenizer.model") if tokenizer.backend == "sentencepiece" else None)
         tokenizer_info = describe_tokenizer(tokenizer, checkpoint_dir, hf_class)
-        checks = check_folder(tmp, model, tokenizer, texts, config.block_size)
+        hf_model, hf_tokenizer = load_folder(tmp)
+        checks = check_folder(tmp, hf_model, hf_tokenizer, model, tokenizer, texts, config.block_size)
         checks.update(parameters=checkpoint.parameter_count(model), tie_word_embeddings=tied, head_dim=config.head_size,
                       vocab_size=config.padded_vocab_size, tokenizer=tokenizer_info)
         lm_eval = None if stories is None else lm_eval_task.write_task(tmp, stories, model, tokenizer,
                                                                          config.block_size)
-        found = clients.run_all(tmp, model, tokenizer, texts, list(sample_settings.get("prompts") or texts[:1]),
-                                lm_eval_task.read_stories(tmp), LOGITS_TOLERANCE)
-        gguf = next(row for row in found if row["client"] == clients.GGUF)
+        found = clients.run_all(tmp, hf_model, hf_tokenizer, model, tokenizer, texts,
+                                list(sample_settings.get("prompts") or texts[:1]), lm_eval_task.read_stories(tmp))
+        gguf = next(row for row in found if row["client"] == clients.GGUF_CLIENT)
         if gguf["passed"] is False:  # like the safetensors check: a difference is a bug
-            raise RuntimeError(f"{tmp / GGUF_FILE}: {gguf['result']}, more than {LOGITS_TOLERANCE}: the GGUF is wrong")
+            raise RuntimeError(f"{tmp / GGUF}: {gguf['result']}, more than {LOGITS_TOLERANCE}: the GGUF is wrong")
         licence = copy_licence(tmp, [d for d in (tokenizer_dir, checkpoint_dir) if d is not None])
         usage = usage_for(config, tokenizer, sample_settings, lm_eval)
-        write_text(tmp / "README.md", model_card(CardFacts(
+        # The card lists the folder's files: those written so far and the three written after it.
+        files = sorted({path.name for path in tmp.iterdir()} | {CARD, CHECKS, CLIENTS, STAGE_RECORD})
+        if undescribed(files):  # a file the export writes must be described, for the card and its users
+            raise RuntimeError(f"{tmp}: storylm.hub.folder.FILES does not describe {undescribed(files)}")
+        write_text(tmp / CARD, model_card(CardFacts(
             record=record, config=config, hf_config=model_config, tokenizer_info=tokenizer_info, checks=checks,
             metrics=metrics, samples=samples, sample_settings=sample_settings, sample_figures=sample_figures,
-            training=training, clients=found, usage=usage, licence_file=licence)))
+            training=training, clients=found, usage=usage, licence_file=licence, files=files)))
         write_json(tmp / CHECKS, checks)
         write_json(tmp / CLIENTS, {"clients": found, "lm_eval_expected": lm_eval})
         # Last, as in every stage folder; no environment.json: the folder is for the hub, and

@@ -3,7 +3,7 @@
 `render` writes a complete config a user can rerun by hand from the repository root:
 `litgpt pretrain --config results/pretrain/<hash>/pretrain.yaml`.
 
-`run` trains on it through storylm.training_runner, with `resume: auto`: the folder locked, only
+`run` trains on it through storylm.model.training_runner, with `resume: auto`: the folder locked, only
 the same work resumed (the config and the shards' indexes fingerprinted), a damaged latest
 checkpoint set aside, a resumable checkpoint saved at a signal or before a Slurm job's end, and
 the job requeued to go on.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from storylm import training_runner
-from storylm.config import ConfigError, check_vocab, directory_vocab_size
-from storylm.entry import StageError, exit_with, write_record, write_text
+from storylm.io.entry import StageError, exit_with, write_record, write_text
+from storylm.model import training_runner
+from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:

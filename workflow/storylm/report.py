@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from storylm.comparison import BPC, CHECKER_ELSEWHERE, CONSISTENT, Runs, by_seed_table
-from storylm.entry import atomic_path, exit_with, read_json, write_json, write_text
-from storylm.results import training_results
+from storylm.io.entry import atomic_path, exit_with, read_json, write_json, write_text
+from storylm.results.comparison import BPC, CHECKER_ELSEWHERE, CONSISTENT, Runs, by_seed_table
+from storylm.results.summary import training_results
 
 # The few columns the report's first page shows (results/runs_summary.tsv): it is narrow.
 SUMMARY_COLUMNS = {"run": "run", "differs_from_base": "differs from base", "n_seeds": "seeds",

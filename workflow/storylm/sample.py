@@ -3,9 +3,9 @@
 Each story gets its own seed derived from (seed, prompt number, sample number), so the
 same checkpoint with the same settings gives the same text, and adding a prompt does
 not change the stories of the others. The stories of a prompt are drawn in batches, each
-row from its own seed (storylm.generation), with the same stories as one at a time.
+row from its own seed (storylm.model.generation), with the same stories as one at a time.
 
-samples.txt shows num_samples stories per prompt. The figures (storylm.sample_metrics:
+samples.txt shows num_samples stories per prompt. The figures (storylm.stories.sample_metrics:
 finished, repetition, diversity, copying from the train split) and the consistency scores
 need more stories than one reads, so the stage draws num_figure_samples stories in all,
 spread over the prompts; the shown ones are the first of each prompt, so they are the same
@@ -22,14 +22,15 @@ from pathlib import Path
 
 import torch
 
-from storylm import consistency, jsonl
-from storylm.checkpoint import load_model, load_tokenizer
-from storylm.config import ConfigError, check_prompt_tokens
-from storylm.entry import StageError, exit_with, write_json, write_text
-from storylm.generation import continuations
-from storylm.sample_metrics import figures
-from storylm.stage import add_stage_arguments, read_record, run_in_folder
-from storylm.tokens import tokenizer_ids
+from storylm.io import jsonl
+from storylm.io.entry import StageError, exit_with, write_json, write_text
+from storylm.model.checkpoint import load_model, load_tokenizer
+from storylm.model.generation import continuations
+from storylm.model.tokens import tokenizer_ids
+from storylm.plan.config import ConfigError, check_prompt_tokens
+from storylm.plan.stage import add_stage_arguments, read_record, run_in_folder
+from storylm.stories import consistency
+from storylm.stories.sample_metrics import figures
 
 
 def story_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -44,7 +45,7 @@ def stories_per_prompt(settings: dict) -> int:
 def sample_prompt(model, tokenizer, prompt: str, seeds: list[int], settings: dict) -> list[tuple[str, bool]]:
     """For each seed, the story (prompt included) and whether the model ended it with its end-of-text token.
 
-    The stories of a prompt are drawn together, in batches (storylm.generation), each from its own seed.
+    The stories of a prompt are drawn together, in batches (storylm.model.generation), each from its own seed.
     """
     prompt_ids = tokenizer.encode(prompt, device=next(model.parameters()).device)
     written = continuations(model, prompt_ids, seeds, settings["max_new_tokens"], settings["temperature"],

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from storylm.entry import exit_with, write_json
-from storylm.jsonl import iter_texts
-from storylm.stage import stage_main, stage_parser
+from storylm.io.entry import exit_with, write_json
+from storylm.io.jsonl import iter_texts
+from storylm.plan.stage import stage_main, stage_parser
 
 _TOKENIZERS: dict[str, object] = {}  # one tokenizer per worker process, loaded on first use
 
@@ -54,7 +54,7 @@ def tokenize_range(item: tuple[str, int, int], tokenizer_dir: str):
     """litdata worker function: yields one int32 tensor of token ids per story."""
     from litgpt import Tokenizer
 
-    from storylm.tokens import encode_batch
+    from storylm.model.tokens import encode_batch
 
     if tokenizer_dir not in _TOKENIZERS:
         _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir)

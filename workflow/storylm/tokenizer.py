@@ -15,10 +15,10 @@ from pathlib import Path
 
 from litgpt import Tokenizer
 
-from storylm.entry import StageError, atomic_path, exit_with, write_json
-from storylm.jsonl import iter_texts
-from storylm.stage import stage_main, stage_parser
-from storylm.tokens import LICENCE_FILES, SPECIAL_TOKENS, TOKENIZER_FILES, encode_batch, unk_id
+from storylm.io.entry import StageError, atomic_path, exit_with, write_json
+from storylm.io.jsonl import iter_texts
+from storylm.model.tokens import LICENCE_FILES, SPECIAL_TOKENS, TOKENIZER_FILES, encode_batch, unk_id
+from storylm.plan.stage import stage_main, stage_parser
 
 UNK, BOS, EOS = SPECIAL_TOKENS
 

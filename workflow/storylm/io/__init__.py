@@ -1,0 +1,1 @@
+"""Files and the error model: the bottom layer, which imports no other part of storylm."""

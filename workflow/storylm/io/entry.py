@@ -1,0 +1,116 @@
+"""The stage entry point: the error model every stage command shares, and atomic writes of its outputs.
+
+A stage command is `python -m storylm.<stage> ...`, its `if __name__ == "__main__":` body is
+`exit_with(main)`. A config or data error is a StageError (every public exception class of the
+package derives from it): the command prints one line that names the config key or the file,
+and exits 1, without a traceback. Anything else is a bug and keeps its traceback.
+
+Every output file is written to a temporary name beside it and renamed into place, so a
+file under its final name is always complete: a killed job never leaves half a file that
+a later run would take for a result. A stage writes its record (config.json: its settings
+and the hashes it was built from) last, so a folder with its record is a finished stage
+(storylm.plan.stage, the protocol every stage command follows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+RECORD = "config.json"
+
+
+class StageError(Exception):
+    """The root of the package's errors: a config or data error whose message names the config key or the file."""
+
+
+@contextmanager
+def atomic_path(path: Path | str):
+    """Yield a temporary path beside `path`; rename it to `path` only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; outputs get the usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a fresh folder beside `path`; it replaces `path` whole only when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            # Snakemake creates an output's folder before the job; a folder cannot be renamed onto a
+            # non-empty one, so the old one is moved aside first and removed after.
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: Path | str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path, what: str):
+    if not path.is_file():
+        raise StageError(f"{path}: missing ({what})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StageError(f"{path}: not valid JSON ({first_line(error)})") from None
+
+
+def write_record(record_json: str, out_dir: Path | str, name: str = RECORD) -> None:
+    """The stage's record (--record, as JSON) in its folder: written last, after every other output."""
+    write_json(Path(out_dir) / name, json.loads(record_json))
+
+
+def first_line(error: BaseException) -> str:
+    """The error model prints one line; library errors sometimes span several."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def run_stage(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Call a stage's main; a StageError becomes one line on stderr and exit status 1."""
+    try:
+        main(argv)
+    except StageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def exit_with(main: Callable[[list[str] | None], object]) -> None:
+    """The `if __name__ == "__main__":` body of every stage module."""
+    sys.exit(run_stage(main, None))

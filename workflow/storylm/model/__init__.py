@@ -1,0 +1,1 @@
+"""litgpt's model, tokens and training: checkpoints, batched generation, the training runner."""

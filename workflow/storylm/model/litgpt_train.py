@@ -1,0 +1,237 @@
+"""`litgpt pretrain` that stops at a signal, or before its Slurm job's deadline, with a resumable checkpoint.
+
+    python -m storylm.model.litgpt_train pretrain --config results/pretrain/<hash>/pretrain.yaml --out_dir ...
+
+takes exactly the arguments of `litgpt pretrain` and runs litgpt's own loop, model, checkpoint format
+and `resume: auto`. litgpt installs no signal handler and knows no time budget (its issues #1445 and
+#1819), so a SIGTERM from Slurm's time limit, a preemption or a Ctrl-C loses everything since the
+last step-* checkpoint. This entry point adds one thing: before fit() draws each batch (it draws them
+from litgpt.pretrain.CycleIterator, replaced here by a subclass), it asks whether to stop. It stops
+
+- when the process got SIGTERM, SIGINT or SIGUSR1 (every process of a Slurm job step gets the signal);
+- a margin before the job's end (SLURM_JOB_END_TIME, else `squeue -o %e`; or STORYLM_TRAIN_UNTIL,
+  seconds since the epoch, anywhere), so that a training is safe where the signal comes too late or
+  never reaches it. The margin is the longest step seen plus the save's time (measured on each save,
+  estimated from the state's size before the first one) plus 15 s; STORYLM_STOP_MARGIN (seconds)
+  replaces it.
+
+It stops only between two optimizer steps, so the state is exactly the one litgpt's own step-*
+checkpoints hold (model, optimizer, data-loader position, iter_num, step_count) and the resumed run
+goes on as if never stopped. With several ranks, all ranks agree on the step first (a max all-reduce
+of the flag at each step: Megatron's `--exit-signal-handler` does the same). The save goes to
+saving-step-N/ and is renamed step-N/ once whole (a kill during the save leaves no step-* that
+resume would pick). Then it writes stopped.json, says in its log which step it saved and why, and
+exits STOP_EXIT without writing final/. A second Ctrl-C stops at once, without a save.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+STOP_EXIT = 75  # EX_TEMPFAIL: stopped on purpose; the same command resumes
+STOPPED = "stopped.json"  # why and where the last part of the training stopped
+SAVING_PREFIX = "saving-"  # a checkpoint being written: not a step-* folder until it is whole
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+SLACK_S = 15.0  # on top of a step and a save: the process's exit, a slow file system
+SAVE_BYTES_PER_S = 100e6  # a save's time before the first one is measured (a slow network disk)
+
+
+def job_deadline(environ=os.environ) -> float | None:
+    """When this training must be done by (seconds since the epoch), or None when nothing limits it."""
+    for key in ("STORYLM_TRAIN_UNTIL", "SLURM_JOB_END_TIME"):
+        if environ.get(key, "").strip():
+            return float(environ[key])
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        end = subprocess.run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+        return datetime.fromisoformat(end).timestamp()  # squeue prints the local time
+    except (OSError, subprocess.SubprocessError, ValueError):  # no squeue, or "Unknown": no known end
+        return None
+
+
+class Stopper:
+    """Decides before each batch whether the training stops there, and stops it with a checkpoint."""
+
+    def __init__(self, deadline: float | None, margin: float | None):
+        self.deadline = deadline
+        self.fixed_margin = margin
+        self.reason: str | None = None  # set by a signal
+        self.longest_step = 0.0
+        self.longest_save: float | None = None
+        self.state_bytes = 0
+        self.fit: dict = {}  # fit()'s arguments: fabric, state, out_dir, tokenizer_dir, train, ...
+        self.first_iter = 0
+        self.accumulation = 1  # micro-batches an optimizer step (fixed for a fit() call)
+        self.max_iters = 0  # the micro-batches fit() trains to, as litgpt.pretrain.fit counts them
+        self.last_boundary: float | None = None
+
+    # --- hooks -----------------------------------------------------------------------------------
+
+    def on_signal(self, signum: int, _frame) -> None:
+        if signum == signal.SIGINT and self.reason == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a save
+        self.reason = self.reason or signal.Signals(signum).name
+
+    def start(self, fit_arguments: dict) -> None:
+        """fit() is about to run: remember what a save needs."""
+        self.fit = fit_arguments
+        state = fit_arguments["state"]
+        self.first_iter = state["iter_num"]
+        train, fabric = fit_arguments["train"], fit_arguments["fabric"]
+        self.accumulation = train.gradient_accumulation_iters(fit_arguments["devices"], fit_arguments["num_nodes"])
+        tokens_per_iter = train.micro_batch_size * state["model"].max_seq_length
+        self.max_iters = train.max_tokens // fabric.world_size // tokens_per_iter
+        self.state_bytes = sum(p.numel() * p.element_size() for p in state["model"].parameters()) * 4
+        self.last_boundary = None
+
+    def margin(self) -> float:
+        if self.fixed_margin is not None:
+            return self.fixed_margin
+        save = self.longest_save if self.longest_save is not None else 5.0 + self.state_bytes / SAVE_BYTES_PER_S
+        return self.longest_step + save + SLACK_S
+
+    def before_batch(self) -> None:
+        """Called before each batch: stop here if asked and this is the end of an optimizer step."""
+        if not self.fit:
+            return
+        state, fabric = self.fit["state"], self.fit["fabric"]
+        if state["iter_num"] % self.accumulation:
+            return  # inside an optimizer step: its gradients are not in the state a checkpoint holds
+        now = time.monotonic()
+        if self.last_boundary is not None:
+            self.longest_step = max(self.longest_step, now - self.last_boundary)
+        self.last_boundary = now
+        if self.reason is None and self.deadline is not None and time.time() + self.margin() >= self.deadline:
+            self.reason = "deadline"
+        stop = self.reason is not None
+        if fabric.world_size > 1:  # every rank stops at the same step, or none does
+            import torch
+
+            stop = bool(fabric.all_reduce(torch.tensor(float(stop), device=fabric.device), reduce_op="max"))
+            self.reason = self.reason or ("another rank" if stop else None)
+        if stop and state["iter_num"] < self.max_iters:
+            self.stop()
+
+    def timed_save(self, save, *args) -> None:
+        """litgpt's save_checkpoint, timed: the margin holds the longest save."""
+        started = time.monotonic()
+        save(*args)
+        self.longest_save = max(self.longest_save or 0.0, time.monotonic() - started)
+
+    # --- the stop --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        from litgpt import pretrain
+
+        fabric, state, out_dir = self.fit["fabric"], self.fit["state"], Path(self.fit["out_dir"])
+        step = state["step_count"]
+        trained = (state["iter_num"] - self.first_iter) // self.accumulation
+        target = out_dir / f"step-{step:08d}"
+        started = time.monotonic()
+        if trained and not (target / "lit_model.pth").is_file():  # litgpt's save_interval may have saved it
+            saving = out_dir / f"{SAVING_PREFIX}{target.name}"
+            pretrain.save_checkpoint(fabric, state, self.fit["tokenizer_dir"], saving / "lit_model.pth")
+            fabric.barrier()
+            if fabric.global_rank == 0:
+                saving.rename(target)
+        fabric.barrier()
+        seconds = time.monotonic() - started
+        if fabric.global_rank == 0:
+            record = {"reason": self.reason, "step": step, "iter_num": state["iter_num"],
+                      "max_steps": self.max_iters // self.accumulation,
+                      "steps_this_part": trained, "checkpoint": str(target) if trained or target.is_dir() else None,
+                      "save_s": round(seconds, 3), "margin_s": round(self.margin(), 3), "time": time.time()}
+            (out_dir / STOPPED).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        saved = f"saved {target} in {seconds:.1f} s" if trained else "nothing new to save"
+        fabric.print(f"Stopped at step {step} ({self.reason}): {saved}; the same command resumes from it", flush=True)
+        for logger in fabric.loggers:  # what the loggers hold goes to their files first
+            logger.finalize("success")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        end_data_workers()
+        os._exit(STOP_EXIT)  # out at once: nothing is left to tidy (the loader's shutdown would wait for workers)
+
+
+def deaf_to_stop_signals() -> None:
+    """In the DataLoader's workers: ignore the stop signals. Slurm signals every process of the job
+    step, and torch's worker handler dies at SIGTERM, which fails the training ("DataLoader worker is
+    killed by signal") before it can save; the workers end with the training, as always."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def end_data_workers() -> None:
+    """Kill the DataLoader's workers once the training is over. They ignore SIGTERM (deaf_to_stop_signals),
+    and Python's exit ends its daemon processes with SIGTERM and then waits for them: it would wait forever."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join()
+
+
+def install(stopper: Stopper) -> None:
+    """Wrap litgpt.pretrain's fit, CycleIterator and save_checkpoint so that `stopper` sees each batch,
+    and make the data loader's workers ignore the stop signals."""
+    from litgpt import pretrain
+    from torch.utils.data._utils import signal_handling
+
+    set_worker_handlers = signal_handling._set_worker_signal_handlers
+
+    def worker_signal_handlers(*args):  # each worker calls it first thing (torch's worker loop)
+        set_worker_handlers(*args)
+        deaf_to_stop_signals()
+
+    signal_handling._set_worker_signal_handlers = worker_signal_handlers
+
+    original_fit, original_save = pretrain.fit, pretrain.save_checkpoint
+    fit_signature = inspect.signature(original_fit)
+
+    class StoppableCycle(pretrain.CycleIterator):
+        def __next__(self):
+            stopper.before_batch()
+            return super().__next__()
+
+    def fit(*args, **kwargs):
+        bound = fit_signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        stopper.start(dict(bound.arguments))
+        return original_fit(*args, **kwargs)
+
+    def save_checkpoint(*args):
+        stopper.timed_save(original_save, *args)
+
+    pretrain.CycleIterator = StoppableCycle
+    pretrain.fit = fit
+    pretrain.save_checkpoint = save_checkpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    margin = os.environ.get("STORYLM_STOP_MARGIN", "").strip()
+    stopper = Stopper(job_deadline(), float(margin) if margin else None)
+    for signum in SIGNALS:
+        signal.signal(signum, stopper.on_signal)
+    install(stopper)
+    atexit.register(end_data_workers)  # after multiprocessing's own exit handler, so it runs before it
+    from litgpt.__main__ import main as litgpt_main
+
+    # litgpt's CLI (and save_hyperparameters, which parses it again) read sys.argv as `litgpt <command> ...`.
+    sys.argv = ["litgpt", *argv]
+    litgpt_main()
+
+
+if __name__ == "__main__":
+    main()

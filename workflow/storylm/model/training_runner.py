@@ -1,0 +1,272 @@
+"""A litgpt training that any stage can run: locked, resumable, and stopped without losing work.
+
+A training stage renders a litgpt config, then calls `run(config_path, litgpt_command, fingerprint)`:
+
+- the stage folder (litgpt's out_dir) is locked for the whole run (storylm.io.stagelock), so a second
+  run in it refuses to start, and the lock passes to litgpt, so it holds while litgpt trains even
+  if this process is killed;
+- it resumes only the same work: checkpoints.json holds the sha256 of what the checkpoints beside
+  it were trained on (the rendered config and what it reads); when those changed (the corpus
+  was edited and the shards rebuilt), the old checkpoints and logs are moved to stale-<time>/ (not
+  deleted) and training starts afresh;
+- a latest checkpoint that cannot be loaded (a kill while saving) is set aside, so litgpt's
+  `resume: auto` falls back to the previous one;
+- litgpt runs under storylm.model.litgpt_train, which saves a step-* checkpoint and exits STOP_EXIT at a
+  signal or a margin before the Slurm job's end; under Slurm this runner then requeues its own job
+  (`scontrol requeue`) when the job still runs and the part trained at least one step, so a training
+  longer than a job finishes by itself. Any other failure is passed on as it is: no loop;
+- litgpt's output goes to progress.log as it comes, appended across resumed runs (the file to
+  watch); when training ends, the whole of it becomes train.log, the stage's declared log (an
+  output, so Snakemake deletes it when a job fails: the live log is kept apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from storylm.io.entry import StageError, atomic_path, write_json
+from storylm.io.filehash import file_sha256
+from storylm.io.stagelock import note, stage_lock
+from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED
+
+CHECKPOINT_NAME = "lit_model.pth"
+LIVE_LOG = "progress.log"
+TRAIN_LOG = "train.log"
+FINGERPRINT = "checkpoints.json"  # what the checkpoints beside it were trained on
+ENVIRONMENT = "environment.json"  # the machine of each part of the training (storylm.io.environment)
+# Besides step-*: what litgpt and this runner write while training ("logs" holds the csv and
+# tensorboard loggers' files).
+WORK = ("final", "logs", LIVE_LOG, TRAIN_LOG, ENVIRONMENT, STOPPED)
+# litgpt with the stop at a signal or a deadline; takes litgpt's own command line after it.
+LITGPT = (sys.executable, "-m", "storylm.model.litgpt_train")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints to resume from
+
+
+def step_checkpoints(out_dir: Path) -> list[Path]:
+    """step-* checkpoints, latest first (the order litgpt's resume: auto picks them in)."""
+    found = [p for p in out_dir.glob(f"step-*/{CHECKPOINT_NAME}") if p.parent.name.split("-")[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.parent.name.split("-")[1]), reverse=True)
+
+
+def checkpoint_loads(path: Path) -> bool:
+    from storylm.model.checkpoint import read_checkpoint
+
+    try:
+        state = read_checkpoint(path)
+    except StageError:
+        return False
+    return isinstance(state, dict) and "model" in state and "iter_num" in state
+
+
+def set_aside_corrupt_checkpoints(out_dir: Path) -> list[Path]:
+    """Rename unloadable latest checkpoints to corrupt-step-*, so resume falls back to the previous one."""
+    moved = []
+    for checkpoint in step_checkpoints(out_dir):
+        if checkpoint_loads(checkpoint):
+            break
+        target = checkpoint.parent.with_name(f"corrupt-{checkpoint.parent.name}-{int(time.time())}")
+        checkpoint.parent.rename(target)
+        print(f"WARNING: {checkpoint} cannot be loaded (interrupted while saving?); moved it to {target} and"
+              " resuming from the previous checkpoint instead", file=sys.stderr, flush=True)
+        moved.append(target)
+    return moved
+
+
+def remove_unfinished_saves(out_dir: Path) -> list[Path]:
+    """Delete saving-step-*: a save at a stop that was killed before it was whole (never resumed from)."""
+    unfinished = sorted(out_dir.glob(f"{SAVING_PREFIX}step-*"))
+    for folder in unfinished:
+        shutil.rmtree(folder)
+        print(f"WARNING: removed {folder}, a checkpoint whose save was cut off", file=sys.stderr, flush=True)
+    return unfinished
+
+
+# ---------------------------------------------------------------------------
+# Resuming only the same work
+
+
+def training_work(out_dir: Path) -> list[Path]:
+    """What a training leaves in its folder: checkpoints, logs, final/ (not its config, record or lock)."""
+    return sorted(p for p in out_dir.iterdir() if p.name.startswith("step-") or p.name in WORK)
+
+
+def set_aside_stale_work(out_dir: Path, files: dict[str, Path]) -> Path | None:
+    """Move the work of a different training (another config or other inputs) to stale-<time>/, so
+    that litgpt starts afresh instead of resuming it; then record this training's fingerprint.
+
+    Work from before fingerprints were recorded is kept when nothing it was trained on changed after
+    it (every fingerprinted file is older than the work); the folder it is moved to is returned.
+    """
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise StageError(f"{missing[0]}: missing (run the stage that makes it)")
+    fingerprint = {name: file_sha256(path) for name, path in files.items()}
+    recorded_path = out_dir / FINGERPRINT
+    recorded = json.loads(recorded_path.read_text(encoding="utf-8")) if recorded_path.is_file() else None
+    work = training_work(out_dir)
+    aside = None
+    if work and recorded != fingerprint and not (recorded is None and older_than(list(files.values()), work)):
+        aside = out_dir / time.strftime("stale-%Y%m%d-%H%M%S")
+        aside.mkdir()
+        for path in work:
+            # litgpt's resume: auto looks for step-*/*.pth anywhere below out_dir: a step folder set
+            # aside must not be named step-* any more.
+            path.rename(aside / (f"stale-{path.name}" if path.name.startswith("step-") else path.name))
+        changed = sorted(k for k in fingerprint if (recorded or {}).get(k) != fingerprint[k]) if recorded else []
+        why = f"{', '.join(changed)} changed since it was trained" if changed else "it has no fingerprint"
+        print(f"WARNING: {out_dir} held the work of another training ({why}): moved"
+              f" {', '.join(p.name for p in work)} to {aside}; training from scratch", file=sys.stderr, flush=True)
+    if recorded != fingerprint:
+        write_json(recorded_path, fingerprint)
+    return aside
+
+
+def older_than(sources: list[Path], work: list[Path]) -> bool:
+    return max(p.stat().st_mtime for p in sources) < min(p.stat().st_mtime for p in work)
+
+
+def record_environment(out_dir: Path) -> None:
+    """Each part of a (resumed) training appends the machine it ran on to environment.json."""
+    from storylm.io.environment import describe
+
+    path = out_dir / ENVIRONMENT
+    parts = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    write_json(path, [*parts, describe()])
+
+
+# ---------------------------------------------------------------------------
+# Running litgpt
+
+
+def litgpt_env() -> dict:
+    env = dict(os.environ)
+    # wandb without an API key would prompt for one; log offline instead (sync later with `wandb sync`).
+    # It writes to ./wandb/: Lightning's WandbLogger passes save_dir="." to wandb.init.
+    if not env.get("WANDB_API_KEY") and "WANDB_MODE" not in env:
+        env["WANDB_MODE"] = "offline"
+    return env
+
+
+def launch_command(litgpt_command: str, config_path: Path, out_dir: Path, srun_args: str | None = None) -> list[str]:
+    """litgpt <command> under storylm.model.litgpt_train; inside a Slurm job with several tasks, under srun with
+    one process per device.
+
+    This runner runs once per job (so checkpoints are checked once, without races) and srun starts
+    the devices x num_nodes litgpt processes that Lightning expects. The srun options are explicit
+    because Snakemake's job step clears the job's SLURM_* task settings.
+    """
+    # out_dir made absolute on the command line: litgpt's checkpoint saving parses its config with
+    # jsonargparse, which briefly changes the working directory, and the tensorboard logger's writer
+    # thread would then miss a relative log path. The YAML itself stays relative and portable.
+    command = [*LITGPT, litgpt_command, "--config", str(config_path), "--out_dir", str(out_dir.resolve())]
+    if srun_args and "SLURM_JOB_ID" in os.environ:
+        command = ["srun", "--kill-on-bad-exit=1", *shlex.split(srun_args), *command]
+    return command
+
+
+def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], srun_args: str | None = None) -> int:
+    """Run `litgpt <litgpt_command>` on a rendered config, resuming if it can; returns the stage's exit code.
+
+    `fingerprint` names the files the training is (the config and what it reads: a change in any
+    means other work). Signals are passed on to litgpt, which saves and stops at them.
+    """
+    litgpt_config = yaml.safe_load(config_path.read_text())
+    out_dir = Path(litgpt_config["out_dir"])
+    with stage_lock(out_dir, "storylm training") as lock:
+        set_aside_stale_work(out_dir, fingerprint)
+        remove_unfinished_saves(out_dir)
+        set_aside_corrupt_checkpoints(out_dir)
+        (out_dir / STOPPED).unlink(missing_ok=True)
+        record_environment(out_dir)
+        resume_from = step_checkpoints(out_dir)
+        print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
+              flush=True)
+        command = launch_command(litgpt_command, config_path, out_dir, srun_args)
+        print("running: " + shlex.join(command), flush=True)
+        # litgpt gets the default SIGINT handling even where this job was started with SIGINT ignored
+        # (a shell's background job, a pytest-xdist worker): an ignored SIGINT is inherited, and litgpt
+        # would then ignore the SIGINT passed on below. It inherits the lock too.
+        process = subprocess.Popen(command, env=litgpt_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, bufsize=1, start_new_session=True, pass_fds=(lock,),
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        note(lock, f"process {os.getpid()} (storylm training) and its litgpt, process {process.pid}")
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, lambda s, _frame: process.send_signal(s))
+        # The live log is kept beside the checkpoints and appended to, so a resumed run's log continues.
+        live = out_dir / LIVE_LOG
+        with open(live, "a", encoding="utf-8") as log:
+            for line in process.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                log.flush()
+            returncode = process.wait()
+            if returncode == STOP_EXIT:
+                returncode = after_stop(out_dir, log)
+        if returncode == 0:
+            with atomic_path(out_dir / TRAIN_LOG) as tmp:
+                shutil.copyfile(live, tmp)
+    return returncode
+
+
+# ---------------------------------------------------------------------------
+# After a stop: say what was saved, and under Slurm come back by itself
+
+
+def after_stop(out_dir: Path, log) -> int:
+    """Report a stopped training in both logs; requeue this Slurm job to resume it where that is right."""
+    try:
+        stopped = json.loads((out_dir / STOPPED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stopped = None
+    if stopped is None:
+        return say(log, STOP_EXIT, f"the training stopped (exit {STOP_EXIT}) without saying where; rerun to resume")
+    remain = stopped["max_steps"] - stopped["step"]
+    saved = f"saved step {stopped['step']}" if stopped["checkpoint"] else "saved nothing new"
+    summary = (f"training stopped ({stopped['reason']}) after {stopped['steps_this_part']} steps in this part:"
+               f" {saved}, {remain} of {stopped['max_steps']} steps remain")
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return say(log, STOP_EXIT, summary + "; run the same command again to resume")
+    if stopped["steps_this_part"] == 0 and stopped["reason"] == "deadline":
+        return say(log, 1, summary + f"; the Slurm job's time limit leaves no time for a step (a margin of"
+                   f" {stopped['margin_s']} s before its end): raise the rule's runtime")
+    state = slurm_job_state(job)
+    if state != "RUNNING":  # cancelled, timed out, or already being requeued by Slurm itself
+        return say(log, STOP_EXIT, summary + f"; Slurm job {job} is {state or 'gone'}: not requeued by the training")
+    if stopped["steps_this_part"] == 0:
+        return say(log, STOP_EXIT, summary + "; no step trained in this job: not requeued (it would loop)")
+    requeue = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if requeue.returncode != 0:
+        return say(log, STOP_EXIT, summary + f"; `scontrol requeue {job}` failed ({requeue.stderr.strip()}):"
+                   " rerun the pipeline to resume")
+    return say(log, STOP_EXIT, summary + f"; requeued Slurm job {job}, which resumes from it")
+
+
+def slurm_job_state(job: str) -> str:
+    try:
+        return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def say(log, returncode: int, message: str) -> int:
+    line = f"storylm: {message}\n"
+    sys.stdout.write(line)
+    sys.stdout.flush()
+    log.write(line)
+    log.flush()
+    return returncode

@@ -1,0 +1,223 @@
+"""Runs: several configs in one workflow, sharing every stage folder they can.
+
+A config's `runs:` maps run names to overrides that are deep-merged into the rest of the
+config (the base). No `runs:` means one run named `default`. Each run trains once per seed
+of its `seeds` (once with its `seed` when it lists none); the seed goes into the pretrain
+folder and everything after it, while corpus, tokenizer and shards are shared. Each run's resolved config
+goes through the schema and the checks of storylm.plan.config, and an error names the run and
+the key (`runs.wide.model_config.n_embd: ...`).
+
+Every stage folder is named by the hash of its settings (storylm.plan.stages), so two runs that
+differ only in model settings have the same corpus, tokenizer and shards hashes: the
+stage table below holds one entry per distinct hash, and Snakemake plans one job for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from storylm.io.entry import StageError
+from storylm.plan import config as config_checks
+from storylm.plan import stages
+from storylm.plan.schema import SchemaError, validate
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+DEFAULT_RUN = "default"
+
+
+class RunError(StageError):
+    """A run's config cannot work; the message names the run and the key."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """base with override's values; nested mappings are merged, everything else replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def check_run_name(name) -> None:
+    """A run name becomes a folder (results/runs/<run>) and a command-line word: it must be plain."""
+    if not isinstance(name, str):
+        raise RunError(f"runs.{name}: quote the name (YAML reads {name} as a {type(name).__name__})")
+    if not RUN_NAME.match(name):
+        raise RunError(f"runs.{name}: a run name may hold only letters, digits, _ . and -")
+    if not name.strip("."):
+        raise RunError(f"runs.{name}: a run name of dots only would name a folder above or at results/runs")
+    if name.startswith("-"):
+        raise RunError(f"runs.{name}: a run name may not start with '-' (commands would read it as an option)")
+
+
+def resolve(config: dict) -> tuple[dict, dict[str, dict]]:
+    """(base, {run name: resolved config}) in the order the config lists them; RunError names run and key."""
+    raw = copy.deepcopy(config)
+    for name in (config.get("runs") or {}) if isinstance(config.get("runs"), dict) else ():
+        check_run_name(name)  # before the schema, which cannot name an integer key
+    try:
+        base = validate(raw)
+    except SchemaError as error:
+        raise RunError(str(error)) from None
+    overrides = base.pop("runs") or {DEFAULT_RUN: {}}
+    raw.pop("runs", None)
+    runs = {}
+    for name, override in overrides.items():
+        check_run_name(name)
+        prefix = f"runs.{name}." if override else ""
+        try:
+            resolved = validate(deep_merge(raw, override or {}), prefix=prefix)  # its errors carry the prefix
+            resolved.pop("runs")
+        except SchemaError as error:
+            raise RunError(str(error)) from None
+        try:
+            config_checks.check(resolved)
+        except config_checks.ConfigError as error:
+            raise RunError(prefix + str(error)) from None
+        runs[name] = resolved
+    return base, runs
+
+
+def differences(base: dict, run: dict, prefix: str = "") -> dict[str, object]:
+    """The dotted keys whose values differ between two resolved configs."""
+    diff = {}
+    for key in sorted(set(base) | set(run)):
+        a, b = base.get(key), run.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff.update(differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            diff[prefix + key] = b
+    return diff
+
+
+def seeds_of(run_config: dict) -> list[int]:
+    """The training seeds of a run: its `seeds`, or its one `seed` when it lists none."""
+    return list(run_config["seeds"] or [run_config["seed"]])
+
+
+def training_config(run_config: dict, seed: int) -> dict:
+    """The config of one training of a run: the run's, with `seed` the training's. A run without `seeds`
+    trains once with its `seed`, so its folders are the ones it had before seeds existed."""
+    return {**run_config, "seed": seed}
+
+
+@dataclass
+class Stage:
+    """One stage folder: its hash, the settings its command gets, and the trainings that use it."""
+
+    name: str
+    hash: str
+    record: dict
+    config: dict  # the resolved config of the first training that uses it
+    trainings: list[tuple[str, int]] = field(default_factory=list)  # (run, seed)
+
+    @property
+    def folder(self) -> str:
+        return stages.folder(self.name, self.hash)
+
+    @property
+    def runs(self) -> list[str]:
+        return list(dict.fromkeys(run for run, _ in self.trainings))
+
+
+@dataclass
+class Plan:
+    """Every run, each run's trainings (one per seed), and every distinct stage folder they need."""
+
+    base: dict  # the config without its runs, defaults filled in
+    runs: dict[str, dict]  # run -> its resolved config
+    seeds: dict[str, list[int]]  # run -> its training seeds
+    hashes: dict[str, dict[int, dict[str, str]]]  # run -> seed -> stage -> hash
+    stages: dict[str, dict[str, Stage]]  # stage -> hash -> Stage
+
+    def stage(self, name: str, hash_: str) -> Stage:
+        return self.stages[name][hash_]
+
+    def upstream(self, stage: str, hash_: str, name: str) -> Stage:
+        """The `name` folder that this `stage` folder was built from: named in its record's inputs, or,
+        for a stage it reads through them (storylm.plan.stages reads_through), in theirs, nearest first."""
+        frontier = [self.stage(stage, hash_)]
+        while frontier:
+            for entry in frontier:
+                if name in entry.record["inputs"]:
+                    return self.stage(name, entry.record["inputs"][name])
+            frontier = [self.stage(n, h) for entry in frontier for n, h in entry.record["inputs"].items()]
+        raise KeyError(f"{stages.folder(stage, hash_)}: built from no {name} folder")
+
+    def run_stage(self, run: str, name: str, seed: int | None = None) -> Stage:
+        """The stage folder of a run's training with `seed` (default: the run's first)."""
+        seed = self.seeds[run][0] if seed is None else seed
+        return self.stages[name][self.hashes[run][seed][name]]
+
+    def run_file(self, run: str, seed: int, role: str) -> str:
+        """A training's file of `role` (storylm.plan.stages: provides), from the last stage that provides it."""
+        name = stages.last_provider(role)
+        return f"{self.run_stage(run, name, seed).folder}/{stages.BY_NAME[name].provides[role]}"
+
+    def run_hashes(self, run: str, seed: int | None = None) -> dict[str, str]:
+        """stage -> hash of a run's training with `seed` (default: the run's first)."""
+        return self.hashes[run][self.seeds[run][0] if seed is None else seed]
+
+    def trainings(self) -> list[tuple[str, int]]:
+        return [(run, seed) for run, seeds in self.seeds.items() for seed in seeds]
+
+    def training_info(self, run: str, seed: int) -> dict:
+        """What a training's results say of it (results/runs/<run>/seed-<seed>/metrics.json): the hashes
+        of the stages it uses (not, say, a download for builtin stories), its config, and how its run
+        differs from the base. One place, for the rules (run_results) and storylm.compare alike."""
+        return {
+            "run": run,
+            "seed": seed,
+            "stage_hashes": {stage: h for stage, h in self.hashes[run][seed].items() if h in self.stages.get(stage, {})},
+            "export_dir": self.run_stage(run, "export", seed).folder,
+            "corpus_source": self.runs[run]["corpus"]["source"],
+            "differs_from_base": differences(self.base, self.runs[run]),
+            "config": training_config(self.runs[run], seed),
+        }
+
+    def folders(self) -> dict[str, list[str]]:
+        """{folder: runs that use it} over every stage of every training."""
+        return {stage.folder: stage.runs for by_hash in self.stages.values() for stage in by_hash.values()}
+
+
+def plan(config: dict) -> Plan:
+    base, runs = resolve(config)
+    seeds, hashes, by_stage = {}, {}, {}
+    for name, run_config in runs.items():
+        seeds[name] = seeds_of(run_config)
+        hashes[name] = {}
+        for seed in seeds[name]:
+            trained = training_config(run_config, seed)
+            records = stages.records(trained)
+            hashes[name][seed] = {stage: record["hash"] for stage, record in records.items()}
+            for stage in stages.active(trained):
+                hash_ = hashes[name][seed][stage]
+                entry = by_stage.setdefault(stage, {}).setdefault(hash_, Stage(stage, hash_, records[stage], trained))
+                entry.trainings.append((name, seed))
+    return Plan(base, runs, seeds, hashes, by_stage)
+
+
+def load_config(configfiles: list[Path] = (), overrides: list[str] = (), root: Path = Path(".")) -> dict:
+    """The config as Snakemake reads it (the one loader of "config.yaml plus overlays", for the tools that
+    take Snakemake's options and for the tests): <root>/config/config.yaml, each --configfile (relative
+    to root) merged over it, then each --config KEY=VALUE (strings, coerced by the schema later)."""
+    config = {}
+    for path in [Path("config/config.yaml"), *map(Path, configfiles)]:
+        path = root / path
+        if not path.is_file():
+            raise StageError(f"{path}: no such config file")
+        config = deep_merge(config, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise StageError(f"--config {item}: give KEY=VALUE")
+        # As Snakemake: YAML read without types (strings); the schema coerces them.
+        config = deep_merge(config, {key: yaml.load(value, Loader=yaml.BaseLoader)})
+    return config

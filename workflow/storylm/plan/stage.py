@@ -1,0 +1,100 @@
+"""One protocol for every stage command: its record checked once, its folder locked, its record written last.
+
+A stage command is its own logic plus one call:
+
+    def main(argv=None):
+        parser = stage_parser("python -m storylm.tokenizer", __doc__)
+        parser.add_argument("--corpus", type=Path, help="...")
+        stage_main(parser, build_stage, argv)
+
+`stage_main` parses the command line, reads --record (the stage's settings and the hashes it was
+built from, as JSON: storylm.plan.stages.records) and checks it, holds the folder's lock
+(storylm.io.stagelock) while the stage runs, then writes environment.json (the machine it ran on,
+storylm.io.environment) and, last, the record as config.json: a folder with its record is a finished
+stage, and a stage killed before the end leaves none. `run(args, config)` gets the parsed arguments
+and the record's settings and returns the summary the command prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from storylm.io.entry import RECORD, StageError, first_line, write_json
+from storylm.io.environment import describe
+from storylm.io.stagelock import LOCK_FILE, is_locked, stage_lock
+
+ENVIRONMENT = "environment.json"
+RECORD_KEYS = ("stage", "hash", "inputs", "config")  # what storylm.plan.stages.records writes
+
+
+def stage_parser(prog: str, doc: str | None, out_help: str = "the stage's folder") -> argparse.ArgumentParser:
+    """A stage command's parser with the two arguments every stage takes: --record and --out."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_stage_arguments(parser, out_help)
+    return parser
+
+
+def add_stage_arguments(parser: argparse.ArgumentParser, out_help: str = "the stage's folder") -> None:
+    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+
+
+def read_record(text: str, stage: str | None = None) -> dict:
+    """The --record argument as a dict, checked: a config error names --record and what is wrong."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise StageError(f"--record: not valid JSON ({first_line(error)})") from None
+    if not isinstance(record, dict):
+        raise StageError("--record: not a JSON object")
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        raise StageError(f"--record: no {', '.join(missing)} (a stage record has {', '.join(RECORD_KEYS)})")
+    if not isinstance(record["config"], dict):
+        raise StageError("--record: config is not a JSON object")
+    if stage is not None and record["stage"] != stage:
+        raise StageError(f"--record: the record of stage {record['stage']!r}, given to the {stage} command")
+    return record
+
+
+def finish_stage(folder: Path, record: dict, record_name: str = RECORD, environment: str | None = ENVIRONMENT) -> None:
+    """The machine the stage ran on, then its record: the record last, after every other output."""
+    if environment is not None:
+        write_json(Path(folder) / environment, describe())
+    write_json(Path(folder) / record_name, record)
+
+
+Run = Callable[[argparse.Namespace, dict], "str | None"]
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove a folder that holds nothing but its free lock file."""
+    lock = folder / LOCK_FILE
+    if {p.name for p in folder.iterdir()} <= {LOCK_FILE} and not is_locked(folder):
+        lock.unlink(missing_ok=True)
+        folder.rmdir()
+
+
+def stage_main(parser: argparse.ArgumentParser, run: Run, argv: list[str] | None = None,
+               stage: str | None = None) -> None:
+    """Parse, check the record, and run the stage under its folder's lock; write the record last."""
+    run_in_folder(parser.parse_args(argv), run, stage, parser.prog)
+
+
+def run_in_folder(args: argparse.Namespace, run: Run, stage: str | None, command: str) -> None:
+    """The protocol for parsed arguments (a command with subcommands parses them itself)."""
+    record = read_record(args.record, stage)
+    made = not args.out.exists()
+    try:
+        with stage_lock(args.out, command):  # one writer of the folder at a time
+            summary = run(args, record["config"])
+            finish_stage(args.out, record)
+    except BaseException:
+        if made:  # a stage that failed before writing anything leaves no folder behind
+            remove_if_empty(args.out)
+        raise
+    if summary:
+        print(summary)

@@ -1,0 +1,1 @@
+"""Figures and comparisons: litgpt's log, a training's results, intervals, verdicts, the runs tables."""
