@@ -247,7 +247,12 @@ class SnakemakeRun:
 
     def describe(self, tail: int = 80) -> str:
         lines = self.output.splitlines()[-tail:]
-        text = [f"$ (cd {self.workdir} && {shlex.join(self.cmd)})", *lines]
+        text = [f"$ (cd {self.workdir} && {shlex.join(self.cmd)})"]
+        # The rules' own logs first (the cause of a failed job is there), then snakemake's and the jobs'.
+        for log in [*sorted((self.workdir / "logs").rglob("*.log")), *sorted(self.workdir.glob("results/*/*/progress.log"))]:
+            text.append(f"--- {log.relative_to(self.workdir)}")
+            text += log.read_text(errors="replace").splitlines()[-12:]
+        text += ["--- snakemake", *lines]
         for job in self.submitted():
             text.append(f"--- Slurm job {job.slurm_jobid} ({job.rule}): {job.log}")
             if job.log.exists():

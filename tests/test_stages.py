@@ -151,6 +151,21 @@ def test_stage_record_names_its_inputs():
     assert record["config"] == {"chunk_bytes": "16MB"}
 
 
+def test_records_until_a_stage_are_the_first_records_and_no_more(tmp_path, monkeypatch):
+    """config.tokenizer_at_hand needs the tokenizer's hash only: it computes the records up to it, the same
+    as the full records, and hashes no file a later stage's fingerprint reads (an extra set)."""
+    extra = tmp_path / "mine.jsonl"
+    extra.write_text('{"text": "从前。"}\n', encoding="utf-8")
+    config = default_config()
+    config["evaluate"]["extra_sets"] = [{"name": "mine", "path": str(extra)}]
+    hashed = []
+    monkeypatch.setattr(stages, "file_sha256", lambda path: hashed.append(Path(path)) or "0" * 64)
+    early = stages.records(config, until="tokenizer")
+    assert list(early) == list(stages.ORDER[:stages.ORDER.index("tokenizer") + 1]) and hashed == []
+    assert early == {name: record for name, record in stages.records(config).items() if name in early}
+    assert hashed == [extra]
+
+
 # ---------------------------------------------------------------------------
 # The table against what the fingerprints really read
 

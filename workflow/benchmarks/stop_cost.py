@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -49,7 +50,8 @@ def prepared_workflow(root: Path) -> Path:
     config["eval"] = {**config.get("eval", {}), "interval": 100000, "final_validation": False}
     (root / "bench.yaml").write_text(yaml.safe_dump(config))
     subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "bench.yaml", "--until",
-                    "pretrain_config", "--quiet"], cwd=root, check=True)
+                    "pretrain_config", "--quiet"], cwd=root, check=True,
+                   env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})  # the rules' python
     return next((root / "results" / "pretrain").glob("*/pretrain.yaml"))
 
 

@@ -124,7 +124,8 @@ def tokenizer_at_hand(config: dict) -> Path | None:
     """A tokenizer folder that exists now: the tokenizer stage's own folder, else a local pretrained one."""
     from storylm.plan import stages
 
-    built = Path(stages.folder("tokenizer", stages.records(config)["tokenizer"]["hash"]))
+    # Only the stages up to the tokenizer: the plan computes every record once, later (storylm.plan.runs).
+    built = Path(stages.folder("tokenizer", stages.records(config, until="tokenizer")["tokenizer"]["hash"]))
     if (built / "tokenizer_config.json").is_file():
         return built
     tok = config["tokenizer"]

@@ -316,14 +316,15 @@ def active(config: dict) -> list[str]:
     return [spec.name for spec in STAGES if spec.needed(config)]
 
 
-def records(config: dict) -> dict[str, dict]:
+def records(config: dict, until: str | None = None) -> dict[str, dict]:
     """Every stage's record: its settings and the hashes it was built from (a folder's config.json).
 
     Computed once for all stages: the fingerprints read and hash files (a pretrained
-    tokenizer's, the extra evaluation sets, local corpus files).
+    tokenizer's, the extra evaluation sets, local corpus files). With `until`, only the stages up
+    to that one in table order (all it can read), for a check that needs one early stage's hash.
     """
     found: dict[str, dict] = {}
-    for spec in STAGES:
+    for spec in STAGES[:ORDER.index(until) + 1] if until else STAGES:
         settings = spec.fingerprint(config)
         upstream = {name: found[name]["hash"] for name in inputs(spec.name, config)}
         found[spec.name] = {"stage": spec.name,
