@@ -279,13 +279,14 @@ def run_snakemake(
     background: bool = False,
     timeout: float = 600,
     log_name: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> SnakemakeRun:
     """Run ``snakemake --profile <profile> [overrides] [args]`` in `workdir`.
 
     The workflow profile profiles/default/ applies as usual if workdir has one (link
     the repository's into it to test the real combination). With background=True
     returns at once (call .wait()/.check() later); else waits and returns the finished
-    run (not checked: call .check()).
+    run (not checked: call .check()). `env` adds variables (sbatch passes them on to the jobs).
     """
     workdir = Path(workdir)
     cmd = [PYTHON, "-m", "snakemake"]
@@ -298,7 +299,7 @@ def run_snakemake(
     with open(log, "w") as out:
         proc = subprocess.Popen(
             cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=snakemake_env(),
+            stdin=subprocess.DEVNULL, env={**snakemake_env(), **(env or {})},
             # SIGINT makes snakemake cancel its Slurm jobs; a shell that started
             # pytest in the background may have set it to "ignore"
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),

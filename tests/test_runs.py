@@ -302,3 +302,17 @@ def test_every_sweep_file_plans_its_runs_on_one_corpus(path):
     sweep_plan = plan({**base, **sweep})
     assert list(sweep_plan.runs) == list(sweep["runs"])
     assert len({sweep_plan.run_hashes(run)["corpus"] for run in sweep_plan.runs}) == 1
+
+
+def test_a_jobs_own_plan_skips_the_value_checks_and_never_imports_litgpt():
+    """A Slurm job's snakemake plans again before it runs its one rule; the value checks build each
+    model with litgpt (torch and lightning: 5-10 s of a job's time limit), which its main process did."""
+    script = ("import sys; from storylm.plan.runs import load_config, plan;"
+              " config = load_config(); config['model_config'] = {'n_embd': 64, 'n_head': 7};"  # 7 heads cannot split 64
+              " plan(config, check_values=False); print(sorted(m for m in ('litgpt', 'torch', 'lightning')"
+              " if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
+    with pytest.raises(RunError, match="model_config.n_head"):
+        plan({**tiny_config(), "model_config": {"n_embd": 64, "n_head": 7}})

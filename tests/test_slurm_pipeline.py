@@ -143,7 +143,9 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
     config = copy.deepcopy(config)
     config["seed"] = 6
     # About 6.5 ms a step on one thread (2-3 ms of compute, the rest litgpt's loop): about 90 s of
-    # training, where a 1-minute job trains about 30 s (its start, then the margin before its end).
+    # training, where a 1-minute job trains 30-40 s: its start (15-30 s, the machine running other
+    # tests), then the margin before its end, set to 6 s (a save here takes 0.3 s). The default margin,
+    # 20 s, is for real models; under load it would leave a 1-minute job too little to train in.
     steps = 14000
     config["train"].update(max_tokens=steps * 4 * 64, save_interval=None, log_interval=500)
     config["eval"].update(interval=100000)
@@ -154,7 +156,8 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
                                   "--until", "pretrain"], cwd=local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     run = run_snakemake(workdir, "--until", "pretrain", profile=workdir / "profiles" / "slurm",
-                        overrides=overrides(slurm_cluster, set_resources={"pretrain": {"runtime": 1}}), background=True)
+                        overrides=overrides(slurm_cluster, set_resources={"pretrain": {"runtime": 1}}), background=True,
+                        env={"STORYLM_STOP_MARGIN": "6"})
     try:
 
         def ended():

@@ -64,17 +64,19 @@ def steps_logged(out: Path) -> list[tuple[int, float]]:
 
 def one_part(root: Path, config: Path, out: Path, stop_after: int | None) -> dict | None:
     """Train until `stop_after` more steps are logged, then SIGTERM; None when it ran to its end."""
+    output = open(root / "stage.log", "w")  # the stage command's own output: shown if it fails
     process = subprocess.Popen([sys.executable, "-m", "storylm.pretrain", "run", "--config", str(config)], cwd=root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={"PYTHONPATH": str(root / "workflow"), "PATH": str(Path(sys.executable).parent)})
+                               stdout=output, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": str(root / "workflow"),
+                                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     start = steps_logged(out)[-1][0] if steps_logged(out) else 0
     if stop_after is None:
         process.wait()
         return None
     while not steps_logged(out) or steps_logged(out)[-1][0] < start + stop_after:
         if process.poll() is not None:
-            sys.exit(f"stop_cost: the training exited ({process.returncode}) before step {start + stop_after};"
-                     f" its output: {out / LIVE_LOG}")
+            tail = "\n".join((root / "stage.log").read_text().splitlines()[-20:])
+            sys.exit(f"stop_cost: the training exited ({process.returncode}) before step {start + stop_after}:\n{tail}")
         time.sleep(0.05)
     at_signal = steps_logged(out)[-1][0]
     sent = time.monotonic()

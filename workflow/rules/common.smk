@@ -23,8 +23,10 @@ from storylm.plan.runs import plan  # noqa: E402
 from storylm.plan import stages  # noqa: E402
 from storylm.model.tokens import TOKENIZER_FILES  # noqa: E402
 
+# A job's own snakemake (a Slurm job's, Snakemake's remote mode) trusts the checks its main process
+# made: they build each model with litgpt, whose import takes seconds of every job's time limit.
 try:
-    PLAN = plan(config)
+    PLAN = plan(config, check_values=workflow.is_main_process)
 except StageError as error:
     raise WorkflowError(f"Invalid config: {error}") from None
 

@@ -57,8 +57,11 @@ def check_run_name(name) -> None:
         raise RunError(f"runs.{name}: a run name may not start with '-' (commands would read it as an option)")
 
 
-def resolve(config: dict) -> tuple[dict, dict[str, dict]]:
-    """(base, {run name: resolved config}) in the order the config lists them; RunError names run and key."""
+def resolve(config: dict, check_values: bool = True) -> tuple[dict, dict[str, dict]]:
+    """(base, {run name: resolved config}) in the order the config lists them; RunError names run and key.
+
+    check_values=False skips storylm.plan.config's checks (building each model with litgpt, which
+    imports torch and lightning: seconds): for a job's own snakemake, whose main process checked them."""
     raw = copy.deepcopy(config)
     for name in (config.get("runs") or {}) if isinstance(config.get("runs"), dict) else ():
         check_run_name(name)  # before the schema, which cannot name an integer key
@@ -78,7 +81,8 @@ def resolve(config: dict) -> tuple[dict, dict[str, dict]]:
         except SchemaError as error:
             raise RunError(str(error)) from None
         try:
-            config_checks.check(resolved)
+            if check_values:
+                config_checks.check(resolved)
         except config_checks.ConfigError as error:
             raise RunError(prefix + str(error)) from None
         runs[name] = resolved
@@ -187,8 +191,8 @@ class Plan:
         return {stage.folder: stage.runs for by_hash in self.stages.values() for stage in by_hash.values()}
 
 
-def plan(config: dict) -> Plan:
-    base, runs = resolve(config)
+def plan(config: dict, check_values: bool = True) -> Plan:
+    base, runs = resolve(config, check_values)
     seeds, hashes, by_stage = {}, {}, {}
     for name, run_config in runs.items():
         seeds[name] = seeds_of(run_config)
