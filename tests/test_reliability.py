@@ -333,6 +333,27 @@ def test_a_model_litgpt_refuses_is_refused_with_its_reason():
         resolve(config)
 
 
+def test_a_model_built_once_is_not_built_again_and_a_refused_one_always_is(tmp_path):
+    """Each snakemake run plans: a model this litgpt and torch built before skips litgpt's import
+    (seconds); one litgpt refused is refused again, never remembered."""
+    good, bad = tiny_config(), tiny_config()
+    bad["model_config"]["rotary_percentage"] = 3.0
+    script = ("import json, sys; from storylm.plan.runs import resolve; from storylm.io.entry import StageError\n"
+              "try:\n    resolve(json.loads(sys.argv[1])); print('ok', 'litgpt' in sys.modules)\n"
+              "except StageError as error:\n    print('refused', 'litgpt' in sys.modules)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "PYTHONPATH": str(REPO / "workflow")}
+
+    def plan_in_a_new_process(config):
+        return subprocess.run([sys.executable, "-c", script, json.dumps(config)], env=env, cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    assert plan_in_a_new_process(good) == ["ok", "True"]  # built by litgpt
+    assert plan_in_a_new_process(good) == ["ok", "False"]  # remembered
+    assert len((tmp_path / "storylm" / "passed-checks").read_text().split()) == 1
+    assert plan_in_a_new_process(bad) == ["refused", "True"]
+    assert plan_in_a_new_process(bad) == ["refused", "True"]  # not remembered: built and refused again
+
+
 def test_a_prompt_longer_than_the_block_is_refused_when_the_tokenizer_is_at_hand(tmp_path):
     from tiny_checkpoint import make_checkpoint
 

@@ -7,9 +7,14 @@ Each error names the key. They run on every run's resolved config before any job
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+from importlib import metadata
 from pathlib import Path
 
 from storylm.io.entry import StageError, first_line
+from storylm.io.filehash import file_sha256
 from storylm.model.tokens import tokenizer_ids
 
 
@@ -41,10 +46,42 @@ def check(config: dict) -> None:
 def _check_model(config: dict) -> None:
     """The model as litgpt builds it: known keys, then litgpt's Config and GPT (on the meta device:
     no memory), so a shape litgpt refuses stops here, not in the pretrain job."""
+    model = config["model_config"]
+    once("model", model, lambda: _build_model(model))
+
+
+# Every snakemake run plans, and the checks that need litgpt import it (torch, lightning: 2-10 s a
+# run). A check that passed is remembered with what it read and the litgpt and torch versions, and
+# not run again on the same; a failed one is never remembered.
+
+
+def passed_checks_file() -> Path:
+    """One key a line of each check that passed (a user cache, as Snakemake's ~/.cache/snakemake)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "storylm" / "passed-checks"
+
+
+def once(check: str, inputs, run) -> None:
+    """run() (which raises ConfigError when the check fails) unless it passed before on the same inputs."""
+    versions = {name: metadata.version(name) for name in ("litgpt", "torch")}
+    key = hashlib.sha256(json.dumps([check, inputs, versions], sort_keys=True, default=str).encode()).hexdigest()
+    try:
+        if key in passed_checks_file().read_text(encoding="utf-8").split():
+            return
+    except OSError:
+        pass
+    run()
+    try:  # a cache: where it cannot be written, the next run checks again
+        passed_checks_file().parent.mkdir(parents=True, exist_ok=True)
+        with open(passed_checks_file(), "a", encoding="utf-8") as file:
+            file.write(key + "\n")  # one short append: concurrent runs cannot tear it
+    except OSError:
+        pass
+
+
+def _build_model(model: dict) -> None:
     import torch
     from litgpt import GPT, Config
 
-    model = config["model_config"]
     known = {f.name for f in dataclasses.fields(Config)}
     for key in model:
         if key not in known:
@@ -113,11 +150,18 @@ def check_vocab(model: dict, needed: int) -> None:
 def _check_prompts(config: dict) -> None:
     """Prompts against the block size, when the tokenizer is at hand (a local one, or one built by an
     earlier run); otherwise the sample_prompts job checks them as soon as the tokenizer is built."""
-    from litgpt import Tokenizer
-
     folder = tokenizer_at_hand(config)
-    if folder is not None:
-        check_prompt_tokens(config["sample"]["prompts"], Tokenizer(folder), config["model_config"]["block_size"])
+    if folder is None:
+        return
+    prompts, block_size = config["sample"]["prompts"], config["model_config"]["block_size"]
+    files = {path.name: file_sha256(path) for path in sorted(folder.iterdir()) if path.is_file()}
+
+    def check():
+        from litgpt import Tokenizer
+
+        check_prompt_tokens(prompts, Tokenizer(folder), block_size)
+
+    once("prompts", [prompts, block_size, files], check)
 
 
 def tokenizer_at_hand(config: dict) -> Path | None:
