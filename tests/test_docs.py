@@ -30,7 +30,7 @@ def test_every_config_key_has_a_description_and_is_documented():
         assert f"`{key}`" in readme, f"{key} is missing from config/README.md"
 
 
-TOOLS = ("snakemake", "snakemake-executor-plugin-slurm", "pytest", "pytest-xdist", "snakefmt", "ruff", "vulture")
+TOOLS = ("snakemake", "snakemake-executor-plugin-slurm", "psutil", "pytest", "pytest-xdist", "snakefmt", "ruff", "vulture")
 
 
 def test_conda_env_mirrors_the_pip_pins():

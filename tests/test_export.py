@@ -26,6 +26,7 @@ from storylm import export
 from storylm.hub import export_check, model_card
 from storylm.hub import folder as export_folder
 from storylm.io.entry import run_stage
+from storylm.io.filehash import file_sha256
 from storylm.io.jsonl import write_texts
 from storylm.model.tokens import encode_batch
 from storylm.sample import sample_all
@@ -339,7 +340,12 @@ def test_default_kind_folder(default_kind):
         name for name in export_folder.DESCRIBED if name in names]
     config = json.loads((folder / "config.json").read_text())
     assert (config["vocab_size"], config["head_dim"], config["tie_word_embeddings"]) == (512, 8, True)
-    assert json.loads((folder / export_folder.STAGE_RECORD).read_text()) == RECORD
+    record = json.loads((folder / export_folder.STAGE_RECORD).read_text())
+    assert {key: value for key, value in record.items() if key not in ("files", "read")} == RECORD
+    # It lists every file of the folder but itself, with its size and sha256.
+    listed = {path.relative_to(folder).as_posix(): [path.stat().st_size, file_sha256(path)]
+              for path in folder.rglob("*") if path.is_file() and path.name != export_folder.STAGE_RECORD}
+    assert record["files"] == listed
     generation = json.loads((folder / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 2)
     assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 20)

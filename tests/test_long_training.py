@@ -107,18 +107,19 @@ def test_a_training_stopped_twice_saves_where_it_stood_and_ends_with_the_weights
 
 
 def test_the_deadline_comes_from_the_environment_or_squeue(monkeypatch, tmp_path):
-    assert job_deadline({}) is None
-    assert job_deadline({"STORYLM_TRAIN_UNTIL": "1700000000"}) == 1700000000.0
-    assert job_deadline({"SLURM_JOB_ID": "7", "SLURM_JOB_END_TIME": "1700000123"}) == 1700000123.0
+    assert job_deadline({}) == (None, None)
+    assert job_deadline({"STORYLM_TRAIN_UNTIL": "1700000000"}) == (1700000000.0, "STORYLM_TRAIN_UNTIL")
+    assert job_deadline({"SLURM_JOB_ID": "7", "SLURM_JOB_END_TIME": "1700000123"}) == (1700000123.0,
+                                                                                        "SLURM_JOB_END_TIME")
     # Without SLURM_JOB_END_TIME, squeue's %e (the local time); "Unknown" means no limit.
     squeue = tmp_path / "squeue"
     squeue.write_text('#!/bin/sh\n[ "$*" = "-h -j 7 -o %e" ] && echo "$END"\n')
     squeue.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("END", "2026-12-06T10:30:00")
-    assert job_deadline({"SLURM_JOB_ID": "7"}) == time.mktime((2026, 12, 6, 10, 30, 0, 0, 0, -1))
+    assert job_deadline({"SLURM_JOB_ID": "7"}) == (time.mktime((2026, 12, 6, 10, 30, 0, 0, 0, -1)), "squeue")
     monkeypatch.setenv("END", "Unknown")
-    assert job_deadline({"SLURM_JOB_ID": "7"}) is None
+    assert job_deadline({"SLURM_JOB_ID": "7"}) == (None, None)
 
 
 def test_the_margin_covers_the_longest_step_and_save():

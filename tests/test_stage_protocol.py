@@ -3,6 +3,7 @@ stage runs, environment.json and the record written last, and nothing of the rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -31,7 +32,10 @@ def test_a_stage_writes_its_outputs_the_machine_and_its_record_last(tmp_path):
 
     stage.stage_main(demo_parser(), run, ["--record", json.dumps(RECORD), "--out", str(out)], "demo")
     assert seen == {"config": {"size": 3}, "locked": True}
-    assert json.loads((out / "config.json").read_text()) == RECORD
+    # The record, with the files the folder provides (size, sha256 of "xxx") and the folders it read (a
+    # corpus folder with no record here: None).
+    assert json.loads((out / "config.json").read_text()) == {
+        **RECORD, "files": {"result.txt": [3, hashlib.sha256(b"xxx").hexdigest()]}, "read": {"corpus": None}}
     environment = json.loads((out / "environment.json").read_text())
     assert set(environment) == {"torch_threads", "omp_num_threads", "cpu", "gpus", "python", "versions"}
     # The record is the last output written: every other output is older or as old.

@@ -12,3 +12,5 @@ _.rule_file  # noqa: B018 - storylm.plan.stages: the Snakefile includes each sta
 _.provider  # noqa: B018 - storylm.plan.stages: common.smk's role() input function asks it which stage provides a role
 _.ancestors  # noqa: B018 - storylm.plan.stages: common.smk derives LINEAGE (the stages a sample descends from) from both
 _.always_needed  # noqa: B018
+_.stop_jobs_at_sigterm  # noqa: B018 - storylm.io.stopjobs: common.smk's onstart installs it
+_.set_aside_damaged  # noqa: B018 - storylm.plan.integrity: common.smk calls it on the plan before each run

@@ -15,6 +15,7 @@ Stage commands, in the order they run:
     report          each run's results folder, the runs table, the comparison plot, all samples
 
 Tools a person runs:
+    check           stage folders checked against the files their records list
     clean           list stage folders with the runs that use them; remove the unused ones
     compare         two runs side by side in a terminal: intervals, differences, verdicts
     config_docs     config/README.md's table of keys, from config/schema.yaml
@@ -31,6 +32,8 @@ storylm.io, files and the error model:
     jsonl           the corpus stage's split files
     stagelock       an exclusive lock on a stage folder for a stage command's whole life
     environment     the machine a stage ran on (threads, CPU, GPU, versions)
+    contents        a finished stage folder's files, with sizes and sha256s, and the check against them
+    stopjobs        a SIGTERM to snakemake passed on to its running jobs, so a training saves and stops
 
 storylm.stories, the text of stories:
     storytext       the one cleaning rule of stories
@@ -60,6 +63,7 @@ storylm.plan, what to run:
     config          config checks the schema cannot express
     runs            a config's runs and their seeds resolved, and the plan of every stage folder they need
     stage           the protocol of every stage command: its record checked, its folder locked, the record last
+    integrity       finished folders checked before each run; a damaged one's record set aside, so it is rebuilt
 
 storylm.hub, the export folder and its clients:
     folder          the export folder's files: their names, what each holds, the one logits tolerance

@@ -36,6 +36,7 @@ from storylm.io import jsonl
 from storylm.io.entry import StageError, atomic_path, exit_with, first_line, write_json
 from storylm.model.checkpoint import load_model, load_tokenizer, parameter_count
 from storylm.model.tokens import encode_batch
+from storylm.plan.integrity import require_intact
 from storylm.plan.stage import stage_main, stage_parser
 from storylm.results import litgpt_log
 from storylm.results.figures import WHOLE_STORIES, WINDOWS
@@ -247,6 +248,8 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
              settings: dict, train_split: Path | None = None, val_split: Path | None = None) -> dict:
     entries = settings.get("extra_sets", [])
     check_inputs(checkpoint_dir, shards_dir, train_log)
+    require_intact("shards", shards_dir)  # token ids overwritten with other valid ids change only the sha256
+    require_intact("pretrain", checkpoint_dir.parent)
     extra_sets.check_entries(entries)  # before the slow part, so a typo fails at once
     model = load_model(checkpoint_dir)
     tokenizer = load_tokenizer(checkpoint_dir)

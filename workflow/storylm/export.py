@@ -37,6 +37,7 @@ from storylm.io import jsonl
 from storylm.io.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
 from storylm.model import checkpoint
 from storylm.model.tokens import LICENCE_FILES
+from storylm.plan.integrity import require_intact
 from storylm.plan.stage import finish_stage, read_record
 from storylm.results.figures import numeric_figures, sample_figure_files
 
@@ -87,6 +88,7 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
     samples, sample_settings, sample_figures = read_sample_stage(sample_dir)
     stories = scored_texts(evaluate_dir, val_split)
     training = read_training(checkpoint_dir)
+    require_intact("pretrain", Path(checkpoint_dir).parent)
     state = checkpoint.load_state(checkpoint_dir)
     tied = checkpoint.embeddings_tied(state)
     dtype = state["transformer.wte.weight"].dtype

@@ -21,6 +21,8 @@ import yaml
 from storylm.io.entry import StageError, exit_with, write_record, write_text
 from storylm.model import training_runner
 from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
+from storylm.plan.integrity import require_intact
+from storylm.plan.stage import relist
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:
@@ -108,9 +110,14 @@ def fingerprint_files(config_path: Path, litgpt_config: dict) -> dict[str, Path]
 
 
 def run(config_path: Path, srun_args: str | None = None) -> int:
-    """litgpt pretrain on a rendered config, through the training runner (lock, resume, stop, requeue)."""
-    fingerprint = fingerprint_files(config_path, yaml.safe_load(config_path.read_text()))
-    return training_runner.run(config_path, "pretrain", fingerprint, srun_args)
+    """litgpt pretrain on a rendered config, through the training runner (lock, resume, stop, requeue);
+    the shards are checked against their list first, and a finished training lists its files."""
+    litgpt_config = yaml.safe_load(config_path.read_text())
+    require_intact("shards", Path(litgpt_config["data"]["init_args"]["data_path"]))
+    returncode = training_runner.run(config_path, "pretrain", fingerprint_files(config_path, litgpt_config), srun_args)
+    if returncode == 0:
+        relist(Path(litgpt_config["out_dir"]), "pretrain")
+    return returncode
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,7 @@ from storylm.model.checkpoint import load_model, load_tokenizer
 from storylm.model.generation import continuations
 from storylm.model.tokens import tokenizer_ids
 from storylm.plan.config import ConfigError, check_prompt_tokens
+from storylm.plan.integrity import require_intact
 from storylm.plan.stage import add_stage_arguments, read_record, run_in_folder
 from storylm.stories import consistency
 from storylm.stories.sample_metrics import figures
@@ -71,6 +72,7 @@ def never_sample_beyond(model, num_ids: int) -> None:
 
 
 def sample_all(checkpoint_dir: Path, settings: dict) -> list[dict]:
+    require_intact("pretrain", Path(checkpoint_dir).parent)
     model = load_model(checkpoint_dir)
     tokenizer = load_tokenizer(checkpoint_dir)
     never_sample_beyond(model, tokenizer_ids(tokenizer))

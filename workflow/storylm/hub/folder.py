@@ -14,7 +14,7 @@ WEIGHTS = BY_NAME["export"].provides["export"]  # model.safetensors: the stage's
 GGUF = "model.gguf"
 CARD = "README.md"
 LM_EVAL = "lm_eval"
-STAGE_RECORD = "storylm_stage.json"  # the stage record; config.json is the model's
+STAGE_RECORD = BY_NAME["export"].record  # storylm_stage.json: the stage record; config.json is the model's
 CHECKS = "storylm_export.json"
 CLIENTS = "storylm_clients.json"
 

@@ -15,6 +15,7 @@ and the hashes it was built from) last, so a folder with its record is a finishe
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -79,7 +80,26 @@ def write_text(path: Path | str, text: str) -> None:
 
 
 def write_json(path: Path | str, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """obj as JSON, atomically; a NaN or infinite number anywhere in it is refused, naming its key: a
+    figure that exists is a figure that is right (a diverged or damaged model gives NaN, not a result)."""
+    bad = non_finite(obj)
+    if bad is not None:
+        key, value = bad
+        raise StageError(f"{path}: {key or '(value)'} is {value}, not a finite number: nothing was recorded"
+                         " (a diverged or damaged model? see the pretrain log)")
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def non_finite(obj, key: str = "") -> tuple[str, float] | None:
+    """(dotted key, value) of the first NaN or infinite float in a JSON-able object, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return key, obj
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for name, value in items:
+        found = non_finite(value, f"{key}[{name}]" if isinstance(name, int) else f"{key}.{name}".lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 def read_json(path: Path, what: str):

@@ -3,7 +3,7 @@
 A local corpus file is identified by its content, not by its path, size or time, so `touch`,
 `cp` without `-p` or a moved folder changes no stage hash. Hashing a 2.6 GB archive takes about
 ten seconds, and the plan is made at every snakemake start: the cache keeps each file's sha256
-under its real path with the size and mtime it had, and hashes it again only when either changed.
+under its real path with the size, mtime and ctime it had, and hashes it again when any changed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def file_sha256(path: Path | str) -> str:
 
 
 class HashCache:
-    """sha256 of files, remembered by (real path, size, mtime); a context manager that saves what it learned."""
+    """sha256 of files, remembered by (real path, size, mtime, ctime); a context manager that saves what it learned."""
 
     def __init__(self, path: Path = CACHE):
         self.path = Path(path)
@@ -40,10 +40,11 @@ class HashCache:
         stat = os.stat(file)  # through links: the content is what counts
         key = os.path.realpath(file)
         known = self.entries.get(key)
-        if known and known[:2] == [stat.st_size, stat.st_mtime_ns]:
-            return known[2]
+        # The change time too: `cp -p` or `touch -r` can give a replaced file its old size and mtime.
+        if known and known[:3] == [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]:
+            return known[3]
         digest = file_sha256(file)
-        self.entries[key] = [stat.st_size, stat.st_mtime_ns, digest]
+        self.entries[key] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest]
         self.changed = True
         return digest
 

@@ -52,7 +52,28 @@ def load_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     state = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(state, dict) or "transformer.wte.weight" not in state:
         raise StageError(f"{path}: holds no litgpt GPT weights (no transformer.wte.weight)")
+    check_finite(state, path)
     return state
+
+
+def non_finite_tensor(state: dict) -> tuple[str, int] | None:
+    """(name, how many values) of the first floating-point tensor holding NaN or infinity, or None."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+            if bad:
+                return name, bad
+    return None
+
+
+def check_finite(state: dict, path: Path) -> None:
+    """A model with NaN or infinite weights computes garbage that still looks like a result (NaN
+    losses, stories of U+FFFD): refused, naming the file and the tensor."""
+    found = non_finite_tensor(state)
+    if found is not None:
+        name, bad = found
+        raise StageError(f"{path}: tensor {name} holds {bad} NaN or infinite values (a diverged training or a"
+                         f" damaged file); {RERUN}")
 
 
 def embeddings_tied(state: dict[str, torch.Tensor]) -> bool:

@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 
 STOP_EXIT = 75  # EX_TEMPFAIL: stopped on purpose; the same command resumes
+DIVERGED_EXIT = 65  # EX_DATAERR: the loss or the gradients turned NaN or infinite; rerunning would not help
 STOPPED = "stopped.json"  # why and where the last part of the training stopped
 SAVING_PREFIX = "saving-"  # a checkpoint being written: not a step-* folder until it is whole
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -45,27 +46,32 @@ SLACK_S = 15.0  # on top of a step and a save: the process's exit, a slow file s
 SAVE_BYTES_PER_S = 100e6  # a save's time before the first one is measured (a slow network disk)
 
 
-def job_deadline(environ=os.environ) -> float | None:
-    """When this training must be done by (seconds since the epoch), or None when nothing limits it."""
+def job_deadline(environ=os.environ) -> tuple[float | None, str | None]:
+    """When this training must be done by (seconds since the epoch) and what said so (the variable's
+    name, or `squeue`); (None, None) when nothing limits it."""
     for key in ("STORYLM_TRAIN_UNTIL", "SLURM_JOB_END_TIME"):
         if environ.get(key, "").strip():
-            return float(environ[key])
+            return float(environ[key]), key
     job = environ.get("SLURM_JOB_ID")
     if not job:
-        return None
+        return None, None
     try:
         end = subprocess.run(["squeue", "-h", "-j", job, "-o", "%e"], capture_output=True, text=True,
                              timeout=30).stdout.strip()
-        return datetime.fromisoformat(end).timestamp()  # squeue prints the local time
+        return datetime.fromisoformat(end).timestamp(), "squeue"  # squeue prints the local time
     except (OSError, subprocess.SubprocessError, ValueError):  # no squeue, or "Unknown": no known end
-        return None
+        return None, None
 
 
 class Stopper:
     """Decides before each batch whether the training stops there, and stops it with a checkpoint."""
 
-    def __init__(self, deadline: float | None, margin: float | None):
+    def __init__(self, deadline: float | None, margin: float | None, deadline_source: str | None = None,
+                 out_dir: Path | None = None):
         self.deadline = deadline
+        self.deadline_source = deadline_source  # the variable (or squeue) that set the deadline
+        self.out_dir = out_dir  # litgpt's out_dir, known from the command line before fit() starts
+        self.started = time.monotonic()
         self.fixed_margin = margin
         self.reason: str | None = None  # set by a signal
         self.longest_step = 0.0
@@ -83,6 +89,8 @@ class Stopper:
         if signum == signal.SIGINT and self.reason == "SIGINT":
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a save
         self.reason = self.reason or signal.Signals(signum).name
+        if not self.fit:  # still starting (imports, data, resume): nothing to save, so out at once
+            self.stop_before_training()
 
     def start(self, fit_arguments: dict) -> None:
         """fit() is about to run: remember what a save needs."""
@@ -125,7 +133,13 @@ class Stopper:
             self.stop()
 
     def timed_save(self, save, *args) -> None:
-        """litgpt's save_checkpoint, timed: the margin holds the longest save."""
+        """litgpt's save_checkpoint, timed: the margin holds the longest save. A state whose weights are
+        not finite is never saved: the last good checkpoint stays the one to resume from."""
+        from storylm.model.checkpoint import non_finite_tensor
+
+        found = non_finite_tensor(dict(self.fit["state"]["model"].named_parameters())) if self.fit else None
+        if found is not None:
+            self.diverged(f"the weights hold {found[1]} NaN or infinite values (tensor {found[0]})")
         started = time.monotonic()
         save(*args)
         self.longest_save = max(self.longest_save or 0.0, time.monotonic() - started)
@@ -152,7 +166,8 @@ class Stopper:
             record = {"reason": self.reason, "step": step, "iter_num": state["iter_num"],
                       "max_steps": self.max_iters // self.accumulation,
                       "steps_this_part": trained, "checkpoint": str(target) if trained or target.is_dir() else None,
-                      "save_s": round(seconds, 3), "margin_s": round(self.margin(), 3), "time": time.time()}
+                      "save_s": round(seconds, 3), "margin_s": round(self.margin(), 3), "time": time.time(),
+                      "deadline_source": self.deadline_source, "deadline": self.deadline}
             (out_dir / STOPPED).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         saved = f"saved {target} in {seconds:.1f} s" if trained else "nothing new to save"
         fabric.print(f"Stopped at step {step} ({self.reason}): {saved}; the same command resumes from it", flush=True)
@@ -162,6 +177,45 @@ class Stopper:
         sys.stderr.flush()
         end_data_workers()
         os._exit(STOP_EXIT)  # out at once: nothing is left to tidy (the loader's shutdown would wait for workers)
+
+
+    def stop_before_training(self) -> None:
+        """A stop before fit()'s first step: say so in stopped.json (the runner words what to do) and exit."""
+        if self.out_dir is not None:
+            from storylm.io.entry import write_json
+
+            write_json(self.out_dir / STOPPED, {
+                "reason": self.reason, "step": None, "max_steps": None, "steps_this_part": 0, "checkpoint": None,
+                "before_training": True, "startup_s": round(time.monotonic() - self.started, 1),
+                "deadline_source": self.deadline_source, "deadline": self.deadline, "time": time.time()})
+        print(f"Stopped ({self.reason}) while starting, before the first step: nothing to save", flush=True)
+        end_data_workers()
+        os._exit(STOP_EXIT)
+
+    def check_gradients(self, norm) -> None:
+        """After litgpt's gradient clipping: a NaN or infinite gradient norm ends the training here, before
+        the optimizer step would write it into the weights."""
+        import torch
+
+        if norm is not None and not bool(torch.isfinite(norm)):  # one host sync, as torch's own check makes
+            self.diverged(f"the gradient norm is {float(norm)}")
+
+    def diverged(self, figure: str) -> None:
+        """One line with the step, the figure and the settings to change; exit DIVERGED_EXIT (never requeued)."""
+        state, fabric = self.fit["state"], self.fit["fabric"]
+        out_dir = Path(self.fit["out_dir"])
+        kept = sorted(p.parent.name for p in out_dir.glob("step-*/lit_model.pth"))
+        lr = self.fit["optimizer"].param_groups[0]["lr"]
+        fabric.print(f"storylm: the training diverged at step {state['step_count'] + 1} (iteration {state['iter_num']}):"
+                     f" {figure}, at a learning rate of {lr:.3g}. Lower optimizer.init_args.lr, raise"
+                     " train.lr_warmup_steps or lower train.max_norm, or train in precision 32-true;"
+                     f" {'the last good checkpoint is ' + kept[-1] if kept else 'no checkpoint was saved'}",
+                     flush=True)
+        for logger in fabric.loggers:
+            logger.finalize("failed")
+        sys.stdout.flush()
+        end_data_workers()
+        os._exit(DIVERGED_EXIT)
 
 
 def deaf_to_stop_signals() -> None:
@@ -207,6 +261,7 @@ def install(stopper: Stopper) -> None:
     def fit(*args, **kwargs):
         bound = fit_signature.bind(*args, **kwargs)
         bound.apply_defaults()
+        guard_gradients(bound.arguments["fabric"], stopper)
         stopper.start(dict(bound.arguments))
         return original_fit(*args, **kwargs)
 
@@ -218,10 +273,35 @@ def install(stopper: Stopper) -> None:
     pretrain.save_checkpoint = save_checkpoint
 
 
+def guard_gradients(fabric, stopper: Stopper) -> None:
+    """litgpt clips with torch's error_if_nonfinite, a traceback that names neither the step nor a remedy:
+    clip without it and let the stopper check the norm instead."""
+    clip = fabric.clip_gradients
+
+    def clip_gradients(module, optimizer, clip_val=None, max_norm=None, norm_type=2.0, **_error_if_nonfinite):
+        norm = clip(module, optimizer, clip_val=clip_val, max_norm=max_norm, norm_type=norm_type,
+                    error_if_nonfinite=False)
+        stopper.check_gradients(norm)
+        return norm
+
+    fabric.clip_gradients = clip_gradients
+
+
+def out_dir_argument(argv: list[str]) -> Path | None:
+    """litgpt's --out_dir on the command line (the runner always passes it)."""
+    for index, word in enumerate(argv):
+        if word == "--out_dir" and index + 1 < len(argv):
+            return Path(argv[index + 1])
+        if word.startswith("--out_dir="):
+            return Path(word.split("=", 1)[1])
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     margin = os.environ.get("STORYLM_STOP_MARGIN", "").strip()
-    stopper = Stopper(job_deadline(), float(margin) if margin else None)
+    deadline, source = job_deadline()
+    stopper = Stopper(deadline, float(margin) if margin else None, source, out_dir_argument(argv))
     for signum in SIGNALS:
         signal.signal(signum, stopper.on_signal)
     install(stopper)

@@ -62,13 +62,15 @@ def step_checkpoints(out_dir: Path) -> list[Path]:
 
 
 def checkpoint_loads(path: Path) -> bool:
-    from storylm.model.checkpoint import read_checkpoint
+    """A checkpoint to resume from: it reads, holds a training state, and its weights are finite."""
+    from storylm.model.checkpoint import non_finite_tensor, read_checkpoint
 
     try:
         state = read_checkpoint(path)
     except StageError:
         return False
-    return isinstance(state, dict) and "model" in state and "iter_num" in state
+    return (isinstance(state, dict) and "model" in state and "iter_num" in state
+            and non_finite_tensor(state["model"]) is None)
 
 
 def set_aside_corrupt_checkpoints(out_dir: Path) -> list[Path]:
@@ -79,7 +81,8 @@ def set_aside_corrupt_checkpoints(out_dir: Path) -> list[Path]:
             break
         target = checkpoint.parent.with_name(f"corrupt-{checkpoint.parent.name}-{int(time.time())}")
         checkpoint.parent.rename(target)
-        print(f"WARNING: {checkpoint} cannot be loaded (interrupted while saving?); moved it to {target} and"
+        print(f"WARNING: {checkpoint} cannot be loaded or holds NaN weights (interrupted while saving? damaged?);"
+              f" moved it to {target} and"
               " resuming from the previous checkpoint instead", file=sys.stderr, flush=True)
         moved.append(target)
     return moved
@@ -233,16 +236,22 @@ def after_stop(out_dir: Path, log) -> int:
         stopped = None
     if stopped is None:
         return say(log, STOP_EXIT, f"the training stopped (exit {STOP_EXIT}) without saying where; rerun to resume")
-    remain = stopped["max_steps"] - stopped["step"]
-    saved = f"saved step {stopped['step']}" if stopped["checkpoint"] else "saved nothing new"
-    summary = (f"training stopped ({stopped['reason']}) after {stopped['steps_this_part']} steps in this part:"
-               f" {saved}, {remain} of {stopped['max_steps']} steps remain")
     job = os.environ.get("SLURM_JOB_ID")
+    if stopped.get("before_training"):
+        summary = (f"training stopped ({stopped['reason']}) after {stopped['startup_s']} s of start-up, before its"
+                   " first step: nothing new to save")
+    else:
+        remain = stopped["max_steps"] - stopped["step"]
+        saved = f"saved step {stopped['step']}" if stopped["checkpoint"] else "saved nothing new"
+        summary = (f"training stopped ({stopped['reason']}) after {stopped['steps_this_part']} steps in this part:"
+                   f" {saved}, {remain} of {stopped['max_steps']} steps remain")
+    if stopped["steps_this_part"] == 0 and stopped["reason"] == "deadline":
+        return say(log, 1, summary + "; " + no_time_for_a_step(stopped, job))
     if not job:
         return say(log, STOP_EXIT, summary + "; run the same command again to resume")
-    if stopped["steps_this_part"] == 0 and stopped["reason"] == "deadline":
-        return say(log, 1, summary + f"; the Slurm job's time limit leaves no time for a step (a margin of"
-                   f" {stopped['margin_s']} s before its end): raise the rule's runtime")
+    if stopped.get("before_training"):
+        return say(log, STOP_EXIT, summary + f"; not requeued (it would loop). If the signal was Slurm job {job}'s"
+                   " time limit, raise the rule's runtime: start-up alone (imports, compile, data) took that long")
     state = slurm_job_state(job)
     if state != "RUNNING":  # cancelled, timed out, or already being requeued by Slurm itself
         return say(log, STOP_EXIT, summary + f"; Slurm job {job} is {state or 'gone'}: not requeued by the training")
@@ -253,6 +262,17 @@ def after_stop(out_dir: Path, log) -> int:
         return say(log, STOP_EXIT, summary + f"; `scontrol requeue {job}` failed ({requeue.stderr.strip()}):"
                    " rerun the pipeline to resume")
     return say(log, STOP_EXIT, summary + f"; requeued Slurm job {job}, which resumes from it")
+
+
+def no_time_for_a_step(stopped: dict, job: str | None) -> str:
+    """What to change when the deadline left no time for one step: it is past, or closer than the margin."""
+    source, margin = stopped.get("deadline_source"), stopped.get("margin_s")
+    margin_text = f" (a margin of {margin} s before it)" if margin is not None else ""
+    if source == "STORYLM_TRAIN_UNTIL" or not job:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stopped["deadline"])) if stopped.get("deadline") else "?"
+        return (f"the deadline {source or 'STORYLM_TRAIN_UNTIL'}={stopped.get('deadline')} ({when}) leaves no time for"
+                f" a step{margin_text}: unset it or set a later time (rerunning as it is would stop here again)")
+    return (f"the Slurm job's time limit leaves no time for a step{margin_text}: raise the rule's runtime")
 
 
 def slurm_job_state(job: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from storylm.io.entry import StageError
+from storylm.io.entry import StageError, non_finite
 
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "config" / "schema.yaml"
 
@@ -103,6 +103,10 @@ def validate(config: dict, schema: dict | None = None, prefix: str = "") -> dict
         error = errors[0]
         key = (prefix + dotted(error.absolute_path)).rstrip(".")
         raise SchemaError(f"{key or '(config)'}: {error.message}")
+    bad = non_finite(config)
+    if bad is not None:  # NaN passes every minimum and maximum (each comparison is false)
+        key, value = bad
+        raise SchemaError(f"{prefix}{key}: {value} is not a finite number")
     return config
 
 

@@ -22,11 +22,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from storylm.io.entry import RECORD, StageError, first_line, write_json
+from storylm.io.contents import digest, list_files
+from storylm.io.entry import RECORD, StageError, first_line, read_json, write_json
 from storylm.io.environment import describe
+from storylm.io.filehash import HashCache
 from storylm.io.stagelock import LOCK_FILE, is_locked, stage_lock
+from storylm.model.litgpt_train import SAVING_PREFIX
+from storylm.model.training_runner import FINGERPRINT, TRAIN_LOG, WORK
+from storylm.plan import stages
 
 ENVIRONMENT = "environment.json"
+DAMAGED_PREFIX = "damaged-"  # a record the plan found its folder not to match (storylm.plan.integrity)
+RECORD_FILES = {spec.record for spec in stages.STAGES if spec.record}
 RECORD_KEYS = ("stage", "hash", "inputs", "config")  # what storylm.plan.stages.records writes
 
 
@@ -61,10 +68,56 @@ def read_record(text: str, stage: str | None = None) -> dict:
 
 
 def finish_stage(folder: Path, record: dict, record_name: str = RECORD, environment: str | None = ENVIRONMENT) -> None:
-    """The machine the stage ran on, then its record: the record last, after every other output."""
+    """The machine the stage ran on, then its record: the record last, after every other output.
+
+    The record lists the folder's files (size and sha256) and, for each stage folder it read, a digest of
+    that folder's list: the plan checks both before each run (storylm.plan.integrity)."""
     if environment is not None:
         write_json(Path(folder) / environment, describe())
-    write_json(Path(folder) / record_name, record)
+    with HashCache() as cache:
+        files = list_files(folder, unlisted, cache)
+    write_json(Path(folder) / record_name, {**record, "files": files, "read": read_digests(record)})
+
+
+# Not among the files a stage provides: its lock and record, the machine it ran on, a record set aside as
+# damaged, temporary files (atomic writes), and a training's work in progress (checkpoints, live logs).
+UNLISTED_NAMES = {LOCK_FILE, ENVIRONMENT, *(set(WORK) - {"final", TRAIN_LOG}), FINGERPRINT}
+UNLISTED_PREFIXES = (".", "step-", "stale-", "corrupt-", SAVING_PREFIX, DAMAGED_PREFIX)
+
+
+def unlisted(relative: str) -> bool:
+    top = relative.split("/", 1)[0]
+    return top in UNLISTED_NAMES or top in RECORD_FILES or top.startswith(UNLISTED_PREFIXES)
+
+
+def read_digests(record: dict) -> dict[str, str | None]:
+    """For each stage folder the record's stage read: the digest of that folder's file list (None for a
+    folder whose record lists no files, written before files were listed)."""
+    found = {}
+    for name, hash_ in record.get("inputs", {}).items():
+        files = listed_files(Path(stages.folder(name, hash_)), name)
+        found[name] = None if files is None else digest(files)
+    return found
+
+
+def listed_files(folder: Path, stage: str) -> dict | None:
+    """The files a finished folder's record lists; None when it has no record or lists none."""
+    if not stages.BY_NAME[stage].record:
+        return None
+    try:
+        record = json.loads((folder / stages.BY_NAME[stage].record).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("files") if isinstance(record, dict) else None
+
+
+def relist(folder: Path, stage: str) -> None:
+    """Rewrite a folder's record with its files listed: for a stage whose record was written before its
+    last output (pretrain writes it with its litgpt config, before training)."""
+    record_path = Path(folder) / stages.BY_NAME[stage].record
+    record = {key: value for key, value in read_json(record_path, "the stage record").items()
+              if key not in ("files", "read")}
+    finish_stage(folder, record, record_path.name, environment=None)
 
 
 Run = Callable[[argparse.Namespace, dict], "str | None"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from storylm.io.entry import RECORD
 from storylm.io.filehash import HashCache, file_sha256
 from storylm.model.tokens import TOKENIZER_FILES
 
@@ -209,6 +210,9 @@ class StageSpec:
     # built from): edges of the graph, left out of its hash, since the inputs' hashes hold them.
     reads_through: tuple[str, ...] = ()
     rules: str = ""  # its rule file in workflow/rules/ (default <name>.smk), included in table order
+    # Its record, written last: a folder with its record is a finished stage. None for the downloads, whose
+    # manifest.json lists their files with sizes and sha256s instead.
+    record: str | None = RECORD
 
     @property
     def rule_file(self) -> str:
@@ -230,12 +234,12 @@ STAGES: tuple[StageSpec, ...] = (
               {"corpus.source": None, "corpus.hf": "when corpus.source is hf",
                "corpus.url": "when corpus.source is url", "corpus.local": "when corpus.source is local",
                "corpus.include": NOT_BUILTIN},
-              needed=_downloads_corpus, provides={"raw files": "manifest.json"}, rules="corpus.smk"),
+              needed=_downloads_corpus, provides={"raw files": "manifest.json"}, rules="corpus.smk", record=None),
     StageSpec("corpus", "Data/corpus", ("download",), _corpus, CORPUS_READS,
               provides={"train split": "train.jsonl", "val split": "val.jsonl", "corpus stats": "stats.json"}),
     StageSpec("tokenizer_download", "Data/raw", (), _tokenizer_download,
               {"tokenizer.hf": "when tokenizer.source is hf"}, needed=_hub_tokenizer,
-              provides={"hub tokenizer": "manifest.json"}, rules="tokenizer.smk"),
+              provides={"hub tokenizer": "manifest.json"}, rules="tokenizer.smk", record=None),
     # The tokenizer reads the corpus to train on its train split (kind: train) and, in any case,
     # to measure itself on the val split.
     StageSpec("tokenizer", "Data/tokenizer", ("corpus", "tokenizer_download"), _tokenizer,
@@ -257,7 +261,7 @@ STAGES: tuple[StageSpec, ...] = (
               provides={"samples": "samples.json", "samples text": "samples.txt", "sample checks": "consistency.json"},
               reads_through=("tokenizer",)),  # the prompts' token counts, before training
     StageSpec("export", "results/export", ("pretrain", "evaluate", "sample"), _export, {"export": None, **CORPUS_READS},
-              provides={"export": "model.safetensors"},
+              provides={"export": "model.safetensors"}, record="storylm_stage.json",  # config.json is the model's
               # the val split for the lm-eval task; the tokenizer folder's licence file
               reads_through=("corpus", "tokenizer")),
 )
