@@ -13,4 +13,6 @@ _.provider  # noqa: B018 - storylm.plan.stages: common.smk's role() input functi
 _.ancestors  # noqa: B018 - storylm.plan.stages: common.smk derives LINEAGE (the stages a sample descends from) from both
 _.always_needed  # noqa: B018
 _.stop_jobs_at_sigterm  # noqa: B018 - storylm.io.stopjobs: common.smk's onstart installs it
-_.set_aside_damaged  # noqa: B018 - storylm.plan.integrity: common.smk calls it on the plan before each run
+_.mark_damaged  # noqa: B018 - storylm.plan.integrity: common.smk calls it on the plan before each run
+_.rebuild_counts  # noqa: B018 - storylm.plan.integrity: common.smk reads the counts into the stages' record params
+_.with_rebuilds  # noqa: B018

@@ -21,7 +21,7 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)};
 from storylm.io.entry import StageError  # noqa: E402
 from storylm.plan.runs import plan  # noqa: E402
 from storylm.plan import stages  # noqa: E402
-from storylm.plan.integrity import set_aside_damaged  # noqa: E402
+from storylm.plan.integrity import mark_damaged, rebuild_counts, with_rebuilds  # noqa: E402
 from storylm.io.stopjobs import stop_jobs_at_sigterm  # noqa: E402
 from storylm.model.tokens import TOKENIZER_FILES  # noqa: E402
 
@@ -33,10 +33,12 @@ except StageError as error:
     raise WorkflowError(f"Invalid config: {error}") from None
 
 # A finished folder that is not what its record lists (a file deleted or overwritten, an input replaced)
-# loses its record, so this run rebuilds it and what reads it: a result that exists is one that is right.
+# is rebuilt by this run, with what reads it: a result that exists is one that is right. Its rebuild
+# count enters its record param, so Snakemake's params trigger reruns it (storylm.plan.integrity).
 if workflow.is_main_process:
-    for line in set_aside_damaged(PLAN):
+    for line in mark_damaged(PLAN):
         print(line, file=sys.stderr)
+REBUILDS = rebuild_counts()
 
 
 # A SIGTERM to this snakemake stops the running jobs (a training saves first), not only new ones.
@@ -55,36 +57,6 @@ ENV = "../../envs/storylm.yaml"
 def stage_file(stage, filename):
     """A rule's output: a file of the stage's hash folders, where the stage table puts them."""
     return f"{stages.BY_NAME[stage].parent}/{{hash}}/{filename}"
-
-
-def stage_record(stage):
-    """A rule's output: the stage's record, written last. The plan sets aside the record of a folder that is
-    not what it lists (storylm.plan.integrity), and Snakemake then runs the rule again."""
-    return stage_file(stage, stages.BY_NAME[stage].record)
-
-
-def read_records(stage):
-    """Input function: the records of the stage folders this job's folder reads. Snakemake looks only at the
-    outputs some job asks for: asking for the records makes a set-aside one (a damaged folder) rebuild."""
-
-    def records(wildcards):
-        inputs = stage_of(stage, wildcards).record["inputs"]
-        return [
-            f"{stages.folder(name, hash_)}/{stages.BY_NAME[name].record}"
-            for name, hash_ in inputs.items()
-            if stages.BY_NAME[name].record
-        ]
-
-    return records
-
-
-def training_records(run, seed, names=stages.ORDER):
-    """The records of a training's stage folders among `names` (what its results are built from)."""
-    return [
-        f"{PLAN.run_stage(run, name, seed).folder}/{stages.BY_NAME[name].record}"
-        for name in names
-        if stages.BY_NAME[name].record and PLAN.hashes[run][seed][name] in PLAN.stages.get(name, {})
-    ]
 
 
 def hash_pattern(stage):
@@ -121,7 +93,11 @@ def run_folder(run, stage, seed=None):
 # Param functions: the stage's record (its settings and input hashes, written to its config.json)
 # and its settings alone, so that Snakemake's params trigger fires only for its own settings.
 def record(stage):
-    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record, sort_keys=True)
+    def value(wildcards):
+        entry = stage_of(stage, wildcards)
+        return json.dumps(with_rebuilds(entry.record, REBUILDS.get(entry.folder, 0)), sort_keys=True)
+
+    return value
 
 
 def settings(stage):
@@ -277,17 +253,9 @@ RUN_INPUTS = {
 }
 
 
-# The stages a training's results are gathered from, and every stage they are built from (not the export).
-RESULT_STAGES = {stages.last_provider(role) for role in RUN_INPUTS.values()}
-RESULT_STAGES = [name for name in stages.ORDER if name in RESULT_STAGES.union(*map(stages.ancestors, RESULT_STAGES))]
-
-
 def run_inputs(wildcards):
     run, seed = wildcards.run, int(wildcards.seed)
-    return {
-        **{key: run_file(run, seed, name) for key, name in RUN_INPUTS.items()},
-        "records": training_records(run, seed, RESULT_STAGES),
-    }
+    return {key: run_file(run, seed, name) for key, name in RUN_INPUTS.items()}
 
 
 def run_info(wildcards):
@@ -298,7 +266,7 @@ def run_info(wildcards):
 
 def run_exports():
     """Every training's Hugging Face export (the default target builds them; results/samples.txt does not)."""
-    return [file for run, seed in TRAININGS for file in (run_file(run, seed, "export"), *training_records(run, seed))]
+    return [run_file(run, seed, "export") for run, seed in TRAININGS]
 
 
 def training_labels():

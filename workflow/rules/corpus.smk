@@ -28,7 +28,6 @@ rule corpus:
         train=stage_file("corpus", "train.jsonl"),
         val=stage_file("corpus", "val.jsonl"),
         stats=stage_file("corpus", "stats.json"),
-        record=stage_record("corpus"),
     log:
         log_path("corpus"),
     benchmark:

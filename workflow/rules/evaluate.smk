@@ -10,12 +10,10 @@ rule evaluate:
         val=role("evaluate", "val split"),
         corpus_stats=role("evaluate", "corpus stats"),
         extra_sets=extra_set_files,
-        records=read_records("evaluate"),
     output:
         metrics=stage_file("evaluate", "metrics.json"),
         plot=stage_file("evaluate", "loss.png"),
         stories=stage_file("evaluate", "story_scores.tsv"),
-        record=stage_record("evaluate"),
     log:
         log_path("evaluate"),
     benchmark:

@@ -11,10 +11,8 @@ rule export:
         samples=role("export", "samples"),
         val=role("export", "val split"),
         tokenizer=role("export", "tokenizer"),
-        records=read_records("export"),
     output:
         weights=stage_file("export", "model.safetensors"),
-        record=stage_record("export"),
     log:
         log_path("export"),
     benchmark:

@@ -12,10 +12,8 @@ rule pretrain_config:
     input:
         shards=role("pretrain", "shards"),
         tokenizer=role("pretrain", "tokenizer"),
-        records=read_records("pretrain"),
     output:
         config=stage_file("pretrain", "pretrain.yaml"),
-        record=stage_record("pretrain"),
     log:
         "logs/pretrain_config/{hash}.log",
     wildcard_constraints:

@@ -33,13 +33,11 @@ rule sample:
         checkpoint=role("sample", "final model"),
         train=role("sample", "train split"),
         val=role("sample", "val split"),
-        records=read_records("sample"),
     output:
         samples=stage_file("sample", "samples.txt"),
         json=stage_file("sample", "samples.json"),
         consistency=stage_file("sample", "consistency.json"),
         figures=stage_file("sample", "figures.json"),
-        record=stage_record("sample"),
     log:
         log_path("sample"),
     benchmark:

@@ -6,12 +6,10 @@ rule shards:
         train=role("shards", "train split"),
         val=role("shards", "val split"),
         tokenizer=role("shards", "tokenizer"),
-        records=read_records("shards"),
     output:
         stats=stage_file("shards", "stats.json"),
         train_index=stage_file("shards", "train/index.json"),
         val_index=stage_file("shards", "val/index.json"),
-        record=stage_record("shards"),
     log:
         log_path("shards"),
     benchmark:

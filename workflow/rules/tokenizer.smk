@@ -23,11 +23,9 @@ rule tokenizer:
         train=role("tokenizer", "train split"),
         val=role("tokenizer", "val split"),
         pretrained=tokenizer_files,
-        records=read_records("tokenizer"),
     output:
         config=stage_file("tokenizer", "tokenizer_config.json"),
         stats=stage_file("tokenizer", "stats.json"),
-        record=stage_record("tokenizer"),
     log:
         log_path("tokenizer"),
     benchmark:

@@ -14,6 +14,7 @@ and the hashes it was built from) last, so a folder with its record is a finishe
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -42,6 +43,11 @@ def atomic_path(path: Path | str):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        if error.filename is None:  # a failed write names no file (a full disk): name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -128,7 +134,20 @@ def run_stage(main: Callable[[list[str] | None], object], argv: list[str] | None
     except StageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {disk_full(error)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def disk_full(error: OSError) -> str:
+    """A full disk (or quota), in one line naming the folder: nothing finished was lost (every output is
+    written under a temporary name first), so freeing space and rerunning goes on from there."""
+    where = Path(error.filename).parent if error.filename else Path.cwd()
+    return (f"{where}: {error.strerror} (errno {error.errno}): free space there and run the same command again;"
+            " finished outputs are kept")
 
 
 def exit_with(main: Callable[[list[str] | None], object]) -> None:

@@ -205,10 +205,10 @@ class Stopper:
         state, fabric = self.fit["state"], self.fit["fabric"]
         out_dir = Path(self.fit["out_dir"])
         kept = sorted(p.parent.name for p in out_dir.glob("step-*/lit_model.pth"))
-        lr = self.fit["optimizer"].param_groups[0]["lr"]
+        lr = state["optimizer"].param_groups[0]["lr"]
         fabric.print(f"storylm: the training diverged at step {state['step_count'] + 1} (iteration {state['iter_num']}):"
-                     f" {figure}, at a learning rate of {lr:.3g}. Lower optimizer.init_args.lr, raise"
-                     " train.lr_warmup_steps or lower train.max_norm, or train in precision 32-true;"
+                     f" {figure}, at a learning rate of {lr:.3g}. Lower optimizer.init_args.lr or raise"
+                     " train.lr_warmup_steps (in bf16 or fp16 precision, 32-true may also help);"
                      f" {'the last good checkpoint is ' + kept[-1] if kept else 'no checkpoint was saved'}",
                      flush=True)
         for logger in fabric.loggers:

@@ -211,10 +211,13 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
         # The live log is kept beside the checkpoints and appended to, so a resumed run's log continues.
         live = out_dir / LIVE_LOG
         with open(live, "a", encoding="utf-8") as log:
-            for line in process.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-                log.flush()
+            try:
+                for line in process.stdout:
+                    sys.stdout.write(line)
+                    log.write(line)
+                    log.flush()
+            except OSError as error:  # a full disk: litgpt stops (it saves if it can) before the error is said
+                stop_on_error(process, error, live)
             returncode = process.wait()
             if returncode == STOP_EXIT:
                 returncode = after_stop(out_dir, log)
@@ -222,6 +225,16 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
             with atomic_path(out_dir / TRAIN_LOG) as tmp:
                 shutil.copyfile(live, tmp)
     return returncode
+
+
+def stop_on_error(process: subprocess.Popen, error: OSError, live: Path) -> None:
+    """The live log cannot be written (a full disk): stop litgpt as at a signal, pass on the rest of its
+    output to this job's log, then raise the error with the live log's name on it."""
+    process.send_signal(signal.SIGTERM)
+    for line in process.stdout:
+        sys.stdout.write(line)
+    process.wait()
+    raise OSError(error.errno, error.strerror, str(live)) from None
 
 
 # ---------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 Every stage's record lists the files its folder provides (size and sha256) and a digest of each
 folder it read (storylm.plan.stage.finish_stage). Before each run the Snakefile calls
-`set_aside_damaged`: a folder whose files no longer match its list (deleted, cut short, overwritten),
-or whose inputs changed since it read them (a replaced checkpoint), has its record renamed to
-damaged-<record>. The record is a declared output of the stage's rule, so the same snakemake command
-then rebuilds the folder and everything that reads it; nothing else in the folder is touched.
+`mark_damaged`: a folder whose files no longer match its list (deleted, cut short, overwritten
+even with other valid token ids), or whose inputs changed since it read them (a replaced
+checkpoint), is said in one line, and its rebuild count goes up. The count enters the stage's
+record param (`with_rebuilds`) once it is above zero, so Snakemake's params trigger reruns that
+stage, and with it everything downstream, in the same command, dry runs included. Snakemake
+itself would not: it reruns a job whose outputs are missing only when a job after it must run.
 
-A record without a file list (written before files were listed) is trusted as it was.
+The counts live beside Snakemake's own bookkeeping (.snakemake/storylm/rebuilds.json); a folder
+never found damaged has none, so its param, and its jobs, are as they always were. A record
+without a file list (written before files were listed) is trusted as it was.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import json
 from pathlib import Path
 
 from storylm.io.contents import damage, digest
-from storylm.io.entry import StageError
+from storylm.io.entry import StageError, write_json
 from storylm.io.filehash import HashCache
 from storylm.plan import stages
-from storylm.plan.stage import DAMAGED_PREFIX, listed_files
+from storylm.plan.stage import listed_files
+
+REBUILDS = Path(".snakemake/storylm/rebuilds.json")
 
 
 def check_folder(stage: str, folder: Path, cache: HashCache) -> str | None:
@@ -43,7 +49,7 @@ def check_folder(stage: str, folder: Path, cache: HashCache) -> str | None:
         upstream = Path(stages.folder(name, record["inputs"][name]))
         now = listed_files(upstream, name)
         if recorded is not None and (now is None or digest(now) != recorded):
-            return f"{upstream}: changed (or rebuilt) since {folder} read it"
+            return f"{upstream}: changed since {folder} read it"
     return None
 
 
@@ -55,20 +61,31 @@ def require_intact(stage: str, folder: Path) -> None:
         raise StageError(f"{problem}; run the same snakemake command again: it rebuilds the {stage} folder")
 
 
-def set_aside_damaged(plan) -> list[str]:
-    """Rename the record of every planned folder that is not what it says, in table order (so a folder
-    built from a damaged one follows it); one line each, saying what was found and what happens."""
-    said = []
+def rebuild_counts(path: Path = REBUILDS) -> dict[str, int]:
+    """{stage folder: how many times a plan found it damaged}."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def mark_damaged(plan, path: Path = REBUILDS) -> list[str]:
+    """Count every planned folder that is not what its record says as one to rebuild; one line each."""
+    counts, said = rebuild_counts(path), []
     with HashCache() as cache:
-        for name in stages.ORDER:
+        for name in stages.ORDER:  # in table order: a folder is said before those built from it
             for entry in plan.stages.get(name, {}).values():
-                folder = Path(entry.folder)
-                problem = check_folder(name, folder, cache)
+                problem = check_folder(name, Path(entry.folder), cache)
                 if problem is None:
                     continue
-                record = folder / stages.BY_NAME[name].record
-                aside = record.with_name(DAMAGED_PREFIX + record.name)
-                record.replace(aside)
-                said.append(f"storylm: {problem}. The {name} stage's record is set aside as {aside}: this run"
-                            " rebuilds the folder and what reads it")
+                counts[entry.folder] = counts.get(entry.folder, 0) + 1
+                said.append(f"storylm: {problem}: this run rebuilds {entry.folder} ({name}) and what reads it")
+    if said:
+        write_json(path, counts)
     return said
+
+
+def with_rebuilds(record: dict, count: int) -> dict:
+    """A stage's record as its rule's param: with its rebuild count once it has one (so a folder never found
+    damaged keeps the param, and the jobs, it always had)."""
+    return {**record, "rebuild": count} if count else record

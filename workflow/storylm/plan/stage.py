@@ -32,7 +32,6 @@ from storylm.model.training_runner import FINGERPRINT, TRAIN_LOG, WORK
 from storylm.plan import stages
 
 ENVIRONMENT = "environment.json"
-DAMAGED_PREFIX = "damaged-"  # a record the plan found its folder not to match (storylm.plan.integrity)
 RECORD_FILES = {spec.record for spec in stages.STAGES if spec.record}
 RECORD_KEYS = ("stage", "hash", "inputs", "config")  # what storylm.plan.stages.records writes
 
@@ -79,10 +78,10 @@ def finish_stage(folder: Path, record: dict, record_name: str = RECORD, environm
     write_json(Path(folder) / record_name, {**record, "files": files, "read": read_digests(record)})
 
 
-# Not among the files a stage provides: its lock and record, the machine it ran on, a record set aside as
-# damaged, temporary files (atomic writes), and a training's work in progress (checkpoints, live logs).
+# Not among the files a stage provides: its lock and record, the machine it ran on, temporary files (atomic
+# writes), and a training's work in progress (checkpoints, live logs).
 UNLISTED_NAMES = {LOCK_FILE, ENVIRONMENT, *(set(WORK) - {"final", TRAIN_LOG}), FINGERPRINT}
-UNLISTED_PREFIXES = (".", "step-", "stale-", "corrupt-", SAVING_PREFIX, DAMAGED_PREFIX)
+UNLISTED_PREFIXES = (".", "step-", "stale-", "corrupt-", SAVING_PREFIX)
 
 
 def unlisted(relative: str) -> bool:
