@@ -32,7 +32,6 @@ from storylm.model.training_runner import FINGERPRINT, TRAIN_LOG, WORK
 from storylm.plan import stages
 
 ENVIRONMENT = "environment.json"
-RECORD_FILES = {spec.record for spec in stages.STAGES if spec.record}
 RECORD_KEYS = ("stage", "hash", "inputs", "config")  # what storylm.plan.stages.records writes
 
 
@@ -74,7 +73,7 @@ def finish_stage(folder: Path, record: dict, record_name: str = RECORD, environm
     if environment is not None:
         write_json(Path(folder) / environment, describe())
     with HashCache() as cache:
-        files = list_files(folder, unlisted, cache)
+        files = list_files(folder, lambda relative: unlisted(relative, record_name), cache)
     write_json(Path(folder) / record_name, {**record, "files": files, "read": read_digests(record)})
 
 
@@ -84,9 +83,10 @@ UNLISTED_NAMES = {LOCK_FILE, ENVIRONMENT, *(set(WORK) - {"final", TRAIN_LOG}), F
 UNLISTED_PREFIXES = (".", "step-", "stale-", "corrupt-", SAVING_PREFIX)
 
 
-def unlisted(relative: str) -> bool:
+def unlisted(relative: str, record_name: str) -> bool:
+    """Whether a file of a stage folder (its path inside it) is left out of the record's list."""
     top = relative.split("/", 1)[0]
-    return top in UNLISTED_NAMES or top in RECORD_FILES or top.startswith(UNLISTED_PREFIXES)
+    return top in UNLISTED_NAMES or top == record_name or top.startswith(UNLISTED_PREFIXES)
 
 
 def read_digests(record: dict) -> dict[str, str | None]:
