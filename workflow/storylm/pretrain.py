@@ -18,9 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from storylm.io.entry import StageError, exit_with, write_record, write_text
+from storylm.io.entry import RECORD, StageError, exit_with, write_record, write_text
 from storylm.model import training_runner
 from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
+from storylm.plan.stages import TOP, with_added_defaults
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:
@@ -107,10 +108,18 @@ def fingerprint_files(config_path: Path, litgpt_config: dict) -> dict[str, Path]
                                               for split in ("train", "val")}}
 
 
+def strategy(config_path: Path) -> str:
+    """The stage's `strategy`, from the record beside its config (the key is there only when not auto;
+    litgpt's config has no place for it)."""
+    record = config_path.parent / RECORD
+    settings = json.loads(record.read_text(encoding="utf-8"))["config"] if record.is_file() else {}
+    return with_added_defaults(settings, TOP)["strategy"]
+
+
 def run(config_path: Path, srun_args: str | None = None) -> int:
     """litgpt pretrain on a rendered config, through the training runner (lock, resume, stop, requeue)."""
     fingerprint = fingerprint_files(config_path, yaml.safe_load(config_path.read_text()))
-    return training_runner.run(config_path, "pretrain", fingerprint, srun_args)
+    return training_runner.run(config_path, "pretrain", fingerprint, srun_args, strategy(config_path))
 
 
 def main(argv: list[str] | None = None) -> None:

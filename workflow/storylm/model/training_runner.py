@@ -37,7 +37,7 @@ import yaml
 from storylm.io.entry import StageError, atomic_path, write_json
 from storylm.io.filehash import file_sha256
 from storylm.io.stagelock import note, stage_lock
-from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED
+from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED, STRATEGY_ENV
 
 CHECKPOINT_NAME = "lit_model.pth"
 LIVE_LOG = "progress.log"
@@ -151,8 +151,9 @@ def record_environment(out_dir: Path) -> None:
 # Running litgpt
 
 
-def litgpt_env() -> dict:
+def litgpt_env(strategy: str = "auto") -> dict:
     env = dict(os.environ)
+    env[STRATEGY_ENV] = strategy  # how several processes train (storylm.model.litgpt_train)
     # wandb without an API key would prompt for one; log offline instead (sync later with `wandb sync`).
     # It writes to ./wandb/: Lightning's WandbLogger passes save_dir="." to wandb.init.
     if not env.get("WANDB_API_KEY") and "WANDB_MODE" not in env:
@@ -177,11 +178,13 @@ def launch_command(litgpt_command: str, config_path: Path, out_dir: Path, srun_a
     return command
 
 
-def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], srun_args: str | None = None) -> int:
+def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], srun_args: str | None = None,
+        strategy: str = "auto") -> int:
     """Run `litgpt <litgpt_command>` on a rendered config, resuming if it can; returns the stage's exit code.
 
     `fingerprint` names the files the training is (the config and what it reads: a change in any
-    means other work). Signals are passed on to litgpt, which saves and stops at them.
+    means other work). Signals are passed on to litgpt, which saves and stops at them. `strategy`
+    (auto, ddp, fsdp) says how several processes train.
     """
     litgpt_config = yaml.safe_load(config_path.read_text())
     out_dir = Path(litgpt_config["out_dir"])
@@ -199,7 +202,7 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
         # litgpt gets the default SIGINT handling even where this job was started with SIGINT ignored
         # (a shell's background job, a pytest-xdist worker): an ignored SIGINT is inherited, and litgpt
         # would then ignore the SIGINT passed on below. It inherits the lock too.
-        process = subprocess.Popen(command, env=litgpt_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, env=litgpt_env(strategy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1, start_new_session=True, pass_fds=(lock,),
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         note(lock, f"process {os.getpid()} (storylm training) and its litgpt, process {process.pid}")
@@ -213,7 +216,9 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
                 log.write(line)
                 log.flush()
             returncode = process.wait()
-            if returncode == STOP_EXIT:
+            # A stop writes stopped.json (removed above) before any rank exits; under srun
+            # --kill-on-bad-exit a rank may then be killed while it exits, so srun's own code varies.
+            if returncode == STOP_EXIT or (returncode != 0 and (out_dir / STOPPED).is_file()):
                 returncode = after_stop(out_dir, log)
         if returncode == 0:
             with atomic_path(out_dir / TRAIN_LOG) as tmp:
