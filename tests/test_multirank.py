@@ -202,15 +202,18 @@ def test_the_ranks_draw_disjoint_halves_of_an_epoch(two_ranks):
     assert epoch.total() - drawn.total() < 4  # and the whole epoch, but for what fills no step
 
 
-VAL_TOLERANCE = 0.05
+# Measured on this config (one epoch, 421 steps, final val loss in nats/token): one rank with seeds 42-45
+# ends at 3.766, 3.735, 3.707, 3.744; two ranks with seeds 42, 43 at 3.837, 3.684, i.e. +0.071 and -0.051 from
+# one rank with the same seed. The tolerance is twice the largest of those differences.
+VAL_TOLERANCE = 0.15
 
 
 @pytest.mark.slow
 def test_two_ranks_end_near_one_rank_with_the_same_global_batch(two_ranks):
     """The same global batch (4 sequences a step: 2 ranks x 2, or 1 rank x 2 micro-batches of 2) takes the same
-    steps on the same epoch of data, in another order: litdata deals the windows to the ranks, so a step holds
-    other windows than on one rank. Both validate on the whole val split. The difference is then data-order
-    noise, which on this tiny model after one epoch is a few hundredths of a nat (VAL_TOLERANCE)."""
+    number of steps with the same learning rates on the same epoch of data, in another order: litdata deals the
+    windows to the ranks, so a step holds other windows than on one rank. Both validate on the whole val split.
+    The difference is then data-order noise, as large as another seed's (VAL_TOLERANCE says how large)."""
     two, one = (litgpt_log.parse(two_ranks[k] / "train.log")[1] for k in ("two", "one"))
     final_two, final_one = (float(val[val["final"]]["val_loss"].iloc[0]) for val in (two, one))
     assert abs(final_two - final_one) < VAL_TOLERANCE, (final_two, final_one)
@@ -252,3 +255,36 @@ def test_a_sigterm_to_one_local_rank_stops_both_at_one_step_and_resumes_to_the_s
 
 def test_the_config_readme_lists_the_strategy():
     assert "| `strategy` |" in (REPO / "config" / "README.md").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------
+# Slurm as sites run it: what the job step's environment lost, and the rendezvous
+
+
+def test_the_slurm_conf_the_jobstep_plugin_removed_comes_back_from_the_jobs_own_processes(tmp_path):
+    """As in a Slurm job: the batch script's shell has SLURM_CONF; the rule runs without it (env -u, as
+    snakemake-executor-plugin-slurm-jobstep's Popen does); the runner finds it in its ancestors."""
+    probe = ("import json, os; from storylm.model.training_runner import ancestor_environments, site_settings;"
+             " print(json.dumps(site_settings(dict(os.environ), ancestor_environments(os.getpid()))))")
+
+    def restored(job_of_shell: str, job_of_rule: str) -> dict:
+        shell = f"env -u SLURM_CONF SLURM_JOB_ID={job_of_rule} {sys.executable} -c {json.dumps(probe)}"
+        env = {**os.environ, "SLURM_JOB_ID": job_of_shell, "SLURM_CONF": str(tmp_path / "site.conf")}
+        return json.loads(subprocess.run(["bash", "-c", f"{shell}; true"], env=env, capture_output=True,
+                                         text=True, check=True).stdout)
+
+    assert restored("7", "7") == {"SLURM_CONF": str(tmp_path / "site.conf")}
+    assert restored("8", "7") == {}  # another job's settings are not this job's
+
+
+def test_the_rendezvous_port_is_free_here_and_a_users_choice_is_kept():
+    import socket
+
+    from storylm.model.training_runner import rendezvous
+
+    chosen = rendezvous({})
+    assert chosen["MASTER_ADDR"] == socket.gethostname()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", int(chosen["MASTER_PORT"])))  # nobody listens there
+    assert rendezvous({"MASTER_ADDR": "node7", "MASTER_PORT": "29500"}) == {"MASTER_ADDR": "node7",
+                                                                           "MASTER_PORT": "29500"}

@@ -148,6 +148,74 @@ def record_environment(out_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Slurm as sites run it
+
+# What the job's srun, squeue and scontrol need from the job's environment and that
+# snakemake-executor-plugin-slurm-jobstep removes from a rule's (it keeps only the job's identity
+# among the SLURM_* variables): where the site's slurm.conf is (a module-loaded Slurm).
+SITE_SETTINGS = ("SLURM_CONF",)
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of process pid (0 when it has none, or it cannot be read)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the fields after the command name: state, ppid, ...
+
+
+def ancestor_environments(pid: int) -> list[dict]:
+    """The environment each ancestor of process pid started with, nearest first."""
+    found = []
+    pid = parent_pid(pid)
+    while pid > 1:
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            break
+        found.append(dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item))
+        pid = parent_pid(pid)
+    return found
+
+
+def site_settings(environ: dict, ancestors: list[dict]) -> dict:
+    """The SITE_SETTINGS this Slurm job's environment lost on its way to the rule, from the nearest
+    ancestor process of the same job that still has them (the job's own snakemake, its batch script)."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    restored = {}
+    for ancestor in ancestors:
+        if ancestor.get("SLURM_JOB_ID") != job:
+            continue
+        for key in SITE_SETTINGS:
+            if key not in environ and key not in restored and key in ancestor:
+                restored[key] = ancestor[key]
+    return restored
+
+
+def free_port() -> int:
+    """A TCP port no process listens on here now (the kernel's pick)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def rendezvous(environ: dict) -> dict:
+    """MASTER_ADDR and MASTER_PORT for the ranks of a Slurm job: this host, which is the first node of
+    the allocation (where Slurm runs the batch script, and srun puts rank 0), and a port free on it.
+    Lightning's own default port is 15000 + the job id's last 4 digits, the same for jobs 10001 and 20001
+    on one node. Values the user set are kept."""
+    import socket
+
+    return {"MASTER_ADDR": environ.get("MASTER_ADDR") or socket.gethostname(),
+            "MASTER_PORT": environ.get("MASTER_PORT") or str(free_port())}
+
+
+# ---------------------------------------------------------------------------
 # Running litgpt
 
 
@@ -198,6 +266,13 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
         print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
               flush=True)
         command = launch_command(litgpt_command, config_path, out_dir, srun_args)
+        if "SLURM_JOB_ID" in os.environ:  # squeue, scontrol and srun talk to this job's controller
+            restored = site_settings(os.environ, ancestor_environments(os.getpid()))
+            if command[0] == "srun":
+                restored.update(rendezvous(os.environ))
+            os.environ.update(restored)
+            if restored:
+                print("from the Slurm job: " + " ".join(f"{k}={v}" for k, v in sorted(restored.items())), flush=True)
         print("running: " + shlex.join(command), flush=True)
         # litgpt gets the default SIGINT handling even where this job was started with SIGINT ignored
         # (a shell's background job, a pytest-xdist worker): an ignored SIGINT is inherited, and litgpt
