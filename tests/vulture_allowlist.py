@@ -12,3 +12,4 @@ _.rule_file  # noqa: B018 - storylm.plan.stages: the Snakefile includes each sta
 _.provider  # noqa: B018 - storylm.plan.stages: common.smk's role() input function asks it which stage provides a role
 _.ancestors  # noqa: B018 - storylm.plan.stages: common.smk derives LINEAGE (the stages a sample descends from) from both
 _.always_needed  # noqa: B018
+_.L  # noqa: B018 - storylm.model.litgpt_train: litgpt.pretrain.setup calls L.Fabric, which install() replaces
