@@ -130,6 +130,15 @@ def test_a_stop_flag_on_one_rank_stops_every_rank_at_the_same_next_step(tmp_path
     assert [load_json(tmp_path / f"rank-{r}.json") for r in (0, 1)] == [4, 4]  # posted at 3, agreed at 4 by both
 
 
+def test_with_several_ranks_the_deadline_margin_holds_the_step_the_flag_waits_for():
+    """A flag set at one step stops the ranks at the next: the margin before a deadline holds two steps."""
+    stopper = Stopper(deadline=None, margin=None)
+    stopper.longest_step, stopper.longest_save = 2.0, 3.5
+    assert stopper.margin() == 2.0 + 3.5 + 15.0
+    stopper.flags = object()  # the gloo group of several ranks
+    assert stopper.margin() == 2 * 2.0 + 3.5 + 15.0
+
+
 # ---------------------------------------------------------------------------
 # Two local processes through the pipeline
 

@@ -10,6 +10,7 @@ training has logged steps.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import uuid
@@ -51,13 +52,17 @@ def two_nodes(slurm_cluster):
 
 
 @pytest.fixture(scope="module")
-def local_weights(tmp_path_factory):
-    """The final weights of the same training as two local processes (no Slurm)."""
+def local_run(tmp_path_factory) -> Path:
+    """The same training as two local processes (no Slurm); its workdir, whose Data/ the Slurm tests reuse."""
     workdir = copy_workflow(tmp_path_factory.mktemp("two-local") / "wf")
-    config = config_of(2, 1)
-    write_config(workdir, config)
+    write_config(workdir, config_of(2, 1))
     snakemake(workdir, "--cores", "2", *ONE_THREAD, "--until", "pretrain")
-    return final_weights(workdir / "results" / "pretrain" / stage_hashes(config)["pretrain"])
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def local_weights(local_run) -> dict:
+    return final_weights(local_run / "results" / "pretrain" / stage_hashes(config_of(2, 1))["pretrain"])
 
 
 def final_weights(out: Path) -> dict:
@@ -66,9 +71,11 @@ def final_weights(out: Path) -> dict:
     return torch.load(out / "final" / "lit_model.pth", map_location="cpu", weights_only=False)["model"]
 
 
-def prepared(tmp_path: Path, config: dict) -> tuple[Path, Path]:
-    """A workdir whose stages before pretrain are built locally; its pretrain folder."""
+def prepared(tmp_path: Path, config: dict, local_run: Path) -> tuple[Path, Path]:
+    """A workdir whose stages before pretrain are there (the local run's corpus, tokenizer and shards: the
+    same settings, the same folders) or built locally; its pretrain folder."""
     workdir = copy_workflow(tmp_path / "wf")
+    shutil.copytree(local_run / "Data", workdir / "Data")
     write_config(workdir, config)
     snakemake(workdir, "--cores", "2", "--until", "pretrain_config")
     return workdir, workdir / "results" / "pretrain" / stage_hashes(config)["pretrain"]
@@ -86,9 +93,9 @@ def assert_equal_weights(ours: dict, theirs: dict) -> None:
 
 
 @pytest.mark.parametrize("devices, nodes", [(1, 2), (2, 1)], ids=["1-task-x-2-nodes", "2-tasks-x-1-node"])
-def test_two_slurm_ranks_end_with_the_weights_of_two_local_processes(two_nodes, local_weights, tmp_path, devices,
-                                                                     nodes):
-    workdir, out = prepared(tmp_path, config_of(devices, nodes))
+def test_two_slurm_ranks_end_with_the_weights_of_two_local_processes(two_nodes, local_run, local_weights, tmp_path,
+                                                                     devices, nodes):
+    workdir, out = prepared(tmp_path, config_of(devices, nodes), local_run)
     run = on_slurm(workdir, two_nodes, {})
     run.check()
     [job] = [job for job in run.submitted() if job.rule == "pretrain"]
@@ -123,9 +130,9 @@ def rank_process(job: str, rank: int, mark: str) -> int | None:
     return None
 
 
-def test_a_sigterm_to_one_rank_of_a_two_node_job_stops_both_requeues_and_resumes(two_nodes, local_weights, tmp_path):
-    config = config_of(1, 2)
-    workdir, out = prepared(tmp_path, config)
+def test_a_sigterm_to_one_rank_of_a_two_node_job_stops_both_requeues_and_resumes(two_nodes, local_run, local_weights,
+                                                                                tmp_path):
+    workdir, out = prepared(tmp_path, config_of(1, 2), local_run)
     mark = uuid.uuid4().hex
     run = on_slurm(workdir, two_nodes, {OWNER: mark}, background=True)
     try:
