@@ -9,6 +9,9 @@
 #
 # The cluster: one node named `hostname` (NodeAddr 127.0.0.1), CPUs = nproc,
 # RealMemory a bit below `free -m`, fake GPUs (gres.conf: Name=gpu File=/dev/null...),
+# or with SLURM_CI_NODES=N > 1, N nodes `hostname`-1 .. -N on this one host: one slurmd each,
+# each with its own NodeName, Port (6818, 6819, ...) and %n spool, pid and log paths (so that a
+# multi-node training can be tested; every node sees the same files),
 # partition `debug` (Default=YES, MaxTime=INFINITE), no accounting (sacct does not work:
 # use the executor's squeue status command), MinJobAge=3600 so squeue keeps reporting
 # finished jobs for an hour.
@@ -16,6 +19,7 @@
 # Environment knobs (all optional):
 #   SLURM_CI_STATE   state/log/pid directory          [/var/spool/slurm-ci]
 #   SLURM_CI_GPUS    number of fake GPUs on the node  [2]  (2 so that a devices=2 launch can be tested)
+#   SLURM_CI_NODES   number of nodes (slurmd daemons) [1]
 #   SLURM_CI_CPUS    CPUs to declare                  [nproc]
 #   SLURM_CI_TIMEOUT seconds to wait for the node     [90]
 #
@@ -28,6 +32,11 @@ CONF_DIR=/etc/slurm
 TAG="# managed-by: storylm .ci/slurm.sh (removed again by '.ci/slurm.sh stop')"
 HOST=$(hostname)
 TIMEOUT=${SLURM_CI_TIMEOUT:-90}
+NODES=${SLURM_CI_NODES:-1}
+# The node names: this host's name for one node, <host>-1 .. <host>-N for several.
+node_names() {
+    if [ "$NODES" -le 1 ]; then echo "$HOST"; else seq -f "$HOST-%g" 1 "$NODES"; fi
+}
 
 log() { printf '[slurm.sh] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -41,7 +50,7 @@ fi
 # sinfo answers (controller reachable)?
 cluster_up() { timeout 10 sinfo -h >/dev/null 2>&1; }
 
-node_state() { timeout 10 sinfo -h -n "$HOST" -o '%t' 2>/dev/null | head -n1 | tr -d ' *'; }
+node_state() { timeout 10 sinfo -h -n "${1:-$HOST}" -o '%t' 2>/dev/null | head -n1 | tr -d ' *'; }
 
 record() { $SUDO mkdir -p "$STATE"; echo "$*" | $SUDO tee -a "$MARKER" >/dev/null; }
 
@@ -126,12 +135,17 @@ write_conf() {
     # constraint with task/none); distinct files give distinct GPU indices.
     local devs=(/dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /dev/ptmx /dev/console)
     [ "$gpus" -le "${#devs[@]}" ] || die "SLURM_CI_GPUS must be <= ${#devs[@]}"
-    for ((i = 0; i < gpus; i++)); do
-        dev=${devs[$i]}
-        gres_lines+="NodeName=$HOST Name=gpu File=$dev"$'\n'
-    done
+    local node node_lines="" port=6818
     local node_gres=""
     [ "$gpus" -gt 0 ] && node_gres="Gres=gpu:$gpus"
+    for node in $(node_names); do
+        for ((i = 0; i < gpus; i++)); do
+            dev=${devs[$i]}
+            gres_lines+="NodeName=$node Name=gpu File=$dev"$'\n'
+        done
+        node_lines+="NodeName=$node NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$port CPUs=$cpus RealMemory=$mem $node_gres State=UNKNOWN"$'\n'
+        port=$((port + 1))
+    done
 
     $SUDO mkdir -p "$CONF_DIR" "$STATE/slurmctld" "$STATE/slurmd" "$STATE/log"
     put_conf "$CONF_DIR/slurm.conf" "$TAG
@@ -164,25 +178,23 @@ SlurmdTimeout=120
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$STATE/slurmctld
-SlurmdSpoolDir=$STATE/slurmd
+SlurmdSpoolDir=$STATE/slurmd/%n
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
+SlurmdPidFile=$STATE/slurmd-%n.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
-SlurmdLogFile=$STATE/log/slurmd.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
 GresTypes=gpu
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem $node_gres State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP"
+${node_lines}PartitionName=debug Nodes=$(node_names | paste -sd, -) Default=YES MaxTime=INFINITE State=UP"
     put_conf "$CONF_DIR/gres.conf" "$TAG
 AutoDetect=off
 ${gres_lines}"
     # cgroup.conf is not needed (proctrack/linuxproc, task/none), but a
     # stale one referencing missing plugins would break slurmd: leave it alone.
-    log "wrote $CONF_DIR/slurm.conf (CPUs=$cpus RealMemory=$mem gpu=$gpus) and gres.conf"
+    log "wrote $CONF_DIR/slurm.conf ($NODES node(s), each CPUs=$cpus RealMemory=$mem gpu=$gpus) and gres.conf"
 }
 
-start_daemon() {
-    local name=$1; shift
-    local pidfile="$STATE/$name.pid"
+start_daemon() {  # start_daemon <name> <pid file name> <args...>
+    local name=$1 pidfile="$STATE/$2"; shift 2
     $SUDO rm -f "$pidfile"
     log "starting $name"
     if ! $SUDO "/usr/sbin/$name" "$@" </dev/null; then
@@ -195,24 +207,24 @@ start_daemon() {
     record "daemon $name $(cat "$pidfile")"
 }
 
-wait_idle() {
-    local deadline=$((SECONDS + TIMEOUT)) st resumed=0
+wait_idle() {  # wait_idle [node]
+    local node=${1:-$HOST} deadline=$((SECONDS + TIMEOUT)) st resumed=0
     while [ $SECONDS -lt $deadline ]; do
-        st=$(node_state || true)
+        st=$(node_state "$node" || true)
         case "$st" in
-            idle|mix|alloc|comp) log "node $HOST is $st"; return 0 ;;
+            idle|mix|alloc|comp) log "node $node is $st"; return 0 ;;
             down*|drain*|drng*|fail*|inval*)
                 if [ $resumed -lt 3 ]; then
-                    log "node $HOST is $st: scontrol update state=resume"
-                    $SUDO scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+                    log "node $node is $st: scontrol update state=resume"
+                    $SUDO scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
                     resumed=$((resumed + 1))
                 fi ;;
         esac
         sleep 1
     done
     timeout 10 sinfo -R >&2 || true
-    $SUDO tail -n 20 "$STATE/log/slurmctld.log" "$STATE/log/slurmd.log" >&2 || true
-    die "node $HOST did not become idle within ${TIMEOUT}s (state: ${st:-none})"
+    $SUDO tail -n 20 "$STATE/log/slurmctld.log" "$STATE/log/slurmd-$node.log" >&2 || true
+    die "node $node did not become idle within ${TIMEOUT}s (state: ${st:-none})"
 }
 
 alive() {  # alive <pid> <name>
@@ -223,9 +235,9 @@ cmd_start() {
     install_packages
     if cluster_up; then
         local st
-        st=$(node_state || true)
-        log "a Slurm cluster already answers (node $HOST: ${st:-not in this cluster}); nothing to start"
-        if [ -f "$MARKER" ] && [ -n "$st" ]; then wait_idle; fi
+        st=$(node_state "$(node_names | head -n1)" || true)
+        log "a Slurm cluster already answers (node $(node_names | head -n1): ${st:-not in this cluster}); nothing to start"
+        if [ -f "$MARKER" ] && [ -n "$st" ]; then wait_idle "$(node_names | head -n1)"; fi
         timeout 10 sinfo || true
         return 0
     fi
@@ -238,15 +250,19 @@ cmd_start() {
     start_munge
     write_conf
     # -i: ignore unreadable state left by an earlier, killed instance
-    start_daemon slurmctld -i
+    start_daemon slurmctld slurmctld.pid -i
     local i
     for i in $(seq 1 100); do cluster_up && break; sleep 0.3; done
     if ! cluster_up; then
         $SUDO tail -n 20 "$STATE/log/slurmctld.log" >&2 || true
         die "slurmctld does not answer"
     fi
-    start_daemon slurmd -N "$HOST"
-    wait_idle
+    local node
+    for node in $(node_names); do
+        $SUDO mkdir -p "$STATE/slurmd/$node"
+        start_daemon slurmd "slurmd-$node.pid" -N "$node"
+    done
+    for node in $(node_names); do wait_idle "$node"; done
     timeout 10 sinfo
 }
 

@@ -1,6 +1,6 @@
 """Helpers for tests that run Snakemake on a Slurm cluster.
 
-CI starts a single-node cluster with ``bash .ci/slurm.sh start`` before pytest; on a
+CI starts a two-node cluster with ``SLURM_CI_NODES=2 bash .ci/slurm.sh start`` before pytest; on a
 machine without one, the ``slurm_cluster`` fixture skips with the reason.
 
 Typical use (see tests/test_slurm.py)::

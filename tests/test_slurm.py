@@ -139,7 +139,14 @@ def main():
     runpy.run_path(str(Path.cwd() / "fabric_check.py"), run_name="__main__")
 """
 FAKE_LITGPT_PRETRAIN = """\
+import lightning as L  # storylm.model.litgpt_train replaces L.Fabric, as litgpt.pretrain.setup calls it
+
+
 class CycleIterator:
+    pass
+
+
+def validate(fabric, model, val_dataloader, max_iters, verbose=True):
     pass
 
 

@@ -206,6 +206,7 @@ def configs_of_every_kind(tmp_path: Path) -> list[dict]:
         changed(changed(changed(base, "tokenizer.kind", "pretrained"), "tokenizer.source", "hf"),
                 "evaluate.extra_sets", [{"path": str(extra), "text_field": "text", "name": None}]),
         changed(changed(base, "tokenizer.kind", "pretrained"), "tokenizer.path", str(tokenizer_dir)),
+        changed(base, "devices", 2),  # several processes: the strategy counts
     ]
 
 

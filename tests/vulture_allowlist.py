@@ -16,3 +16,4 @@ _.stop_jobs_at_sigterm  # noqa: B018 - storylm.io.stopjobs: common.smk's onstart
 _.mark_damaged  # noqa: B018 - storylm.plan.integrity: common.smk calls it on the plan before each run
 _.rebuild_counts  # noqa: B018 - storylm.plan.integrity: common.smk reads the counts into the stages' record params
 _.with_rebuilds  # noqa: B018
+_.L  # noqa: B018 - storylm.model.litgpt_train: litgpt.pretrain.setup calls L.Fabric, which install() replaces

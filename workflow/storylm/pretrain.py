@@ -18,11 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from storylm.io.entry import StageError, exit_with, write_record, write_text
+from storylm.io.entry import RECORD, StageError, exit_with, write_record, write_text
 from storylm.model import training_runner
 from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
 from storylm.plan.integrity import require_intact
 from storylm.plan.stage import relist
+from storylm.plan.stages import TOP, with_added_defaults
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:
@@ -109,12 +110,21 @@ def fingerprint_files(config_path: Path, litgpt_config: dict) -> dict[str, Path]
                                               for split in ("train", "val")}}
 
 
+def strategy(config_path: Path) -> str:
+    """The stage's `strategy`, from the record beside its config (the key is there only when not auto;
+    litgpt's config has no place for it)."""
+    record = config_path.parent / RECORD
+    settings = json.loads(record.read_text(encoding="utf-8"))["config"] if record.is_file() else {}
+    return with_added_defaults(settings, TOP)["strategy"]
+
+
 def run(config_path: Path, srun_args: str | None = None) -> int:
     """litgpt pretrain on a rendered config, through the training runner (lock, resume, stop, requeue);
     the shards are checked against their list first, and a finished training lists its files."""
     litgpt_config = yaml.safe_load(config_path.read_text())
     require_intact("shards", Path(litgpt_config["data"]["init_args"]["data_path"]))
-    returncode = training_runner.run(config_path, "pretrain", fingerprint_files(config_path, litgpt_config), srun_args)
+    returncode = training_runner.run(config_path, "pretrain", fingerprint_files(config_path, litgpt_config), srun_args,
+                                     strategy(config_path))
     if returncode == 0:
         relist(Path(litgpt_config["out_dir"]), "pretrain")
     return returncode

@@ -17,11 +17,22 @@ from litgpt.pretrain.CycleIterator, replaced here by a subclass), it asks whethe
 
 It stops only between two optimizer steps, so the state is exactly the one litgpt's own step-*
 checkpoints hold (model, optimizer, data-loader position, iter_num, step_count) and the resumed run
-goes on as if never stopped. With several ranks, all ranks agree on the step first (a max all-reduce
-of the flag at each step: Megatron's `--exit-signal-handler` does the same). The save goes to
-saving-step-N/ and is renamed step-N/ once whole (a kill during the save leaves no step-* that
-resume would pick). Then it writes stopped.json, says in its log which step it saved and why, and
-exits STOP_EXIT without writing final/. A second Ctrl-C stops at once, without a save.
+goes on as if never stopped. With several ranks, all ranks agree on the step first: at each step
+each rank posts its flag to a max all-reduce on a CPU (gloo) group without waiting for it, and
+every rank stops at the next step when any flag of the previous one was set (Megatron's
+`--exit-signal-handler` reduces such a flag too), so the check costs no host sync of a GPU. The save
+goes to saving-step-N/ and is renamed step-N/ once whole (a kill during the save leaves no step-*
+that resume would pick). Then it writes stopped.json, says in its log which step it saved and why,
+and, once every rank is there, exits STOP_EXIT without writing final/. A second Ctrl-C stops at
+once, without a save.
+
+Several processes (devices x num_nodes > 1): litgpt 0.5.13 always trains them with FSDP, which
+neither Lightning nor torch runs on a CPU (litgpt issue #1731). STORYLM_STRATEGY (auto, ddp or
+fsdp; the config's `strategy`) chooses here: `auto` keeps litgpt's FSDP where CUDA is and trains
+with DDP elsewhere. The choice is made in litgpt.pretrain's own call of `Fabric`, so litgpt's model,
+loop, checkpoint format and resume stay as they are. Besides, on every rank: a log line is printed
+once (by global rank 0, not once per node), and the validation loss is the mean over the ranks
+(litgpt's is each rank's own shard's).
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+STRATEGY_ENV = "STORYLM_STRATEGY"  # auto, ddp or fsdp (config key `strategy`)
+DRAWN_ENV = "STORYLM_RECORD_DRAWN"  # a folder: each rank appends the token rows it trains on (a data check)
 STOP_EXIT = 75  # EX_TEMPFAIL: stopped on purpose; the same command resumes
 DIVERGED_EXIT = 65  # EX_DATAERR: the loss or the gradients turned NaN or infinite; rerunning would not help
 STOPPED = "stopped.json"  # why and where the last part of the training stopped
@@ -82,6 +95,8 @@ class Stopper:
         self.accumulation = 1  # micro-batches an optimizer step (fixed for a fit() call)
         self.max_iters = 0  # the micro-batches fit() trains to, as litgpt.pretrain.fit counts them
         self.last_boundary: float | None = None
+        self.flags = None  # several ranks: the gloo group the stop flags are reduced on
+        self.posted = None  # (the all-reduce in flight, its flag tensor): the previous step's flags
 
     # --- hooks -----------------------------------------------------------------------------------
 
@@ -103,18 +118,24 @@ class Stopper:
         self.max_iters = train.max_tokens // fabric.world_size // tokens_per_iter
         self.state_bytes = sum(p.numel() * p.element_size() for p in state["model"].parameters()) * 4
         self.last_boundary = None
+        self.posted = None
+        if fabric.world_size > 1 and self.flags is None:
+            import torch.distributed as dist
+
+            self.flags = dist.new_group(backend="gloo")  # every rank calls it here: a collective
 
     def margin(self) -> float:
         if self.fixed_margin is not None:
             return self.fixed_margin
         save = self.longest_save if self.longest_save is not None else 5.0 + self.state_bytes / SAVE_BYTES_PER_S
-        return self.longest_step + save + SLACK_S
+        steps = 2 if self.flags is not None else 1  # several ranks stop a step after the flag is posted
+        return steps * self.longest_step + save + SLACK_S
 
     def before_batch(self) -> None:
         """Called before each batch: stop here if asked and this is the end of an optimizer step."""
         if not self.fit:
             return
-        state, fabric = self.fit["state"], self.fit["fabric"]
+        state = self.fit["state"]
         if state["iter_num"] % self.accumulation:
             return  # inside an optimizer step: its gradients are not in the state a checkpoint holds
         now = time.monotonic()
@@ -124,13 +145,31 @@ class Stopper:
         if self.reason is None and self.deadline is not None and time.time() + self.margin() >= self.deadline:
             self.reason = "deadline"
         stop = self.reason is not None
-        if fabric.world_size > 1:  # every rank stops at the same step, or none does
-            import torch
-
-            stop = bool(fabric.all_reduce(torch.tensor(float(stop), device=fabric.device), reduce_op="max"))
-            self.reason = self.reason or ("another rank" if stop else None)
+        if self.flags is not None:  # every rank stops at the same step, or none does
+            stop = self.agreed()
+            if stop:
+                self.reason = self.reason or "another rank"
+            else:
+                self.post(self.reason is not None)
         if stop and state["iter_num"] < self.max_iters:
             self.stop()
+
+    def agreed(self) -> bool:
+        """Whether any rank's flag was set at the previous step (its all-reduce ran during this step)."""
+        if self.posted is None:
+            return False
+        work, flag = self.posted
+        work.wait()
+        self.posted = None
+        return bool(flag.item())
+
+    def post(self, flag: bool) -> None:
+        """Start the max all-reduce of this rank's flag, on the CPU, without waiting for it."""
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([float(flag)])
+        self.posted = (dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.flags, async_op=True), tensor)
 
     def timed_save(self, save, *args) -> None:
         """litgpt's save_checkpoint, timed: the margin holds the longest save. A state whose weights are
@@ -175,9 +214,11 @@ class Stopper:
             logger.finalize("success")
         sys.stdout.flush()
         sys.stderr.flush()
+        # No rank exits before rank 0 has written stopped.json and its line: srun --kill-on-bad-exit ends
+        # the others at the first exit, and the runner requeues only a stop that says where it saved.
+        fabric.barrier()
         end_data_workers()
         os._exit(STOP_EXIT)  # out at once: nothing is left to tidy (the loader's shutdown would wait for workers)
-
 
     def stop_before_training(self) -> None:
         """A stop before fit()'s first step: say so in stopped.json (the runner words what to do) and exit."""
@@ -236,9 +277,87 @@ def end_data_workers() -> None:
         child.join()
 
 
-def install(stopper: Stopper) -> None:
+class StrategyError(ValueError):
+    """A strategy this machine cannot run (the planning refuses it first where it can tell)."""
+
+
+def strategy_kind(requested: str, processes: int, cuda: bool) -> str:
+    """What trains `processes` processes: "single" (one process), "fsdp" (litgpt's own) or "ddp"."""
+    if requested not in ("auto", "ddp", "fsdp"):
+        raise StrategyError(f"strategy: {requested!r} is not one of auto, ddp, fsdp")
+    if processes == 1:
+        return "single"
+    if requested == "fsdp" and not cuda:
+        raise StrategyError("strategy: fsdp needs CUDA, and this machine has none (auto trains with DDP here)")
+    if requested == "auto":
+        return "fsdp" if cuda else "ddp"
+    return requested
+
+
+def fabric_class(requested: str):
+    """lightning.Fabric as litgpt.pretrain.setup calls it, with the strategy chosen by `requested`, and
+    printing once (on global rank 0; Fabric's own print is once per node)."""
+    import lightning
+    import torch
+    from lightning.fabric.strategies import DDPStrategy
+
+    class Fabric(lightning.Fabric):
+        def __init__(self, *args, strategy="auto", devices=1, num_nodes=1, **kwargs):
+            kind = strategy_kind(requested, int(devices) * int(num_nodes), torch.cuda.is_available())
+            if kind == "ddp":
+                strategy = DDPStrategy()  # gloo on a CPU, NCCL on CUDA
+            super().__init__(*args, strategy=strategy, devices=devices, num_nodes=num_nodes, **kwargs)
+
+        def print(self, *args, **kwargs) -> None:
+            if self.global_rank == 0:
+                print(*args, **kwargs)
+
+    return Fabric
+
+
+def lightning_with(fabric):
+    """The lightning module as litgpt.pretrain sees it (its `L`), with `fabric` as L.Fabric."""
+    import types
+
+    import lightning
+
+    shim = types.ModuleType("lightning")
+    shim.__dict__.update(vars(lightning))
+    shim.Fabric = fabric
+    return shim
+
+
+def mean_over_ranks(validate):
+    """litgpt's validate returns the mean over this rank's share of the val windows: make it all ranks'."""
+
+    def validate_all(fabric, *args, **kwargs):
+        loss = validate(fabric, *args, **kwargs)
+        if fabric.world_size > 1:
+            loss = fabric.all_reduce(loss, reduce_op="mean")
+        return loss
+
+    return validate_all
+
+
+def drawn_recorder(folder: Path):
+    """Appends each batch's token rows to <folder>/rank-<global rank>.jsonl (which data each rank trained on)."""
+
+    def record(batch) -> None:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"rank-{rank}.jsonl", "a", encoding="utf-8") as file:
+            for row in batch.tolist():
+                file.write(json.dumps(row) + "\n")
+
+    return record
+
+
+def install(stopper: Stopper, strategy: str = "auto", drawn: Path | None = None) -> None:
     """Wrap litgpt.pretrain's fit, CycleIterator and save_checkpoint so that `stopper` sees each batch,
-    and make the data loader's workers ignore the stop signals."""
+    make the data loader's workers ignore the stop signals, train several processes with `strategy`,
+    print once and validate over all ranks (and, with `drawn`, record what each rank trained on)."""
     from litgpt import pretrain
     from torch.utils.data._utils import signal_handling
 
@@ -253,10 +372,15 @@ def install(stopper: Stopper) -> None:
     original_fit, original_save = pretrain.fit, pretrain.save_checkpoint
     fit_signature = inspect.signature(original_fit)
 
+    record = drawn_recorder(drawn) if drawn else None
+
     class StoppableCycle(pretrain.CycleIterator):
         def __next__(self):
             stopper.before_batch()
-            return super().__next__()
+            batch = super().__next__()
+            if record is not None and stopper.fit and stopper.fit["state"]["iter_num"] < stopper.max_iters:
+                record(batch)  # a batch fit() trains on (it draws one more, then ends)
+            return batch
 
     def fit(*args, **kwargs):
         bound = fit_signature.bind(*args, **kwargs)
@@ -271,6 +395,8 @@ def install(stopper: Stopper) -> None:
     pretrain.CycleIterator = StoppableCycle
     pretrain.fit = fit
     pretrain.save_checkpoint = save_checkpoint
+    pretrain.validate = mean_over_ranks(pretrain.validate)
+    pretrain.L = lightning_with(fabric_class(strategy))
 
 
 def guard_gradients(fabric, stopper: Stopper) -> None:
@@ -304,13 +430,18 @@ def main(argv: list[str] | None = None) -> None:
     stopper = Stopper(deadline, float(margin) if margin else None, source, out_dir_argument(argv))
     for signum in SIGNALS:
         signal.signal(signum, stopper.on_signal)
-    install(stopper)
+    drawn = os.environ.get(DRAWN_ENV, "").strip()
+    install(stopper, os.environ.get(STRATEGY_ENV, "").strip() or "auto", Path(drawn) if drawn else None)
     atexit.register(end_data_workers)  # after multiprocessing's own exit handler, so it runs before it
     from litgpt.__main__ import main as litgpt_main
 
     # litgpt's CLI (and save_hyperparameters, which parses it again) read sys.argv as `litgpt <command> ...`.
     sys.argv = ["litgpt", *argv]
-    litgpt_main()
+    try:
+        litgpt_main()
+    except StrategyError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

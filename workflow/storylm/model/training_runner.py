@@ -37,7 +37,7 @@ import yaml
 from storylm.io.entry import StageError, atomic_path, write_json
 from storylm.io.filehash import file_sha256
 from storylm.io.stagelock import note, stage_lock
-from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED
+from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED, STRATEGY_ENV
 
 CHECKPOINT_NAME = "lit_model.pth"
 LIVE_LOG = "progress.log"
@@ -151,11 +151,80 @@ def record_environment(out_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Slurm as sites run it
+
+# What the job's srun, squeue and scontrol need from the job's environment and that
+# snakemake-executor-plugin-slurm-jobstep removes from a rule's (it keeps only the job's identity
+# among the SLURM_* variables): where the site's slurm.conf is (a module-loaded Slurm).
+SITE_SETTINGS = ("SLURM_CONF",)
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of process pid (0 when it has none, or it cannot be read)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the fields after the command name: state, ppid, ...
+
+
+def ancestor_environments(pid: int) -> list[dict]:
+    """The environment each ancestor of process pid started with, nearest first."""
+    found = []
+    pid = parent_pid(pid)
+    while pid > 1:
+        try:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            break
+        found.append(dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item))
+        pid = parent_pid(pid)
+    return found
+
+
+def site_settings(environ: dict, ancestors: list[dict]) -> dict:
+    """The SITE_SETTINGS this Slurm job's environment lost on its way to the rule, from the nearest
+    ancestor process of the same job that still has them (the job's own snakemake, its batch script)."""
+    job = environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    restored = {}
+    for ancestor in ancestors:
+        if ancestor.get("SLURM_JOB_ID") != job:
+            continue
+        for key in SITE_SETTINGS:
+            if key not in environ and key not in restored and key in ancestor:
+                restored[key] = ancestor[key]
+    return restored
+
+
+def free_port() -> int:
+    """A TCP port no process listens on here now (the kernel's pick)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def rendezvous(environ: dict) -> dict:
+    """MASTER_ADDR and MASTER_PORT for the ranks of a Slurm job: this host, which is the first node of
+    the allocation (where Slurm runs the batch script, and srun puts rank 0), and a port free on it.
+    Lightning's own default port is 15000 + the job id's last 4 digits, the same for jobs 10001 and 20001
+    on one node. Values the user set are kept."""
+    import socket
+
+    return {"MASTER_ADDR": environ.get("MASTER_ADDR") or socket.gethostname(),
+            "MASTER_PORT": environ.get("MASTER_PORT") or str(free_port())}
+
+
+# ---------------------------------------------------------------------------
 # Running litgpt
 
 
-def litgpt_env() -> dict:
+def litgpt_env(strategy: str = "auto") -> dict:
     env = dict(os.environ)
+    env[STRATEGY_ENV] = strategy  # how several processes train (storylm.model.litgpt_train)
     # wandb without an API key would prompt for one; log offline instead (sync later with `wandb sync`).
     # It writes to ./wandb/: Lightning's WandbLogger passes save_dir="." to wandb.init.
     if not env.get("WANDB_API_KEY") and "WANDB_MODE" not in env:
@@ -180,11 +249,13 @@ def launch_command(litgpt_command: str, config_path: Path, out_dir: Path, srun_a
     return command
 
 
-def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], srun_args: str | None = None) -> int:
+def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], srun_args: str | None = None,
+        strategy: str = "auto") -> int:
     """Run `litgpt <litgpt_command>` on a rendered config, resuming if it can; returns the stage's exit code.
 
     `fingerprint` names the files the training is (the config and what it reads: a change in any
-    means other work). Signals are passed on to litgpt, which saves and stops at them.
+    means other work). Signals are passed on to litgpt, which saves and stops at them. `strategy`
+    (auto, ddp, fsdp) says how several processes train.
     """
     litgpt_config = yaml.safe_load(config_path.read_text())
     out_dir = Path(litgpt_config["out_dir"])
@@ -198,11 +269,18 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
         print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
               flush=True)
         command = launch_command(litgpt_command, config_path, out_dir, srun_args)
+        if "SLURM_JOB_ID" in os.environ:  # squeue, scontrol and srun talk to this job's controller
+            restored = site_settings(os.environ, ancestor_environments(os.getpid()))
+            if command[0] == "srun":
+                restored.update(rendezvous(os.environ))
+            os.environ.update(restored)
+            if restored:
+                print("from the Slurm job: " + " ".join(f"{k}={v}" for k, v in sorted(restored.items())), flush=True)
         print("running: " + shlex.join(command), flush=True)
         # litgpt gets the default SIGINT handling even where this job was started with SIGINT ignored
         # (a shell's background job, a pytest-xdist worker): an ignored SIGINT is inherited, and litgpt
         # would then ignore the SIGINT passed on below. It inherits the lock too.
-        process = subprocess.Popen(command, env=litgpt_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, env=litgpt_env(strategy), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1, start_new_session=True, pass_fds=(lock,),
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         note(lock, f"process {os.getpid()} (storylm training) and its litgpt, process {process.pid}")
@@ -219,7 +297,9 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
             except OSError as error:  # a full disk: litgpt stops (it saves if it can) before the error is said
                 stop_on_error(process, error, live)
             returncode = process.wait()
-            if returncode == STOP_EXIT:
+            # A stop writes stopped.json (removed above) before any rank exits; under srun
+            # --kill-on-bad-exit a rank may then be killed while it exits, so srun's own code varies.
+            if returncode == STOP_EXIT or (returncode != 0 and (out_dir / STOPPED).is_file()):
                 returncode = after_stop(out_dir, log)
         if returncode == 0:
             with atomic_path(out_dir / TRAIN_LOG) as tmp:

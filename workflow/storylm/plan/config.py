@@ -34,6 +34,7 @@ def check(config: dict) -> None:
     _check_vocab(config)
     _check_split(config)
     _check_train(config)
+    _check_strategy(config)
     _check_prompts(config)
     for index, entry in enumerate(config["evaluate"]["extra_sets"]):
         if not Path(entry["path"]).is_file():
@@ -257,3 +258,16 @@ def _check_train(config: dict) -> None:
             f"train.global_batch_size: {train['global_batch_size']} is not a multiple of micro_batch_size x devices"
             f" x num_nodes = {per_step}"
         )
+
+
+def _check_strategy(config: dict, cuda: bool | None = None) -> None:
+    """fsdp needs CUDA (Lightning and torch refuse it on a CPU); `cuda` is this machine's, by default."""
+    if config["strategy"] != "fsdp" or config["devices"] * config["num_nodes"] == 1:
+        return
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    if not cuda:
+        raise ConfigError("strategy: fsdp needs CUDA, and this machine has none; auto trains with FSDP where it"
+                          " finds CUDA (a cluster's GPU nodes) and with DDP elsewhere")

@@ -31,10 +31,12 @@ from storylm.model.tokens import TOKENIZER_FILES
 
 HASH_LENGTH = 10
 
-# Keys added to the schema after the hashes were first pinned, by section: each enters its
-# stage's fingerprint only when set away from its schema default.
+# Keys added to the schema after the hashes were first pinned, by section (TOP: the top-level keys):
+# each enters its stage's fingerprint only when set away from its schema default.
+TOP = ""
 ADDED_KEYS: dict[str, tuple[str, ...]] = {
     "corpus": ("max_story_characters",),
+    TOP: ("strategy",),
 }
 
 
@@ -69,16 +71,21 @@ def _schema_defaults() -> dict:
     return defaults()
 
 
+def _section_defaults(name: str) -> dict:
+    return _schema_defaults()[name] if name != TOP else _schema_defaults()
+
+
 def _away_from_default(section: dict, name: str) -> dict:
-    """The section's ADDED_KEYS that are set away from their schema default."""
-    default = _schema_defaults()[name]
+    """The section's ADDED_KEYS that are set away from their schema default (name TOP: the whole config's
+    top-level ones)."""
+    default = _section_defaults(name)
     return {key: section[key] for key in ADDED_KEYS[name] if section[key] != default[key]}
 
 
 def with_added_defaults(section: dict, name: str) -> dict:
     """A stage's settings as its command needs them: the ADDED_KEYS its fingerprint leaves out at their
     default, filled back in."""
-    default = _schema_defaults()[name]
+    default = _section_defaults(name)
     return {**{key: default[key] for key in ADDED_KEYS.get(name, ())}, **section}
 
 
@@ -152,6 +159,8 @@ def _pretrain(config: dict) -> dict:
     fingerprint = {key: config[key] for key in PRETRAIN_KEYS}
     if config["logger_name"] == "wandb":
         fingerprint["wandb_project"] = config["wandb_project"]
+    if config["devices"] * config["num_nodes"] > 1:  # one process has no strategy to choose
+        fingerprint.update(_away_from_default(config, TOP))  # strategy, when not auto
     return fingerprint
 
 
@@ -252,7 +261,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("shards", "Data/shards", ("corpus", "tokenizer"), _shards,
               {"shards": None}, provides={"shards": "stats.json"}),
     StageSpec("pretrain", "results/pretrain", ("shards", "tokenizer"), _pretrain,
-              {**{key: None for key in PRETRAIN_KEYS}, "wandb_project": "when logger_name is wandb"},
+              {**{key: None for key in PRETRAIN_KEYS}, "wandb_project": "when logger_name is wandb",
+               "strategy": "when not auto and devices x num_nodes > 1"},
               provides={"final model": "final/lit_model.pth", "hyperparameters": "final/hyperparameters.yaml",
                         "train log": "train.log", "litgpt config": "pretrain.yaml"}),
     StageSpec("evaluate", "results/evaluate", ("pretrain", "shards", "corpus"), _evaluate, {"evaluate": None},
