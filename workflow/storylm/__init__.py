@@ -31,6 +31,7 @@ storylm.io, files and the error model:
     jsonl           the corpus stage's split files
     stagelock       an exclusive lock on a stage folder for a stage command's whole life
     environment     the machine a stage ran on (threads, CPU, GPU, versions)
+    progress        a long stage's one live line: in place on a terminal, a few lines in a log
 
 storylm.stories, the text of stories:
     storytext       the one cleaning rule of stories

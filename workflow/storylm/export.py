@@ -37,7 +37,7 @@ from storylm.io import jsonl
 from storylm.io.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
 from storylm.model import checkpoint
 from storylm.model.tokens import LICENCE_FILES
-from storylm.plan.stage import finish_stage, read_record
+from storylm.plan.stage import finish_stage, log_record, read_record
 from storylm.results.figures import numeric_figures, sample_figure_files
 
 
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the export folder, replaced whole")
     args = parser.parse_args(argv)
     record = read_record(args.record, "export")
+    log_record(record)
     checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val, args.tokenizer_dir)
     print(f"exported {args.checkpoint} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
           f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"

@@ -21,6 +21,7 @@ import yaml
 from storylm.io.entry import StageError, exit_with, write_record, write_text
 from storylm.model import training_runner
 from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
+from storylm.plan.stage import log_record
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "render":
         record = json.loads(args.record)
+        log_record(record)
         litgpt_config = render(record["config"], args.shards, args.tokenizer, args.out_dir)
         header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
                   f" with:\n#   litgpt pretrain --config {args.output}\n")
