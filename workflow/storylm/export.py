@@ -103,9 +103,13 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
         model_config.save_pretrained(tmp)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         sampling = {key: sample_settings[key] for key in ("temperature", "top_k", "top_p") if key in sample_settings}
+        # max_new_tokens as the card's lines ask (the first prompt and they fit the context), never max_length:
+        # transformers 5 warns "Both max_new_tokens and max_length seem to have been set" on every call that
+        # passes max_new_tokens to a model whose generation_config.json sets max_length.
         generation = GenerationConfig(
             bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
-            pad_token_id=special["pad_token_id"], max_length=config.block_size,
+            pad_token_id=special["pad_token_id"],
+            max_new_tokens=usage_for(config, tokenizer, sample_settings, None).new_tokens,
             **({"do_sample": True, **sampling} if sampling.get("temperature") else {}))
         generation.save_pretrained(tmp)
         hf_class = save_tokenizer(checkpoint_dir, tokenizer, tmp, config.block_size)
