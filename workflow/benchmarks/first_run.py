@@ -119,7 +119,9 @@ def main() -> None:
                 root = Path(tmp) / f"{repeat}-{index}"
                 result = first_run(fresh_tree(commit, root / "clone"), root / "caches")
                 results[name].append(result)
-                print(f"{name}, run {repeat + 1}: {result['wall']:.0f} s", flush=True)
+                rules = ", ".join(f"{rule} {seconds:.0f}" for rule, seconds in
+                                  sorted(result["rules"].items(), key=lambda item: -item[1]))
+                print(f"{name}, run {repeat + 1}: {result['wall']:.0f} s ({rules})", flush=True)  # if cut off later
                 shutil.rmtree(root)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n".join(table(results, list(trees))))
