@@ -39,6 +39,7 @@ needs_chatglm3 = pytest.mark.skipif(not HAVE_CHATGLM3, reason=NO_CHATGLM3)
 needs_real_stories = pytest.mark.skipif(not HAVE_REAL_STORIES, reason=NO_REAL_STORIES)
 
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "envs", "profiles")
+SNAKEMAKE_OUTPUT = "snakemake-output.txt"  # beside tiny_local_run's workdir: what its snakemake printed
 
 
 def tiny_config() -> dict:
@@ -174,7 +175,8 @@ def tiny_local_run(tmp_path_factory) -> tuple[Path, dict]:
     """
     workdir = copy_workflow(tmp_path_factory.mktemp("pipeline") / "wf")
     # The smoke config's documented command, default target: every stage, the export included.
-    snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+    result = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+    (workdir.parent / SNAKEMAKE_OUTPUT).write_text(result.stdout + result.stderr, encoding="utf-8")
     # Then the same config, resolved, as the workdir's config.yaml: the tests change it from there.
     config = tiny_config()
     write_config(workdir, config)

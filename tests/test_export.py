@@ -349,7 +349,9 @@ def test_default_kind_folder(default_kind):
     generation = json.loads((folder / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"], generation["bos_token_id"]) == (2, 2, 2)
     assert (generation["do_sample"], generation["temperature"], generation["top_k"]) == (True, 0.8, 20)
-    assert generation["max_length"] == SEQ
+    # The card's max_new_tokens (24: the sample stage's, which fit the 64-token block), and no max_length, which
+    # transformers 5 would warn about beside the card's own max_new_tokens.
+    assert generation["max_new_tokens"] == 24 and "max_length" not in generation
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert (tokenizer_config["bos_token"], tokenizer_config["eos_token"], tokenizer_config["add_bos_token"]) == \
@@ -535,6 +537,36 @@ def test_card_names_a_hub_dataset_and_a_chosen_licence():
     lines = "\n".join(model_card.data_lines(record))
     assert "The Hugging Face dataset `adam89/TinyStoriesChinese` (revision `abc123`)." in lines
     assert 'text_field: `"story_zh"`' in lines
+
+
+def test_card_names_a_local_corpus_by_its_files_and_a_url_corpus_by_its_addresses():
+    digest = "ab" * 32
+    local = {"source": "local", "local_files": [["stories.jsonl", digest], ["more/b.txt", None]],
+             "include": ["*.jsonl", "*.txt"], "text_field": "text"}
+    lines = model_card.data_lines({"config": {"corpus": local}})
+    assert lines[:5] == ["A local corpus of 2 files, named here by their names (inside the folders given) and sha256"
+                         " (where they lay on the training machine is not recorded):", "",
+                         f"- `stories.jsonl` sha256 `{digest}`", "- `more/b.txt` (missing when planned)", ""]
+    assert "null" not in "\n".join(lines) and 'text_field: `"text"`' in lines[-1]
+    url = {"source": "url", "url": {"files": [{"url": "https://example.org/s.jsonl", "sha256": digest, "size": None},
+                                              {"url": "https://example.org/t.jsonl", "sha256": None, "size": 10}]}}
+    assert model_card.data_lines({"config": {"corpus": url}})[:4] == [
+        "2 files downloaded from:", "", f"- <https://example.org/s.jsonl> sha256 `{digest}`",
+        "- <https://example.org/t.jsonl> (no sha256 given)"]
+    many = {"source": "local", "local_files": [[f"{i:02d}.txt", digest] for i in range(25)]}
+    lines = model_card.data_lines({"config": {"corpus": many}})
+    assert lines[2 + model_card.MAX_FILES_LISTED] == f"- ... and 5 more (all of them in `{export_folder.STAGE_RECORD}`)"
+
+
+def test_off_the_builtin_corpus_the_card_marks_the_checkers_figures_uncalibrated():
+    figures = {"consistency.consistent_fraction": 0.25, "figures.finished_fraction": 0.5}
+    local = "\n".join(model_card.sample_figure_lines(figures, builtin=False))
+    assert "| consistency.consistent_fraction (uncalibrated on this corpus) | 0.2500 |" in local
+    assert "| figures.finished_fraction | 0.5000 |" in local and "on this corpus they are uncalibrated" in local
+    builtin = "\n".join(model_card.sample_figure_lines(figures, builtin=True))
+    assert "| consistency.consistent_fraction | 0.2500 |" in builtin and "uncalibrated" not in builtin
+    assert model_card.builtin_corpus({"config": {"corpus": {"source": "builtin"}}})
+    assert not model_card.builtin_corpus({"config": {"corpus": {"source": "local"}}})
 
 
 def test_card_spells_out_tokenizer_differences():
@@ -736,6 +768,8 @@ def test_every_usage_line_of_the_card_runs_as_written(kind, request, tmp_path):
         for language, code in blocks:
             if code.startswith("pip install"):
                 for package in code.split()[2:]:
+                    if package.startswith("-") or "://" in package:
+                        continue  # pip's options (llama.cpp's prebuilt-wheel index)
                     name = package.strip('"').split("[")[0]
                     if not installed(client, language, code):
                         assert metadata.version(name), name
@@ -747,6 +781,7 @@ def test_every_usage_line_of_the_card_runs_as_written(kind, request, tmp_path):
             command = ["bash", "-c", code] if language == "bash" else [sys.executable, "-c", code]
             done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
             assert done.returncode == 0, f"{client} {language} block failed:\n{code}\n{done.stderr[-3000:]}"
+            assert "max_length" not in done.stderr, (client, done.stderr)  # no warning from the card's own lines
             if client == "lm-eval":
                 assert "bits_per_character" in done.stdout and "word_perplexity" not in done.stdout
             elif language == "python":

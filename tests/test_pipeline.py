@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
+from conftest import SNAKEMAKE_OUTPUT, copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,48 @@ def test_outputs_are_what_a_person_reads(pipeline_run):
     # where byte-level BPE with no merges would give about 1/3 (3 bytes a Chinese character).
     assert (tokenizer_stats["val_characters"], tokenizer_stats["val_tokens"]) == (7670, 11781)
     assert tokenizer_stats["characters_per_token"] == 7670 / 11781 and tokenizer_stats["unknown_token_rate"] == 0
+
+
+def test_the_terminal_shows_each_job_briefly_and_its_progress(pipeline_run):
+    """What snakemake printed: no job's record (a kilobyte of JSON each), one progress line per long
+    stage at its end (in a log: a few seconds' stage prints its last line only), blocks that fit a screen."""
+    workdir, config = pipeline_run
+    output = (workdir.parent / SNAKEMAKE_OUTPUT).read_text(encoding="utf-8")
+    assert "--record" not in output and '"config": {' not in output
+    jobs = output.split("\nlocalrule ")[1:]
+    assert len(jobs) >= 10 and max(len(job.splitlines()) for job in jobs) <= 24, output  # a 24-line terminal
+    steps = config["train"]["max_tokens"] // (4 * 64)
+    pretrain = only_folder(workdir, "results/pretrain")
+    last_loss = [line for line in (pretrain / "train.log").read_text().splitlines() if line.startswith("Epoch")][-1]
+    loss = last_loss.split("loss train: ")[1].split(",")[0]
+    training = [line for line in output.splitlines() if line.startswith("pretrain: ")]
+    assert training[-1].startswith(f"pretrain: {steps}/{steps} steps (100%) | loss {loss} | "), training
+    assert " tokens/s | " in training[-1]
+    val_stories = load_json(workdir / "results/metrics.json")["val_stories_scored"]  # as many as evaluate.max_tokens
+    for ending in ("shards: 2/2 splits (100%) | val: ", f"evaluate: {val_stories}/{val_stories} val stories (100%)",
+                   "sample: 4/4 stories (100%)"):
+        assert any(line.startswith(ending) for line in output.splitlines()), ending
+    # The record is the first line of each stage job's log, in plain characters.
+    evaluate = only_folder(workdir, "results/evaluate")
+    first = (workdir / "logs/evaluate" / f"{evaluate.name}.log").read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("record: ") and json.loads(first.removeprefix("record: ")) == \
+        load_json(evaluate / "config.json")
+
+
+def test_the_throughput_in_the_train_log_is_tokens_over_training_time(pipeline_run):
+    """litgpt 0.5.13 prints Tok/sec over a clock reading; the train log carries the corrected figure,
+    the same one metrics.json holds."""
+    workdir, config = pipeline_run
+    pretrain = only_folder(workdir, "results/pretrain")
+    lines = (pretrain / "train.log").read_text().splitlines()
+    tok_sec = [line for line in lines if line.startswith("| - Tok/sec")]
+    seconds = float([line for line in lines if line.startswith("| - Training Time")][0].split(":")[1].split()[0])
+    assert len(tok_sec) == 1
+    assert tok_sec[0] == (f"| - Tok/sec       : {config['train']['max_tokens'] / seconds:.2f} tok/s (storylm:"
+                          f" {config['train']['max_tokens']:,} tokens of this part / {seconds:.2f} s;"
+                          " litgpt 0.5.13 divides by a clock reading)")
+    metrics = load_json(workdir / "results/metrics.json")
+    assert metrics["train_tokens_per_second"] == round(config["train"]["max_tokens"] / seconds, 1)
 
 
 def test_val_metrics_match_an_independent_evaluation(pipeline_run):

@@ -20,8 +20,12 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
+from storylm import report
+from storylm.io.jsonl import write_texts
 from storylm.plan import stages
 from storylm.plan.runs import RunError, plan, resolve
+from storylm.results.comparison import Runs
+from storylm.stories.storygen import generate_stories
 
 
 def with_runs(runs: dict) -> dict:
@@ -316,3 +320,74 @@ def test_a_jobs_own_plan_skips_the_value_checks_and_never_imports_litgpt():
     assert out.stdout.strip() == "[]", out.stderr
     with pytest.raises(RunError, match="model_config.n_head"):
         plan({**tiny_config(), "model_config": {"n_embd": 64, "n_head": 7}})
+
+
+# ---------------------------------------------------------------------------
+# The same two runs on a user's own corpus: what the card, the plot and the report show
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    folder = root / "my_stories"
+    folder.mkdir()
+    write_texts(folder / "stories.jsonl", [story["text"] for story in generate_stories(400, seed=77)])
+    workdir = copy_workflow(root / "wf")
+    config = with_runs(copy.deepcopy(TWO_RUNS))
+    config["corpus"].update(source="local", local={"paths": [str(folder)]})
+    write_config(workdir, config)
+    snakemake(workdir, "--cores", "2")
+    return workdir, config, folder
+
+
+@pytest.mark.slow
+def test_on_a_local_corpus_the_card_names_the_files_and_every_table_marks_the_checker(local_runs, tmp_path):
+    from storylm.io.filehash import file_sha256
+
+    workdir, _, folder = local_runs
+    table = pd.read_csv(workdir / "results/runs.tsv", sep="\t")
+    assert "builtin_world_checker_rate" in table and "consistent_rate" not in table
+    first_page = pd.read_csv(workdir / "results/runs_summary.tsv", sep="\t")
+    column = "builtin-world checker (uncalibrated on this corpus)"
+    assert list(first_page.columns) == ["run", "differs from base", "seeds", "val bits/char", column]
+    assert first_page[column].str.match(r"^0\.\d\d \[0\.\d\d, [01]\.\d\d\]$").all(), first_page[column]
+    for run in ("one", "two"):
+        export = Path(load_json(workdir / f"results/runs/{run}/seed-42/metrics.json")["export_dir"])
+        card = (workdir / export / "README.md").read_text(encoding="utf-8")
+        data = card.split("## Data\n")[1].split("\n## ")[0]
+        assert f"- `stories.jsonl` sha256 `{file_sha256(folder / 'stories.jsonl')}`" in data
+        assert "Corpus source" not in data and "A local corpus of 1 file," in data
+        figures = card.split("Figures of the sampled stories")[1].split("\n## ")[0]
+        rows = [line for line in figures.splitlines() if line.startswith("| consistency.")]
+        assert rows and all("(uncalibrated on this corpus) |" in row for row in rows)
+        assert "children's stories, pretrained" not in card
+    # compare.png, drawn again from the same results: bars from zero, every title whole inside the picture.
+    trainings, stories = report.read_trainings([workdir / f"results/runs/{run}/seed-42" for run in ("one", "two")])
+    runs = Runs(trainings, stories)
+    curves = {(m["run"], m["seed"]): pd.read_csv(workdir / f"results/runs/{m['run']}/seed-42/val_curve.tsv",
+                                                 sep="\t") for m in trainings}
+    seen = report.plot_comparison(runs, curves, runs.table(), tmp_path / "compare.png")
+    assert [panel["title_inside"] for panel in seen] == [True, True, True], seen
+    assert [panel["ylim_bottom"] for panel in seen[1:]] == [0.0, 0.0]
+    assert "uncalibrated on this corpus" in seen[2]["title"].replace("\n", " ")
+    assert (tmp_path / "compare.png").read_bytes() == (workdir / "results/compare.png").read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium to render the report: apt-get install chromium")
+def test_on_a_local_corpus_the_reports_first_page_shows_the_verdicts_and_the_uncalibrated_checker(local_runs, tmp_path):
+    workdir, _, _ = local_runs
+    snakemake(workdir, "--report", "results/report.html")
+    page = workdir / "results/report.html"
+    chromium(page, f"--screenshot={workdir / 'results/report.png'}", profile=tmp_path / "profile1")
+    shown = visible_text(chromium(page, "--dump-dom", profile=tmp_path / "profile2").stdout)
+    first = shown[shown.index("The runs compared"):shown.index("1. Runs compared holds")]
+    assert "builtin-world checker (uncalibrated on this corpus)" in first
+    # The verdicts, each row as the page shows it: one seed a run, so no interval and "cannot tell".
+    assert "The verdicts: which run is better" in first
+    verdicts = pd.read_csv(workdir / "results/verdicts.tsv", sep="\t")
+    assert set(verdicts["figure"]) == {"val_story_bits_per_character", "finished_rate", "train_tokens_per_second"}
+    bpc = verdicts.set_index("figure").loc["val_story_bits_per_character"]
+    assert (f"val bits per character, whole stories (lower is better) one two {bpc['difference']:+.4f}"
+            " (no interval: one seed a run) cannot tell") in first, first
+    assert first.split("every pair in verdicts.tsv")[1].count("cannot tell") == len(verdicts) == 3

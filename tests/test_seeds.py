@@ -162,8 +162,28 @@ def test_every_interval_contains_its_estimate_and_the_plot_draws_it(case, tmp_pa
         assert round(table.loc[0, "consistent_rate_hi"], 6) == 0.003827
     curves = {(m["run"], m["seed"]): pd.DataFrame({"train_tokens": [1024], "val_loss_nats_per_token": [7.0]})
               for m in trainings}
-    plot_comparison(runs, curves, table, tmp_path / "compare.png")
+    seen = plot_comparison(runs, curves, table, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # What a person sees: every title whole inside the picture, the bars of both value panels from zero.
+    assert all(panel["title_inside"] for panel in seen), seen
+    assert [panel["ylim_bottom"] for panel in seen[1:]] == [0.0, 0.0]
+
+
+def test_the_reports_first_page_gives_each_verdict_in_a_row():
+    from storylm.report import verdict_summary
+
+    trainings, story_count = WEAK_RUNS["two runs, one weak"]
+    runs = Runs(trainings, {(m["run"], m["seed"]): stories(m["val_story_bits_per_character"], story_count, m["seed"])
+                            for m in trainings})
+    verdicts = runs.verdicts()
+    shown = verdict_summary(verdicts)
+    bpc = verdicts.set_index("figure").loc["val_story_bits_per_character"]
+    assert bpc["verdict"] == "better"  # run a's 0.51 bits per character against b's 9.0
+    assert shown.iloc[0].tolist() == [
+        "val bits per character, whole stories (lower is better)", "a", "b",
+        f"{bpc['difference']:+.4f} [{bpc['difference_lo']:+.4f}, {bpc['difference_hi']:+.4f}]", "A better than B"]
+    assert len(shown) == len(verdicts)
+    assert verdict_summary(verdicts.iloc[:0]).iloc[0].tolist() == ["(one run: nothing to compare)", "", "", "", ""]
 
 
 def test_off_the_builtin_corpus_the_checker_is_named_so_and_gives_no_verdict():

@@ -14,9 +14,13 @@ from pathlib import Path
 # The rules' commands (python -m storylm.<stage>) import the storylm package from workflow/. Every
 # job's shell sets the path itself, after any conda activation: Snakemake clears an inherited
 # PYTHONPATH when it activates a conda env. ("set -euo pipefail" is Snakemake's default prefix.)
+# File descriptor 3 is Snakemake's own stderr, opened before each command sends its output to
+# the job's log: the long stages write their one live progress line there (storylm.io.progress).
 STORYLM_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, STORYLM_PATH)
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)}; ")
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(STORYLM_PATH)}; exec 3>&2; export STORYLM_PROGRESS_FD=3; "
+)
 
 from storylm.io.entry import StageError  # noqa: E402
 from storylm.plan.runs import plan  # noqa: E402

@@ -80,6 +80,7 @@ rule compare_runs:
             labels={"figure": "val loss, bits per character and checker passes"},
         ),
         summary="results/runs_summary.tsv",  # shown on the report's first page (workflow/report/workflow.rst)
+        verdicts_summary="results/verdicts_summary.tsv",  # and this one
     log:
         "logs/compare_runs.log",
     conda:
@@ -89,7 +90,7 @@ rule compare_runs:
     shell:
         "python -m storylm.report compare --training-dirs {params.training_dirs} --by-seed {output.by_seed}"
         " --table {output.table} --verdicts {output.verdicts} --plot {output.plot} --summary {output.summary}"
-        " > {log} 2>&1"
+        " --verdicts-summary {output.verdicts_summary} > {log} 2>&1"
 
 
 rule all_samples:

@@ -34,6 +34,7 @@ storylm.io, files and the error model:
     environment     the machine a stage ran on (threads, CPU, GPU, versions)
     contents        a finished stage folder's files, with sizes and sha256s, and the check against them
     stopjobs        a SIGTERM to snakemake passed on to its running jobs, so a training saves and stops
+    progress        a long stage's one live line: in place on a terminal, a few lines in a log
 
 storylm.stories, the text of stories:
     storytext       the one cleaning rule of stories

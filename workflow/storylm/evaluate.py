@@ -34,6 +34,7 @@ import torch
 
 from storylm.io import jsonl
 from storylm.io.entry import StageError, atomic_path, exit_with, first_line, write_json
+from storylm.io.progress import Progress
 from storylm.model.checkpoint import load_model, load_tokenizer, parameter_count
 from storylm.model.tokens import encode_batch
 from storylm.plan.integrity import require_intact
@@ -45,7 +46,8 @@ from storylm.stories import extra_sets
 
 
 @torch.no_grad()
-def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens: int | None) -> tuple[float, int]:
+def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens: int | None,
+             progress: Progress | None = None) -> tuple[float, int]:
     """Mean cross-entropy (nats/token) over consecutive val windows, in shard order, and the tokens scored."""
     from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
 
@@ -56,6 +58,10 @@ def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens:
     loader = StreamingDataLoader(dataset, batch_size=batch_size, num_workers=0, drop_last=False)
     total_nats, total_tokens = 0.0, 0
     device = next(model.parameters()).device
+    if progress is not None:
+        # the loop below stops at the first whole batch that reaches max_tokens
+        needed = len(dataset) if max_tokens is None else math.ceil(max_tokens / seq_length / batch_size) * batch_size
+        progress.total = min(len(dataset), needed)
     for batch in loader:
         batch = batch.long().to(device)
         if batch.max() >= vocab or batch.min() < 0:
@@ -65,6 +71,8 @@ def val_loss(model, val_dir: Path, seq_length: int, batch_size: int, max_tokens:
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
         total_nats += loss.item()
         total_tokens += batch[:, 1:].numel()
+        if progress is not None:
+            progress.update(progress.done + len(batch))
         if max_tokens is not None and total_tokens >= max_tokens:
             break
     if total_tokens == 0:
@@ -177,7 +185,8 @@ def val_stories(val: Path, tokenizer, max_tokens: int | None) -> tuple[list[str]
 
 
 @torch.no_grad()
-def story_scores(model, stories: list[str], ids: list[list[int]], seq_length: int, batch_size: int) -> pd.DataFrame:
+def story_scores(model, stories: list[str], ids: list[list[int]], seq_length: int, batch_size: int,
+                 progress: Progress | None = None) -> pd.DataFrame:
     """Per story: characters, tokens scored (its own and its end-of-text), nats in all, and the nats of the
     end-of-text alone. A story that fits one window is scored in one pass, in batches of stories of
     similar length (padded on the right, which a causal model never attends to); a longer one in
@@ -198,10 +207,14 @@ def story_scores(model, stories: list[str], ids: list[list[int]], seq_length: in
         for r, i in enumerate(rows):
             nats[i] = token_nats[r, :len(ids[i]) - 1].sum().item()
             eos_nats[i] = token_nats[r, len(ids[i]) - 2].item()
+        if progress is not None:
+            progress.update(progress.done + len(rows))
     for i, story in enumerate(ids):
         if len(story) > seq_length + 1:
             nats[i] = stream_nats(model, story, seq_length, batch_size)[0]
             eos_nats[i] = nats[i] - stream_nats(model, story[:-1], seq_length, batch_size)[0]
+            if progress is not None:
+                progress.update(progress.done + 1)
     return pd.DataFrame({"story": range(len(ids)), "characters": [len(text) for text in stories],
                          "tokens": [len(story) - 1 for story in ids], "nats": nats, "eos_nats": eos_nats})
 
@@ -253,15 +266,18 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
     extra_sets.check_entries(entries)  # before the slow part, so a typo fails at once
     model = load_model(checkpoint_dir)
     tokenizer = load_tokenizer(checkpoint_dir)
-    loss, tokens = val_loss(model, shards_dir / "val", seq_length, settings["batch_size"], settings["max_tokens"])
+    with Progress("evaluate", None, "val windows") as progress:
+        loss, tokens = val_loss(model, shards_dir / "val", seq_length, settings["batch_size"], settings["max_tokens"],
+                                progress)
     shard_stats = json.loads((shards_dir / "stats.json").read_text())
     tokens_per_char = shard_stats["val_tokens_per_character"]
     whole = {}
     if val_split is not None:
         if not val_split.is_file():
             raise StageError(f"{val_split}: the val split does not exist (run the corpus stage)")
-        scores = story_scores(model, *val_stories(val_split, tokenizer, settings["max_tokens"]), seq_length,
-                              settings["batch_size"])
+        stories, ids = val_stories(val_split, tokenizer, settings["max_tokens"])
+        with Progress("evaluate", len(ids), "val stories") as progress:
+            scores = story_scores(model, stories, ids, seq_length, settings["batch_size"], progress)
         with atomic_path(out_dir / "story_scores.tsv") as tmp:
             scores.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
         whole = {**story_figures(scores), "val_story_bits_per_character_convention": WHOLE_STORIES}

@@ -38,7 +38,7 @@ from storylm.io.entry import RECORD, StageError, atomic_dir, exit_with, first_li
 from storylm.model import checkpoint
 from storylm.model.tokens import LICENCE_FILES
 from storylm.plan.integrity import require_intact
-from storylm.plan.stage import finish_stage, read_record
+from storylm.plan.stage import finish_stage, log_record, read_record
 from storylm.results.figures import numeric_figures, sample_figure_files
 
 
@@ -105,9 +105,13 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
         model_config.save_pretrained(tmp)
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
         sampling = {key: sample_settings[key] for key in ("temperature", "top_k", "top_p") if key in sample_settings}
+        # max_new_tokens as the card's lines ask (the first prompt and they fit the context), never max_length:
+        # transformers 5 warns "Both max_new_tokens and max_length seem to have been set" on every call that
+        # passes max_new_tokens to a model whose generation_config.json sets max_length.
         generation = GenerationConfig(
             bos_token_id=special["bos_token_id"], eos_token_id=special["eos_token_id"],
-            pad_token_id=special["pad_token_id"], max_length=config.block_size,
+            pad_token_id=special["pad_token_id"],
+            max_new_tokens=usage_for(config, tokenizer, sample_settings, None).new_tokens,
             **({"do_sample": True, **sampling} if sampling.get("temperature") else {}))
         generation.save_pretrained(tmp)
         hf_class = save_tokenizer(checkpoint_dir, tokenizer, tmp, config.block_size)
@@ -185,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the export folder, replaced whole")
     args = parser.parse_args(argv)
     record = read_record(args.record, "export")
+    log_record(record)
     checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val, args.tokenizer_dir)
     print(f"exported {args.checkpoint} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
           f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"

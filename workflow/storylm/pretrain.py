@@ -22,7 +22,7 @@ from storylm.io.entry import RECORD, StageError, exit_with, write_record, write_
 from storylm.model import training_runner
 from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
 from storylm.plan.integrity import require_intact
-from storylm.plan.stage import relist
+from storylm.plan.stage import log_record, relist
 from storylm.plan.stages import TOP, with_added_defaults
 
 
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "render":
         record = json.loads(args.record)
+        log_record(record)
         litgpt_config = render(record["config"], args.shards, args.tokenizer, args.out_dir)
         header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
                   f" with:\n#   litgpt pretrain --config {args.output}\n")

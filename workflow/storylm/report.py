@@ -12,18 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import textwrap
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from storylm.io.entry import atomic_path, exit_with, read_json, write_json, write_text
-from storylm.results.comparison import BPC, CHECKER_ELSEWHERE, CONSISTENT, Runs, by_seed_table
+from storylm.results.comparison import BPC, CHECKER_ELSEWHERE, CONSISTENT, FIGURES, Runs, by_seed_table
 from storylm.results.summary import training_results
 
 # The few columns the report's first page shows (results/runs_summary.tsv): it is narrow.
 SUMMARY_COLUMNS = {"run": "run", "differs_from_base": "differs from base", "n_seeds": "seeds",
-                   "val_story_bits_per_character": "val bits/char", "consistent_rate": "consistent"}
+                   "val_story_bits_per_character": "val bits/char", "consistent_rate": "consistent",
+                   "builtin_world_checker_rate": "builtin-world checker (uncalibrated on this corpus)"}
+# The verdicts as the report's first page shows them (results/verdicts_summary.tsv).
+VERDICT_COLUMNS = ["figure", "A", "B", "A - B [95% interval]", "verdict"]
+TITLE_WIDTH = 44  # characters a line of a compare.png panel title holds at its size
 
 
 def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: Path, out: Path) -> dict:
@@ -62,11 +67,36 @@ def with_interval(table: pd.DataFrame, column: str, digits: int) -> pd.Series:
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     shown = table.copy()
     shown["val_story_bits_per_character"] = with_interval(table, BPC.column, 4)
-    shown["consistent_rate"] = with_interval(table, CONSISTENT.column, 2) if CONSISTENT.column in table else ""
+    for figure in (CONSISTENT, CHECKER_ELSEWHERE):
+        if figure.column in table:
+            shown[figure.column] = with_interval(table, figure.column, 2)
     return shown[[c for c in SUMMARY_COLUMNS if c in shown]].rename(columns=SUMMARY_COLUMNS)
 
 
-def plot_comparison(runs: Runs, curves: dict[tuple[str, int], pd.DataFrame], table: pd.DataFrame, png: Path) -> None:
+def verdict_summary(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The verdicts in a few words a row, for the report's first page; one row saying so when there is nothing
+    to compare (one run)."""
+    labels = {figure.column: f"{figure.label} ({'higher' if figure.higher_is_better else 'lower'} is better)"
+              for figure in FIGURES}
+    digits = {BPC.column: 4}
+    rows = []
+    for v in verdicts.itertuples():
+        n = digits.get(v.figure, 0 if v.figure == "train_tokens_per_second" else 3)
+        interval = (f" [{v.difference_lo:+.{n}f}, {v.difference_hi:+.{n}f}]" if pd.notna(v.difference_lo)
+                    else " (no interval: one seed a run)")
+        rows.append({"figure": labels.get(v.figure, v.figure), "A": v.run_a, "B": v.run_b,
+                     "A - B [95% interval]": f"{v.difference:+.{n}f}{interval}",
+                     "verdict": f"A {v.verdict} than B" if v.verdict in ("better", "worse") else v.verdict})
+    if not rows:
+        rows.append({"figure": "(one run: nothing to compare)", "A": "", "B": "", "A - B [95% interval]": "",
+                     "verdict": ""})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def plot_comparison(runs: Runs, curves: dict[tuple[str, int], pd.DataFrame], table: pd.DataFrame,
+                    png: Path) -> list[dict]:
+    """Draw compare.png; returns what a person sees of each panel: its title, whether the title lies whole
+    inside the picture, and where its value axis starts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,25 +131,34 @@ def plot_comparison(runs: Runs, curves: dict[tuple[str, int], pd.DataFrame], tab
         for i, m in enumerate(table["run"]):  # each seed's own value
             seeds = runs.series(m, figure)
             ax.plot([i] * len(seeds), seeds, "k.", markersize=4)
-        ax.set_ylabel(unit, fontsize=8)
-        ax.set_title(f"{figure.label}: mean of seeds, 95% interval", fontsize=9)
+        ax.set_ylabel("\n".join(textwrap.wrap(unit, TITLE_WIDTH)), fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap(f"{figure.label}: mean of seeds, 95% interval", TITLE_WIDTH)),
+                     fontsize=9)
         ax.tick_params(axis="x", rotation=30)
-        if figure is BPC and means.notna().any():
-            low = float((means - lo).min())
-            ax.set_ylim(bottom=max(0.0, low - 0.1 * (float((means + hi).max()) - low) - 1e-3))
+        ax.set_ylim(bottom=0.0)  # bars from zero: a bar's height is its value, so a 9% difference looks 9%
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")
+    renderer = fig.canvas.get_renderer()
+    picture = fig.bbox
+    seen = []
+    for ax in (loss_ax, bpc_ax, rate_ax):
+        if ax.get_visible():
+            title = ax.title.get_window_extent(renderer)
+            seen.append({"title": ax.get_title(), "ylim_bottom": ax.get_ylim()[0],
+                         "title_inside": picture.x0 <= title.x0 and title.x1 <= picture.x1 and title.y1 <= picture.y1})
     plt.close(fig)
+    return seen
 
 
 def compare(training_dirs: list[Path], by_seed: Path, table_path: Path, verdicts_path: Path, plot: Path,
-            summary_path: Path) -> Runs:
+            summary_path: Path, verdicts_summary_path: Path) -> Runs:
     trainings, stories = read_trainings(training_dirs)
     runs = Runs(trainings, stories)
     table, verdicts = runs.table(), runs.verdicts()
     for frame, path, digits in ((by_seed_table(trainings), by_seed, "%.6g"), (table, table_path, "%.6g"),
-                                (verdicts, verdicts_path, "%.6g"), (summary(table), summary_path, "%.4g")):
+                                (verdicts, verdicts_path, "%.6g"), (summary(table), summary_path, "%.4g"),
+                                (verdict_summary(verdicts), verdicts_summary_path, "%.4g")):
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format=digits)
     curves = {(m["run"], m["seed"]): pd.read_csv(folder / "val_curve.tsv", sep="\t")
@@ -156,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     comparing.add_argument("--verdicts", type=Path, required=True)
     comparing.add_argument("--plot", type=Path, required=True)
     comparing.add_argument("--summary", type=Path, required=True, help="the few columns the report shows first")
+    comparing.add_argument("--verdicts-summary", type=Path, required=True, help="the verdicts the report shows first")
     samples = commands.add_parser("samples", help="every training's samples in one file")
     samples.add_argument("--labels", nargs="+", required=True)
     samples.add_argument("--files", type=Path, nargs="+", required=True)
@@ -165,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         run_results(json.loads(args.info), args.pretrain_dir, args.evaluate_dir, args.sample_dir, args.out)
     elif args.command == "compare":
-        compare(args.training_dirs, args.by_seed, args.table, args.verdicts, args.plot, args.summary)
+        compare(args.training_dirs, args.by_seed, args.table, args.verdicts, args.plot, args.summary,
+                args.verdicts_summary)
     else:
         write_text(args.out, all_samples(args.labels, args.files))
 

@@ -24,6 +24,7 @@ import torch
 
 from storylm.io import jsonl
 from storylm.io.entry import StageError, exit_with, write_json, write_text
+from storylm.io.progress import Progress
 from storylm.model.checkpoint import load_model, load_tokenizer
 from storylm.model.generation import continuations
 from storylm.model.tokens import tokenizer_ids
@@ -43,14 +44,16 @@ def stories_per_prompt(settings: dict) -> int:
     return max(settings["num_samples"], math.ceil(settings["num_figure_samples"] / len(settings["prompts"])))
 
 
-def sample_prompt(model, tokenizer, prompt: str, seeds: list[int], settings: dict) -> list[tuple[str, bool]]:
+def sample_prompt(model, tokenizer, prompt: str, seeds: list[int], settings: dict,
+                  progress: Progress | None = None) -> list[tuple[str, bool]]:
     """For each seed, the story (prompt included) and whether the model ended it with its end-of-text token.
 
     The stories of a prompt are drawn together, in batches (storylm.model.generation), each from its own seed.
     """
     prompt_ids = tokenizer.encode(prompt, device=next(model.parameters()).device)
     written = continuations(model, prompt_ids, seeds, settings["max_new_tokens"], settings["temperature"],
-                            settings["top_k"], settings["top_p"], tokenizer.eos_id)
+                            settings["top_k"], settings["top_p"], tokenizer.eos_id,
+                            None if progress is None else lambda rows: progress.update(progress.done + rows))
     prompt_list = prompt_ids.tolist()
     return [(tokenizer.decode(torch.tensor(prompt_list + ids)), finished) for ids, finished in written]
 
@@ -77,12 +80,13 @@ def sample_all(checkpoint_dir: Path, settings: dict) -> list[dict]:
     tokenizer = load_tokenizer(checkpoint_dir)
     never_sample_beyond(model, tokenizer_ids(tokenizer))
     samples = []
-    for p, prompt in enumerate(settings["prompts"]):
-        seeds = [story_seed(settings["seed"], p, s) for s in range(stories_per_prompt(settings))]
-        for s, (seed, (text, finished)) in enumerate(zip(seeds, sample_prompt(model, tokenizer, prompt, seeds,
-                                                                              settings), strict=True)):
-            samples.append({"prompt": prompt, "sample": s + 1, "seed": seed, "shown": s < settings["num_samples"],
-                            "finished": finished, "text": text, "check": consistency.check_story(text, prompt)})
+    with Progress("sample", len(settings["prompts"]) * stories_per_prompt(settings), "stories") as progress:
+        for p, prompt in enumerate(settings["prompts"]):
+            seeds = [story_seed(settings["seed"], p, s) for s in range(stories_per_prompt(settings))]
+            written = sample_prompt(model, tokenizer, prompt, seeds, settings, progress)
+            for s, (seed, (text, finished)) in enumerate(zip(seeds, written, strict=True)):
+                samples.append({"prompt": prompt, "sample": s + 1, "seed": seed, "shown": s < settings["num_samples"],
+                                "finished": finished, "text": text, "check": consistency.check_story(text, prompt)})
     return samples
 
 

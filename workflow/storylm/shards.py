@@ -23,6 +23,7 @@ import torch
 
 from storylm.io.entry import exit_with, write_json
 from storylm.io.jsonl import iter_texts
+from storylm.io.progress import Progress
 from storylm.plan.stage import stage_main, stage_parser
 
 _TOKENIZERS: dict[str, object] = {}  # one tokenizer per worker process, loaded on first use
@@ -112,18 +113,21 @@ def split_token_count(split_dir: Path) -> int:
 def build(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, chunk_bytes: str, batch_size: int,
           workers: int) -> dict:
     stats = {"workers": workers}
-    for split in ("train", "val"):
-        optimize_split(corpus_dir / f"{split}.jsonl", tokenizer_dir, out_dir / split, chunk_bytes, batch_size,
-                       workers)
-        stats[f"{split}_tokens"] = split_token_count(out_dir / split)
-        stories = characters = 0
-        for text in iter_texts(corpus_dir / f"{split}.jsonl"):
-            stories += 1
-            characters += len(text)
-        stats[f"{split}_stories"] = stories
-        stats[f"{split}_characters"] = characters
-        # EOS tokens are counted: predicting the end of a story is part of the model's job.
-        stats[f"{split}_tokens_per_character"] = stats[f"{split}_tokens"] / max(characters, 1)
+    splits = ("train", "val")
+    with Progress("shards", len(splits), "splits") as progress:  # litdata's workers tokenize a split at a time
+        for done, split in enumerate(splits, start=1):
+            optimize_split(corpus_dir / f"{split}.jsonl", tokenizer_dir, out_dir / split, chunk_bytes, batch_size,
+                           workers)
+            stats[f"{split}_tokens"] = split_token_count(out_dir / split)
+            stories = characters = 0
+            for text in iter_texts(corpus_dir / f"{split}.jsonl"):
+                stories += 1
+                characters += len(text)
+            stats[f"{split}_stories"] = stories
+            stats[f"{split}_characters"] = characters
+            # EOS tokens are counted: predicting the end of a story is part of the model's job.
+            stats[f"{split}_tokens_per_character"] = stats[f"{split}_tokens"] / max(characters, 1)
+            progress.update(done, f"{split}: {stories:,} stories, {stats[f'{split}_tokens']:,} tokens")
     return stats
 
 

@@ -60,12 +60,34 @@ def card_metadata(record: dict, tokenizer_info: dict, licence_file: str | None =
     return metadata
 
 
-def data_lines(record: dict) -> list[str]:
+MAX_FILES_LISTED = 20  # a local or url corpus of more files lists the first ones and counts the rest
+
+
+def corpus_of(record: dict) -> dict | None:
     corpus = record.get("config", {}).get("corpus")
-    if not isinstance(corpus, dict) or "source" not in corpus:
+    return corpus if isinstance(corpus, dict) and "source" in corpus else None
+
+
+def builtin_corpus(record: dict) -> bool:
+    """Whether the model was trained on the builtin stories: the one corpus the story checker is calibrated on.
+    A record without a corpus says nothing, and is taken as not builtin."""
+    corpus = corpus_of(record)
+    return corpus is not None and corpus["source"] == "builtin"
+
+
+def file_list(entries: list[str]) -> list[str]:
+    shown = entries[:MAX_FILES_LISTED]
+    more = len(entries) - len(shown)
+    return [*shown, *([f"- ... and {more:,} more (all of them in `{STAGE_RECORD}`)"] if more else [])]
+
+
+def data_lines(record: dict) -> list[str]:
+    corpus = corpus_of(record)
+    if corpus is None:
         return ["Not recorded in this export's stage record (`config.corpus`); the pipeline's corpus stage"
                 " that fed it is named by the stage hashes below."]
     source = corpus["source"]
+    listed: list[str] = []
     if source == "builtin":
         builtin = corpus.get("builtin", {})
         text = (f"Generated Chinese children's stories from storylm's built-in story generator"
@@ -74,11 +96,23 @@ def data_lines(record: dict) -> list[str]:
     elif source == "hf":
         hf = corpus.get("hf", {})
         text = f"The Hugging Face dataset `{hf.get('repo_id')}` (revision `{hf.get('revision', 'main')}`)."
+    elif source == "local" and isinstance(corpus.get("local_files"), list):
+        files = corpus["local_files"]
+        text = (f"A local corpus of {len(files):,} file{'s' if len(files) != 1 else ''}, named here by their names"
+                " (inside the folders given) and sha256 (where they lay on the training machine is not recorded):")
+        listed = file_list([f"- `{name}`" + (f" sha256 `{digest}`" if digest else " (missing when planned)")
+                            for name, digest in files])
+    elif source == "url" and isinstance(corpus.get("url"), dict) and corpus["url"].get("files"):
+        files = corpus["url"]["files"]
+        text = f"{len(files):,} file{'s' if len(files) != 1 else ''} downloaded from:"
+        listed = file_list([f"- <{entry.get('url')}>" + (f" sha256 `{entry['sha256']}`" if entry.get("sha256") else
+                                                           " (no sha256 given)") for entry in files])
     else:
         text = f"Corpus source `{source}`: `{json.dumps(corpus.get(source), ensure_ascii=False)}`."
     details = [f"{key}: `{json.dumps(corpus[key], ensure_ascii=False)}`"
-               for key in ("text_field", "normalize", "dedup", "split", "max_stories") if key in corpus]
-    return [text, "", "Corpus settings: " + ", ".join(details) + "." if details else ""]
+               for key in ("include", "text_field", "normalize", "dedup", "split", "max_stories") if key in corpus]
+    return [text, *([""] + listed if listed else []), "",
+            "Corpus settings: " + ", ".join(details) + "." if details else ""]
 
 
 def budget_lines(training: dict, metrics: dict | None) -> list[str]:
@@ -176,10 +210,14 @@ def usage_for(config, tokenizer, sample_settings: dict, lm_eval: dict | None) ->
 
 DEFAULT_PROMPT = "从前，有一个叫莉莉的小女孩"
 
+LLAMA_CPP_WHEELS = "https://abetlen.github.io/llama-cpp-python/whl/cpu"
+LLAMA_CPP_RELEASES = "https://github.com/ggml-org/llama.cpp/releases"
+
 # The package each client's lines need, besides what pip brings with it.
 INSTALL = {"transformers": "pip install transformers torch",
            "gguf (transformers)": "pip install transformers torch gguf accelerate",
-           "llama.cpp": "pip install llama-cpp-python",
+           # llama-cpp-python's own prebuilt CPU wheels: from PyPI alone pip compiles llama.cpp (tens of minutes)
+           "llama.cpp": f"pip install llama-cpp-python --prefer-binary --extra-index-url {LLAMA_CPP_WHEELS}",
            "ctranslate2": "pip install ctranslate2 transformers torch",
            "lm-eval": 'pip install "lm-eval[hf]"'}
 
@@ -210,11 +248,15 @@ def usage_lines(client: str, use: Usage) -> list[str]:
         return lines
     if client == "llama.cpp":
         return install + [
+            "The extra index holds llama-cpp-python's own prebuilt CPU wheels; from PyPI alone (or for a Python"
+            " version the index has no wheel for) pip compiles llama.cpp from source, which takes tens of minutes.",
+            "",
             "```python", "from llama_cpp import Llama", "",
             f'llm = Llama(model_path="{GGUF}", n_ctx=0, verbose=False)  # n_ctx=0: the model\'s context',
             f'print(llm.create_completion("{prompt}", max_tokens={new}, temperature={temperature}, top_k={top_k},'
             ' seed=1)["choices"][0]["text"])', "```", "",
-            "or with a llama.cpp build of your own:", "",
+            f"or with llama.cpp's own programs, prebuilt for each system on its releases page ({LLAMA_CPP_RELEASES};"
+            " unpack one, with `llama-cli` on your PATH):", "",
             "```bash", f'llama-cli -m {GGUF} -no-cnv -p "{prompt}" -n {new} --temp {temperature} --top-k {top_k}',
             "```"]
     if client == "ctranslate2":
@@ -329,6 +371,26 @@ def metrics_lines(metrics: dict | None, lm_eval: dict | None) -> list[str]:
     return lines
 
 
+CHECKER_PREFIX = "consistency."  # the builtin-world story checker's figures (the sample stage's consistency.json)
+UNCALIBRATED = "uncalibrated on this corpus"
+
+
+def sample_figure_lines(figures: dict, builtin: bool) -> list[str]:
+    """The sample figures; off the builtin corpus the story checker's are marked uncalibrated, as in runs.tsv
+    (builtin_world_checker_rate) and the report."""
+    if not figures:
+        return ["Sample figures: not measured (no sample stage output was given to the export)."]
+    lines = ["Figures of the sampled stories:", ""]
+    if not builtin and any(key.startswith(CHECKER_PREFIX) for key in figures):
+        lines = ["Figures of the sampled stories. The `consistency.*` ones are the builtin-world story checker's,"
+                 " whose rules were written and checked against hand labels on the builtin generated stories"
+                 f" only: on this corpus they are {UNCALIBRATED}, a count of the checker's rules, not a measure"
+                 " of the stories.", ""]
+    rows = [(f"{key} ({UNCALIBRATED})" if not builtin and key.startswith(CHECKER_PREFIX) else key, value)
+            for key, value in figures.items()]
+    return lines + table(rows, ("figure (file.key)", "value"))
+
+
 def licence_lines(metadata: dict, licence_file: str | None) -> list[str]:
     licence = f"`license: {metadata['license']}`" + (f" ({metadata.get('license_name')})"
                                                       if metadata["license"] == "other" else "") + "."
@@ -347,10 +409,13 @@ def model_card(facts: CardFacts) -> str:
     metadata = card_metadata(record, facts.tokenizer_info, facts.licence_file)
     name = config.name or "storylm"
     parameters = checks["parameters"]
+    builtin = builtin_corpus(record)
+    writes = ("writes simple Chinese children's stories" if builtin else
+              "writes stories in the style of the corpus it was trained on (Data names it)")
     lines = ["---", yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False).strip(), "---", "",
              f"# {name}: a small Chinese story language model", "",
-             f"A {fmt(parameters)}-parameter LLaMA-style causal language model that writes simple Chinese"
-             " children's stories, pretrained from scratch with [litgpt](https://github.com/Lightning-AI/litgpt)"
+             f"A {fmt(parameters)}-parameter LLaMA-style causal language model that {writes},"
+             " pretrained from scratch with [litgpt](https://github.com/Lightning-AI/litgpt)"
              f" by the storylm pipeline and exported as a `{hf_config.architectures[0]}` (no `trust_remote_code`)"
              f" and as `{GGUF}` for llama.cpp.", ""]
     lines += client_lines(facts.clients, facts.usage)
@@ -372,11 +437,7 @@ def model_card(facts: CardFacts) -> str:
                       f" {config.head_size} (as `MistralForCausalLM`, whose `head_dim` every client reads), and"
                       f" `{GGUF}` says `attention.key_length` {config.head_size}, so each builds it as trained."]
     lines += ["", "## Metrics", ""] + metrics_lines(facts.metrics, facts.usage.lm_eval) + [""]
-    if not facts.sample_figures:
-        lines.append("Sample figures: not measured (no sample stage output was given to the export).")
-    else:
-        lines += ["Figures of the sampled stories:", ""]
-        lines += table(list(facts.sample_figures.items()), ("figure (file.key)", "value"))
+    lines += sample_figure_lines(facts.sample_figures, builtin_corpus(record))
     lines += ["", "## A sampled story", ""]
     if not facts.samples:
         lines.append("Not sampled (no sample stage output was given to the export).")
@@ -399,6 +460,7 @@ def model_card(facts: CardFacts) -> str:
               + ", ".join(f"{stage} `{value}`" for stage, value in record.get("inputs", {}).items())
               + f". The stage record is `{STAGE_RECORD}`; the export's checks are `{CHECKS}`.", "",
               "## Limitations", "",
-              "A small model trained on simple stories: it writes short, simple Chinese stories in the style of"
-              " its training data, and nothing it writes should be taken as fact.", ""]
+              ("A small model trained on simple stories: it writes short, simple Chinese stories in the style of"
+               if builtin else "A small model: it writes text in the style of")
+              + " its training data, and nothing it writes should be taken as fact.", ""]
     return "\n".join(lines)

@@ -13,6 +13,8 @@ positions and the KV cache's attention limit advance as in litgpt's `generate_fn
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from litgpt.generate.base import sample_top_p
 
@@ -40,12 +42,17 @@ def pick(logits: torch.Tensor, generators: list[torch.Generator], temperature: f
 
 @torch.inference_mode()
 def continuations(model, prompt_ids: torch.Tensor, seeds: list[int], max_new_tokens: int, temperature: float,
-                  top_k: int | None, top_p: float, eos_id: int) -> list[tuple[list[int], bool]]:
-    """For each seed: the ids the model wrote after the prompt (without its eos), and whether it wrote eos."""
+                  top_k: int | None, top_p: float, eos_id: int,
+                  on_batch: Callable[[int], None] | None = None) -> list[tuple[list[int], bool]]:
+    """For each seed: the ids the model wrote after the prompt (without its eos), and whether it wrote eos.
+    `on_batch(rows)` is called after each batch with the rows it wrote (a progress line)."""
     found = []
     for start in range(0, len(seeds), BATCH_ROWS):
-        found += _batch(model, prompt_ids, seeds[start:start + BATCH_ROWS], max_new_tokens, temperature, top_k,
-                        top_p, eos_id)
+        batch = _batch(model, prompt_ids, seeds[start:start + BATCH_ROWS], max_new_tokens, temperature, top_k,
+                       top_p, eos_id)
+        found += batch
+        if on_batch is not None:
+            on_batch(len(batch))
     return found
 
 

@@ -33,6 +33,16 @@ with DDP elsewhere. The choice is made in litgpt.pretrain's own call of `Fabric`
 loop, checkpoint format and resume stay as they are. Besides, on every rank: a log line is printed
 once (by global rank 0, not once per node), and the validation loss is the mean over the ranks
 (litgpt's is each rank's own shard's).
+
+Two more lines for the one who watches (storylm.model.training_runner reads them):
+
+- before the first step, `storylm: training plan {...}`: the iterations this part trains from and
+  to, the micro-batches an optimizer step and the tokens an iteration, as litgpt's own objects say;
+- litgpt 0.5.13's closing `| - Tok/sec` line divides the tokens by a perf_counter() reading, not
+  by the training time (its pretrain.py: `total_tokens / train_time`, where train_time is the
+  clock at the start): the default run printed 8,701 tok/s where it trained 10.5k. Its line is
+  replaced by this part's tokens over the `Training Time` litgpt printed just above it, the same
+  figure metrics.json computes (storylm.results.litgpt_log.performance).
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import atexit
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +68,48 @@ SAVING_PREFIX = "saving-"  # a checkpoint being written: not a step-* folder unt
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 SLACK_S = 15.0  # on top of a step and a save: the process's exit, a slow file system
 SAVE_BYTES_PER_S = 100e6  # a save's time before the first one is measured (a slow network disk)
+PLAN_PREFIX = "storylm: training plan "
+TRAINING_TIME_LINE = re.compile(r"^\| - Training Time\s*: (?P<seconds>[\d.]+) s")
+TOK_SEC_LINE = re.compile(r"^\| - Tok/sec\s*:")
+
+
+def plan_line(first_iter: int, max_iters: int, accumulation: int, tokens_per_iter: int) -> str:
+    """The line that tells the runner what this part of the training will do (parsed by read_plan)."""
+    return PLAN_PREFIX + json.dumps({"first_iter": first_iter, "max_iters": max_iters, "accumulation": accumulation,
+                                     "tokens_per_iter": tokens_per_iter})
+
+
+def read_plan(line: str) -> dict | None:
+    return json.loads(line[len(PLAN_PREFIX):]) if line.startswith(PLAN_PREFIX) else None
+
+
+class CorrectedThroughput:
+    """fabric.print after fit(): litgpt's `| - Tok/sec` line replaced by tokens / training time.
+
+    `part_tokens` are the tokens this part trained (a resumed part counts only its own); the time
+    is the `| - Training Time` litgpt printed just before (fit and the final save, as metrics.json
+    counts it).
+    """
+
+    def __init__(self, print_function, part_tokens: int):
+        self.print_function = print_function
+        self.part_tokens = part_tokens
+        self.seconds: float | None = None
+
+    def line(self, message: str) -> str:
+        if m := TRAINING_TIME_LINE.match(message):
+            self.seconds = float(m["seconds"])
+        elif TOK_SEC_LINE.match(message):
+            if not self.seconds:
+                return "| - Tok/sec       : not measured (no training time; litgpt 0.5.13's own figure is wrong)"
+            return (f"| - Tok/sec       : {self.part_tokens / self.seconds:.2f} tok/s (storylm: {self.part_tokens:,}"
+                    f" tokens of this part / {self.seconds:.2f} s; litgpt 0.5.13 divides by a clock reading)")
+        return message
+
+    def __call__(self, *args, **kwargs):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (self.line(args[0]),)
+        return self.print_function(*args, **kwargs)
 
 
 def job_deadline(environ=os.environ) -> tuple[float | None, str | None]:
@@ -94,6 +147,7 @@ class Stopper:
         self.first_iter = 0
         self.accumulation = 1  # micro-batches an optimizer step (fixed for a fit() call)
         self.max_iters = 0  # the micro-batches fit() trains to, as litgpt.pretrain.fit counts them
+        self.tokens_per_iter = 0  # across all processes
         self.last_boundary: float | None = None
         self.flags = None  # several ranks: the gloo group the stop flags are reduced on
         self.posted = None  # (the all-reduce in flight, its flag tensor): the previous step's flags
@@ -116,6 +170,7 @@ class Stopper:
         self.accumulation = train.gradient_accumulation_iters(fit_arguments["devices"], fit_arguments["num_nodes"])
         tokens_per_iter = train.micro_batch_size * state["model"].max_seq_length
         self.max_iters = train.max_tokens // fabric.world_size // tokens_per_iter
+        self.tokens_per_iter = tokens_per_iter * fabric.world_size
         self.state_bytes = sum(p.numel() * p.element_size() for p in state["model"].parameters()) * 4
         self.last_boundary = None
         self.posted = None
@@ -123,6 +178,11 @@ class Stopper:
             import torch.distributed as dist
 
             self.flags = dist.new_group(backend="gloo")  # every rank calls it here: a collective
+        fabric.print(plan_line(self.first_iter, self.max_iters, self.accumulation, self.tokens_per_iter), flush=True)
+
+    def part_tokens(self) -> int:
+        """Tokens trained by this part of the training (since fit() started) across all processes."""
+        return (self.fit["state"]["iter_num"] - self.first_iter) * self.tokens_per_iter
 
     def margin(self) -> float:
         if self.fixed_margin is not None:
@@ -387,7 +447,10 @@ def install(stopper: Stopper, strategy: str = "auto", drawn: Path | None = None)
         bound.apply_defaults()
         guard_gradients(bound.arguments["fabric"], stopper)
         stopper.start(dict(bound.arguments))
-        return original_fit(*args, **kwargs)
+        result = original_fit(*args, **kwargs)
+        fabric = bound.arguments["fabric"]
+        fabric.print = CorrectedThroughput(fabric.print, stopper.part_tokens())  # litgpt prints its figures next
+        return result
 
     def save_checkpoint(*args):
         stopper.timed_save(original_save, *args)
@@ -432,6 +495,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signum, stopper.on_signal)
     drawn = os.environ.get(DRAWN_ENV, "").strip()
     install(stopper, os.environ.get(STRATEGY_ENV, "").strip() or "auto", Path(drawn) if drawn else None)
+    sys.stdout.reconfigure(line_buffering=True)  # each line reaches the runner (a pipe) as it is printed
     atexit.register(end_data_workers)  # after multiprocessing's own exit handler, so it runs before it
     from litgpt.__main__ import main as litgpt_main
 

@@ -17,13 +17,16 @@ A training stage renders a litgpt config, then calls `run(config_path, litgpt_co
   longer than a job finishes by itself. Any other failure is passed on as it is: no loop;
 - litgpt's output goes to progress.log as it comes, appended across resumed runs (the file to
   watch); when training ends, the whole of it becomes train.log, the stage's declared log (an
-  output, so Snakemake deletes it when a job fails: the live log is kept apart).
+  output, so Snakemake deletes it when a job fails: the live log is kept apart);
+- the terminal gets one live line (storylm.io.progress): optimizer step of total, the last train
+  loss, tokens/s measured here from litgpt's step lines and this clock, and the time left.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -36,8 +39,9 @@ import yaml
 
 from storylm.io.entry import StageError, atomic_path, write_json
 from storylm.io.filehash import file_sha256
+from storylm.io.progress import Progress
 from storylm.io.stagelock import note, stage_lock
-from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED, STRATEGY_ENV
+from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED, STRATEGY_ENV, read_plan
 
 CHECKPOINT_NAME = "lit_model.pth"
 LIVE_LOG = "progress.log"
@@ -49,6 +53,48 @@ ENVIRONMENT = "environment.json"  # the machine of each part of the training (st
 WORK = ("final", "logs", LIVE_LOG, TRAIN_LOG, ENVIRONMENT, STOPPED)
 # litgpt with the stop at a signal or a deadline; takes litgpt's own command line after it.
 LITGPT = (sys.executable, "-m", "storylm.model.litgpt_train")
+# litgpt's line at each log_interval: "Epoch 1 | iter 40 step 10 | loss train: 6.123, val: n/a | ..."
+STEP_LINE = re.compile(r"^Epoch \d+ \| iter (?P<iter>\d+) step (?P<step>\d+) \| loss train: (?P<loss>[\d.]+)")
+
+
+class TrainingWatch:
+    """The live line of a training, from the lines litgpt prints: step/total, loss, tokens/s, time left.
+
+    The total comes from the wrapper's plan line (storylm.model.litgpt_train.plan_line); tokens/s is
+    the tokens between the first step line this part printed and the latest, over this clock's time
+    between them (so start-up and compilation are not counted, and validation pauses are).
+    """
+
+    def __init__(self, progress: Progress, clock=time.monotonic):
+        self.progress = progress
+        self.clock = clock
+        self.plan: dict | None = None
+        self.first: tuple[float, int] | None = None  # (time, iter) of the first step line
+        self.text = ""
+
+    def see(self, line: str) -> None:
+        if (plan := read_plan(line)) is not None:
+            self.plan = plan
+            self.progress.total = plan["max_iters"] // plan["accumulation"]
+            self.progress.update(plan["first_iter"] // plan["accumulation"], "starting")
+            self.progress.restart_rate()  # the time left counts from the first step, after compilation
+            self.first = None
+            return
+        m = STEP_LINE.match(line)
+        if m is None or self.plan is None:
+            return
+        now, iteration = self.clock(), int(m["iter"])
+        if self.first is None:
+            self.first = (now, iteration)
+        self.text = f"loss {float(m['loss']):.3f}"
+        if iteration > self.first[1] and now > self.first[0]:
+            rate = (iteration - self.first[1]) * self.plan["tokens_per_iter"] / (now - self.first[0])
+            self.text += f" | {rate:,.0f} tokens/s"
+        self.progress.update(int(m["step"]), self.text)
+
+    def close(self, returncode: int) -> None:
+        ending = "" if returncode == 0 else (" | stopped" if returncode == STOP_EXIT else f" | failed (exit {returncode})")
+        self.progress.close(text=self.text + ending)
 
 
 # ---------------------------------------------------------------------------
@@ -288,15 +334,18 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
             signal.signal(signum, lambda s, _frame: process.send_signal(s))
         # The live log is kept beside the checkpoints and appended to, so a resumed run's log continues.
         live = out_dir / LIVE_LOG
+        watch = TrainingWatch(Progress(litgpt_command, None, "steps"))
         with open(live, "a", encoding="utf-8") as log:
             try:
                 for line in process.stdout:
                     sys.stdout.write(line)
                     log.write(line)
                     log.flush()
+                    watch.see(line)
             except OSError as error:  # a full disk: litgpt stops (it saves if it can) before the error is said
                 stop_on_error(process, error, live)
             returncode = process.wait()
+            watch.close(returncode)
             # A stop writes stopped.json (removed above) before any rank exits; under srun
             # --kill-on-bad-exit a rank may then be killed while it exits, so srun's own code varies.
             if returncode == STOP_EXIT or (returncode != 0 and (out_dir / STOPPED).is_file()):

@@ -65,6 +65,12 @@ def read_record(text: str, stage: str | None = None) -> dict:
     return record
 
 
+def log_record(record: dict) -> None:
+    """The record as the first line of the job's log (its stdout): Snakemake no longer prints each job's
+    command, so the settings a job ran with are read here, in plain characters, or in config.json."""
+    print("record: " + json.dumps(record, ensure_ascii=False, sort_keys=True), flush=True)
+
+
 def finish_stage(folder: Path, record: dict, record_name: str = RECORD, environment: str | None = ENVIRONMENT) -> None:
     """The machine the stage ran on, then its record: the record last, after every other output.
 
@@ -139,6 +145,7 @@ def stage_main(parser: argparse.ArgumentParser, run: Run, argv: list[str] | None
 def run_in_folder(args: argparse.Namespace, run: Run, stage: str | None, command: str) -> None:
     """The protocol for parsed arguments (a command with subcommands parses them itself)."""
     record = read_record(args.record, stage)
+    log_record(record)
     made = not args.out.exists()
     try:
         with stage_lock(args.out, command):  # one writer of the folder at a time
