@@ -23,7 +23,7 @@ from storylm.io.contents import damage, digest
 from storylm.io.entry import StageError, write_json
 from storylm.io.filehash import HashCache
 from storylm.plan import stages
-from storylm.plan.stage import listed_files
+from storylm.plan.stage import listed_files, upstream_folder
 
 REBUILDS = Path(".snakemake/storylm/rebuilds.json")
 
@@ -46,7 +46,7 @@ def check_folder(stage: str, folder: Path, cache: HashCache) -> str | None:
     if problem:
         return problem
     for name, recorded in (record.get("read") or {}).items():
-        upstream = Path(stages.folder(name, record["inputs"][name]))
+        upstream = upstream_folder(folder, stage, name, record["inputs"][name])
         now = listed_files(upstream, name)
         if recorded is not None and (now is None or digest(now) != recorded):
             return f"{upstream}: changed since {folder} read it"

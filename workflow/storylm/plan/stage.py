@@ -80,7 +80,7 @@ def finish_stage(folder: Path, record: dict, record_name: str = RECORD, environm
         write_json(Path(folder) / environment, describe())
     with HashCache() as cache:
         files = list_files(folder, lambda relative: unlisted(relative, record_name), cache)
-    write_json(Path(folder) / record_name, {**record, "files": files, "read": read_digests(record)})
+    write_json(Path(folder) / record_name, {**record, "files": files, "read": read_digests(record, folder)})
 
 
 # Not among the files a stage provides: its lock and record, the machine it ran on, temporary files (atomic
@@ -95,14 +95,23 @@ def unlisted(relative: str, record_name: str) -> bool:
     return top in UNLISTED_NAMES or top == record_name or top.startswith(UNLISTED_PREFIXES)
 
 
-def read_digests(record: dict) -> dict[str, str | None]:
+def read_digests(record: dict, folder: Path) -> dict[str, str | None]:
     """For each stage folder the record's stage read: the digest of that folder's file list (None for a
-    folder whose record lists no files, written before files were listed)."""
+    folder whose record lists no files, written before files were listed, or that is not found)."""
     found = {}
     for name, hash_ in record.get("inputs", {}).items():
-        files = listed_files(Path(stages.folder(name, hash_)), name)
+        files = listed_files(upstream_folder(folder, record.get("stage"), name, hash_), name)
         found[name] = None if files is None else digest(files)
     return found
+
+
+def upstream_folder(folder: Path, stage: str | None, name: str, hash_: str) -> Path:
+    """The `name` folder with `hash_` beside a stage folder: from the root its stage's folders hang from (a
+    stage folder is <root>/<its table parent>/<hash>), so it is found whatever the working directory."""
+    depth = len(Path(stages.BY_NAME[stage].parent).parts) + 1 if stage in stages.BY_NAME else 0
+    parents = Path(folder).parents
+    root = parents[depth - 1] if 0 < depth <= len(parents) else Path()
+    return root / stages.folder(name, hash_)
 
 
 def listed_files(folder: Path, stage: str) -> dict | None:
