@@ -12,6 +12,8 @@ import sys
 import pytest
 
 from conftest import copy_workflow, dry_run_jobs, snakemake, tiny_config, write_config
+from storylm.io.contents import digest
+from storylm.io.filehash import file_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -122,8 +124,13 @@ def test_a_stage_added_as_the_guide_says_is_planned_run_and_cached(tmp_path):
     stories = json.loads((workdir / f"Data/corpus/{corpus}/stats.json").read_text())["train"]["stories"]
     assert counts == {"stories": stories, "long_enough": stories}
     record = json.loads((workdir / f"Data/charcount/{charcount}/config.json").read_text())
-    assert record == {"stage": "charcount", "hash": charcount, "inputs": {"corpus": corpus},
-                      "config": {"min_characters": 1}}
+    assert {key: value for key, value in record.items() if key not in ("files", "read")} == {
+        "stage": "charcount", "hash": charcount, "inputs": {"corpus": corpus}, "config": {"min_characters": 1}}
+    # The protocol lists the folder's files and the digest of the folder it read, for the run's integrity check.
+    counts_file = workdir / target
+    assert record["files"] == {"counts.json": [counts_file.stat().st_size, file_sha256(counts_file)]}
+    corpus_record = json.loads((workdir / f"Data/corpus/{corpus}/config.json").read_text())
+    assert record["read"] == {"corpus": digest(corpus_record["files"])}
     assert (workdir / f"Data/charcount/{charcount}/environment.json").is_file()
 
     # Cached on its settings: the same config plans nothing; a changed setting is a new folder.
