@@ -129,6 +129,8 @@ def relist(folder: Path, stage: str) -> None:
     """Rewrite a folder's record with its files listed: for a stage whose record was written before its
     last output (pretrain writes it with its litgpt config, before training)."""
     record_path = Path(folder) / stages.BY_NAME[stage].record
+    if not record_path.is_file():
+        return  # a litgpt config trained by hand, outside the pipeline: no record to list the files in
     record = {key: value for key, value in read_json(record_path, "the stage record").items()
               if key not in ("files", "read")}
     finish_stage(folder, record, record_path.name, environment=None)
