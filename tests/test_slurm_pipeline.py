@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -170,6 +171,11 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
         wait_until(ended, 1200, interval=2, what="the pipeline's end")
         run.check()
         assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    except BaseException:
+        reference.kill()
+        reference.wait()
+        shutil.rmtree(local / out.relative_to(workdir), ignore_errors=True)  # see below
+        raise
     finally:
         run.stop()
         reference.kill()
@@ -185,9 +191,13 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
     assert len(litgpt_log.resumed_from(out / "train.log")) == requeued
     import torch
 
-    ours, theirs = (torch.load(folder / "final" / "lit_model.pth", weights_only=False)["model"]
-                    for folder in (out, local / out.relative_to(workdir)))
-    assert [name for name in ours if not ours[name].equal(theirs[name])] == []
+    reference_out = local / out.relative_to(workdir)
+    try:
+        ours, theirs = (torch.load(folder / "final" / "lit_model.pth", weights_only=False)["model"]
+                        for folder in (out, reference_out))
+        assert [name for name in ours if not ours[name].equal(theirs[name])] == []
+    finally:  # the shared local run holds one pretrain folder: the tests that read it find theirs alone
+        shutil.rmtree(reference_out, ignore_errors=True)
 
 
 def test_the_pretrain_jobs_of_two_runs_run_at_the_same_time(slurm_run, slurm_cluster):
