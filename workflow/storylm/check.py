@@ -30,7 +30,7 @@ def stage_folders() -> list[tuple[str, Path]]:
         for folder in sorted(Path(spec.parent).glob("*")):
             if spec.record and HASH_FOLDER.match(folder.name) and (folder / spec.record).is_file():
                 found.append((spec.name, folder))
-    return list(dict.fromkeys(found))
+    return found
 
 
 def stage_of(folder: Path) -> str | None:

@@ -212,7 +212,7 @@ def tokenizer_at_hand(config: dict) -> Path | None:
         with HashCache() as cache:
             if check_folder("tokenizer", built, cache) is None:
                 return built
-        return None  # damaged: the plan sets it aside, and the sample_prompts job checks the rebuilt one
+        return None  # damaged: this run rebuilds it, and the sample_prompts job checks the rebuilt one
     tok = config["tokenizer"]
     if tok["kind"] == "pretrained" and tok["source"] == "local" and Path(tok["path"]).is_dir():
         return Path(tok["path"])

@@ -23,23 +23,18 @@ from storylm.io.contents import damage, digest
 from storylm.io.entry import StageError, write_json
 from storylm.io.filehash import HashCache
 from storylm.plan import stages
-from storylm.plan.stage import listed_files, upstream_folder
+from storylm.plan.stage import finished_record, listed_files, upstream_folder
 
 REBUILDS = Path(".snakemake/storylm/rebuilds.json")
 
 
 def check_folder(stage: str, folder: Path, cache: HashCache) -> str | None:
     """What is wrong with a finished stage folder, in one line; None when it is right or not finished."""
-    if not stages.BY_NAME[stage].record:
-        return None  # a download: the corpus and tokenizer stages check its manifest
-    record_path = Path(folder) / stages.BY_NAME[stage].record
-    if not record_path.is_file():
-        return None  # not finished: Snakemake runs it anyway
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+    try:  # none for a download (the corpus and tokenizer stages check its manifest) or an unfinished folder
+        record = finished_record(folder, stage)
     except (OSError, ValueError):
-        return f"{record_path}: not valid JSON"
-    files = record.get("files") if isinstance(record, dict) else None
+        return f"{Path(folder) / stages.BY_NAME[stage].record}: not valid JSON"
+    files = record.get("files") if record else None
     if files is None:
         return None
     problem = damage(folder, files, cache)

@@ -114,15 +114,27 @@ def upstream_folder(folder: Path, stage: str | None, name: str, hash_: str) -> P
     return root / stages.folder(name, hash_)
 
 
-def listed_files(folder: Path, stage: str) -> dict | None:
-    """The files a finished folder's record lists; None when it has no record or lists none."""
+def finished_record(folder: Path, stage: str) -> dict | None:
+    """A stage folder's record, or None when it has none (not finished, or a download, which keeps none);
+    ValueError when it is there but not a JSON object."""
     if not stages.BY_NAME[stage].record:
         return None
+    path = Path(folder) / stages.BY_NAME[stage].record
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return record
+
+
+def listed_files(folder: Path, stage: str) -> dict | None:
+    """The files a finished folder's record lists; None when it has no record or lists none."""
     try:
-        record = json.loads((folder / stages.BY_NAME[stage].record).read_text(encoding="utf-8"))
+        record = finished_record(folder, stage)
     except (OSError, ValueError):
         return None
-    return record.get("files") if isinstance(record, dict) else None
+    return record.get("files") if record else None
 
 
 def relist(folder: Path, stage: str) -> None:
