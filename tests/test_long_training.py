@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +27,7 @@ from conftest import (
     write_config,
 )
 from storylm.model.litgpt_train import STOP_EXIT, Stopper, job_deadline
-from storylm.model.training_runner import LIVE_LOG, step_checkpoints
+from storylm.model.training_runner import IDLE_REQUEUES, LIVE_LOG, after_stop, idle_parts, step_checkpoints
 from storylm.results import litgpt_log
 
 # Two micro-batches a step (gradient accumulation), so a stop must wait for the step's end; a save
@@ -130,3 +132,44 @@ def test_the_margin_covers_the_longest_step_and_save():
     assert stopper.margin() == 2.0 + 3.5 + 15.0
     assert Stopper(deadline=None, margin=30.0).margin() == 30.0  # STORYLM_STOP_MARGIN
 
+
+
+def test_a_slurm_part_that_trained_no_step_is_requeued_a_bounded_number_of_times_in_a_row(monkeypatch, tmp_path):
+    """Start-up that ate a whole job (a loaded node, a cold compile) is requeued; IDLE_REQUEUES + 1 such parts in a
+    row say to raise the runtime, exit 1; a part that trained resets the count. Real after_stop, fake squeue/scontrol."""
+    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+    bin_dir.mkdir()
+    out.mkdir()
+    (bin_dir / "squeue").write_text('#!/bin/sh\n[ "$*" = "-h -j 7 -o %T" ] && echo RUNNING\n')
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "requeued"}\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+
+    def part(steps: int) -> tuple[int, str]:
+        idle_before = idle_parts(out)  # as the runner reads it before a part starts
+        (out / "stopped.json").write_text(json.dumps(
+            {"reason": "deadline", "step": 40, "steps_this_part": steps, "max_steps": 100, "checkpoint": steps > 0,
+             "deadline": 1.0, "deadline_source": "squeue", "margin_s": 12.0}))
+        log = io.StringIO()
+        code = after_stop(out, log, idle_before)
+        return code, log.getvalue()
+
+    requeues = []
+    for _ in range(IDLE_REQUEUES):
+        code, said = part(0)
+        requeues.append(code)
+        assert said.endswith(" the next one starts with warm caches)\n"), said
+    assert requeues == [STOP_EXIT] * IDLE_REQUEUES
+    assert part(3) == (STOP_EXIT, "storylm: training stopped (deadline) after 3 steps in this part: saved step 40, 60"
+                                  " of 100 steps remain; requeued Slurm job 7, which resumes from it\n")
+    assert idle_parts(out) == 0  # a part that trained resets the count
+    for _ in range(IDLE_REQUEUES):
+        assert part(0)[0] == STOP_EXIT
+    code, said = part(0)
+    assert code == 1 and said == (
+        f"storylm: training stopped (deadline) after 0 steps in this part: saved nothing new, 60 of 100 steps remain;"
+        f" {IDLE_REQUEUES + 1} parts in a row trained no step: the Slurm job's time limit leaves no time for a step"
+        " (a margin of 12.0 s before it): raise the rule's runtime\n")
+    assert (tmp_path / "requeued").read_text().splitlines() == ["requeue 7"] * (2 * IDLE_REQUEUES + 1)

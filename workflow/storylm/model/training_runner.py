@@ -13,8 +13,11 @@ A training stage renders a litgpt config, then calls `run(config_path, litgpt_co
   `resume: auto` falls back to the previous one;
 - litgpt runs under storylm.model.litgpt_train, which saves a step-* checkpoint and exits STOP_EXIT at a
   signal or a margin before the Slurm job's end; under Slurm this runner then requeues its own job
-  (`scontrol requeue`) when the job still runs and the part trained at least one step, so a training
-  longer than a job finishes by itself. Any other failure is passed on as it is: no loop;
+  (`scontrol requeue`) when the job still runs, so a training longer than a job finishes by itself.
+  A part whose start-up (imports, compile, data) took its whole job is requeued too, up to
+  IDLE_REQUEUES parts in a row: a loaded node or a cold compile cache is no proof that the job is too
+  short, while that many in a row is, and then the error says to raise the runtime. Any other failure
+  is passed on as it is: no loop;
 - litgpt's output goes to progress.log as it comes, appended across resumed runs (the file to
   watch); when training ends, the whole of it becomes train.log, the stage's declared log (an
   output, so Snakemake deletes it when a job fails: the live log is kept apart);
@@ -50,6 +53,9 @@ FINGERPRINT = "checkpoints.json"  # what the checkpoints beside it were trained 
 ENVIRONMENT = "environment.json"  # the machine of each part of the training (storylm.io.environment)
 # Besides step-*: what litgpt and this runner write while training ("logs" holds the csv and
 # tensorboard loggers' files).
+# Parts in a row that may train no step under Slurm before the runtime is called too short: the
+# first part compiles with a cold cache and may start on a loaded node; the next ones start warm.
+IDLE_REQUEUES = 2
 WORK = ("final", "logs", LIVE_LOG, TRAIN_LOG, ENVIRONMENT, STOPPED)
 # litgpt with the stop at a signal or a deadline; takes litgpt's own command line after it.
 LITGPT = (sys.executable, "-m", "storylm.model.litgpt_train")
@@ -309,6 +315,7 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
         set_aside_stale_work(out_dir, fingerprint)
         remove_unfinished_saves(out_dir)
         set_aside_corrupt_checkpoints(out_dir)
+        idle_before = idle_parts(out_dir)
         (out_dir / STOPPED).unlink(missing_ok=True)
         record_environment(out_dir)
         resume_from = step_checkpoints(out_dir)
@@ -349,7 +356,7 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
             # A stop writes stopped.json (removed above) before any rank exits; under srun
             # --kill-on-bad-exit a rank may then be killed while it exits, so srun's own code varies.
             if returncode == STOP_EXIT or (returncode != 0 and (out_dir / STOPPED).is_file()):
-                returncode = after_stop(out_dir, log)
+                returncode = after_stop(out_dir, log, idle_before)
         if returncode == 0:
             with atomic_path(out_dir / TRAIN_LOG) as tmp:
                 shutil.copyfile(live, tmp)
@@ -370,14 +377,28 @@ def stop_on_error(process: subprocess.Popen, error: OSError, live: Path) -> None
 # After a stop: say what was saved, and under Slurm come back by itself
 
 
-def after_stop(out_dir: Path, log) -> int:
-    """Report a stopped training in both logs; requeue this Slurm job to resume it where that is right."""
+def idle_parts(out_dir: Path) -> int:
+    """How many parts in a row, up to the last one, stopped without training a step (from its stopped.json)."""
+    try:
+        stopped = json.loads((out_dir / STOPPED).read_text(encoding="utf-8"))
+        return int(stopped.get("idle_parts", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def after_stop(out_dir: Path, log, idle_before: int = 0) -> int:
+    """Report a stopped training in both logs; requeue this Slurm job to resume it where that is right.
+
+    `idle_before` is how many parts in a row before this one trained no step (idle_parts)."""
     try:
         stopped = json.loads((out_dir / STOPPED).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         stopped = None
     if stopped is None:
         return say(log, STOP_EXIT, f"the training stopped (exit {STOP_EXIT}) without saying where; rerun to resume")
+    idle = idle_before + 1 if stopped["steps_this_part"] == 0 else 0
+    if idle:  # the next part reads it
+        write_json(out_dir / STOPPED, {**stopped, "idle_parts": idle})
     job = os.environ.get("SLURM_JOB_ID")
     if stopped.get("before_training"):
         summary = (f"training stopped ({stopped['reason']}) after {stopped['startup_s']} s of start-up, before its"
@@ -387,23 +408,27 @@ def after_stop(out_dir: Path, log) -> int:
         saved = f"saved step {stopped['step']}" if stopped["checkpoint"] else "saved nothing new"
         summary = (f"training stopped ({stopped['reason']}) after {stopped['steps_this_part']} steps in this part:"
                    f" {saved}, {remain} of {stopped['max_steps']} steps remain")
-    if stopped["steps_this_part"] == 0 and stopped["reason"] == "deadline":
-        return say(log, 1, summary + "; " + no_time_for_a_step(stopped, job))
+    no_step_by_deadline = idle and stopped["reason"] == "deadline"
+    if no_step_by_deadline and (not job or stopped.get("deadline_source") == "STORYLM_TRAIN_UNTIL"):
+        return say(log, 1, summary + "; " + no_time_for_a_step(stopped, job))  # the same deadline again: a loop
     if not job:
         return say(log, STOP_EXIT, summary + "; run the same command again to resume")
-    if stopped.get("before_training"):
-        return say(log, STOP_EXIT, summary + f"; not requeued (it would loop). If the signal was Slurm job {job}'s"
-                   " time limit, raise the rule's runtime: start-up alone (imports, compile, data) took that long")
     state = slurm_job_state(job)
     if state != "RUNNING":  # cancelled, timed out, or already being requeued by Slurm itself
         return say(log, STOP_EXIT, summary + f"; Slurm job {job} is {state or 'gone'}: not requeued by the training")
-    if stopped["steps_this_part"] == 0:
-        return say(log, STOP_EXIT, summary + "; no step trained in this job: not requeued (it would loop)")
+    if idle > IDLE_REQUEUES:
+        tries = f"{idle} parts in a row trained no step"
+        if no_step_by_deadline:
+            return say(log, 1, f"{summary}; {tries}: {no_time_for_a_step(stopped, job)}")
+        return say(log, STOP_EXIT, f"{summary}; {tries}: not requeued (it would loop). If the signal was Slurm job"
+                   f" {job}'s time limit, raise the rule's runtime: start-up alone (imports, compile, data) took that long")
     requeue = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     if requeue.returncode != 0:
         return say(log, STOP_EXIT, summary + f"; `scontrol requeue {job}` failed ({requeue.stderr.strip()}):"
                    " rerun the pipeline to resume")
-    return say(log, STOP_EXIT, summary + f"; requeued Slurm job {job}, which resumes from it")
+    idle_note = (f" (start-up took this job: {idle} of at most {IDLE_REQUEUES} such parts in a row; the next one"
+                 " starts with warm caches)") if idle else ""
+    return say(log, STOP_EXIT, summary + f"; requeued Slurm job {job}, which resumes from it{idle_note}")
 
 
 def no_time_for_a_step(stopped: dict, job: str | None) -> str:
