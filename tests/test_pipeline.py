@@ -9,8 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import SNAKEMAKE_OUTPUT, copy_workflow, dry_run_jobs, load_json, snakemake, tiny_config, write_config
+from storylm.model.precision import cpu_has_bf16, training_precision
 
 pytestmark = pytest.mark.slow
 
@@ -175,8 +177,6 @@ def test_consistency_is_the_fraction_of_consistent_samples(pipeline_run):
 
 
 def test_the_rendered_litgpt_config_is_complete(pipeline_run):
-    import yaml
-
     workdir, config = pipeline_run
     rendered = yaml.safe_load((only_folder(workdir, "results/pretrain") / "pretrain.yaml").read_text())
     assert rendered["resume"] == "auto"
@@ -305,8 +305,15 @@ def test_the_default_target_finishes_on_a_model_that_learns_nothing(tmp_path):
     config = tiny_config()
     config["optimizer"]["init_args"]["lr"] = 1e-12
     config["sample"]["num_figure_samples"] = 6
+    config["precision"] = "auto"  # the embedded default's: this machine's choice, made where it trains
     write_config(workdir, config)
     snakemake(workdir, "--cores", "2")
+    pretrain = only_folder(workdir, "results/pretrain")
+    assert yaml.safe_load((pretrain / "pretrain.yaml").read_text())["precision"] is None  # litgpt: "pick one"
+    [part] = load_json(pretrain / "environment.json")
+    assert part["precision"] == training_precision() == ("bf16-mixed" if cpu_has_bf16() else "32-true")
+    amp = "Using bfloat16 Automatic Mixed Precision (AMP)" in (pretrain / "train.log").read_text()
+    assert amp == (part["precision"] == "bf16-mixed")  # what Lightning trained in
     runs = pd.read_csv(workdir / "results/runs.tsv", sep="\t")
     assert (runs.loc[0, "consistent_rate_lo"], runs.loc[0, "consistent_rate"]) == (0.0, 0.0)
     assert round(runs.loc[0, "consistent_rate_hi"], 4) == 0.3903  # Wilson's upper bound for 0 of 6
@@ -314,6 +321,8 @@ def test_the_default_target_finishes_on_a_model_that_learns_nothing(tmp_path):
     metrics = load_json(workdir / "results/metrics.json")
     assert metrics["sample_figures"]["num_samples"] == 6
     assert (workdir / metrics["export_dir"] / "config.json").is_file()
+    card = (workdir / metrics["export_dir"] / "README.md").read_text()
+    assert f"| precision | auto: {part['precision']} |" in card.splitlines()  # what it trained in
 
 
 def test_jobs_import_the_workflows_own_package_without_an_inherited_pythonpath(pipeline_run):

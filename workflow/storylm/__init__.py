@@ -50,6 +50,7 @@ storylm.model, litgpt's model, tokens and training:
     generation      stories of one prompt in batches, each from its own seed
     training_runner a litgpt training any stage can run: locked, resumed, set aside, stopped, requeued
     litgpt_train    litgpt's CLI that saves and stops at a signal or before the Slurm job's end
+    precision       what `precision: auto` trains in on this machine (bf16-mixed where it has bf16)
 
 storylm.results, figures and comparisons:
     litgpt_log      loss curves and throughput from litgpt's printed log

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from storylm.io import jsonl
 from storylm.io.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
 from storylm.model import checkpoint
 from storylm.model.tokens import LICENCE_FILES
+from storylm.model.training_runner import ENVIRONMENT
 from storylm.plan.integrity import require_intact
 from storylm.plan.stage import finish_stage, log_record, read_record
 from storylm.results.figures import numeric_figures, sample_figure_files
@@ -73,8 +75,20 @@ def read_training(checkpoint_dir: Path) -> dict:
             except yaml.YAMLError as error:
                 raise StageError(f"{path}: not valid YAML ({first_line(error)})") from None
             if isinstance(settings, dict):
-                return {"file": str(path), **settings}
+                return {"file": str(path), **settings, **used_precision(checkpoint_dir.parent, settings)}
     return {}
+
+
+def used_precision(pretrain_dir: Path, settings: dict) -> dict:
+    """`precision: auto` is saved as litgpt's null: the card shows what each part of the training used."""
+    if settings.get("precision") is not None:
+        return {}
+    try:
+        parts = json.loads((pretrain_dir / ENVIRONMENT).read_text(encoding="utf-8"))
+        used = sorted({part["precision"] for part in parts})
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"precision": "auto (what it chose is not recorded)"}
+    return {"precision": f"auto: {', '.join(used)}"}
 
 
 def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample_dir: Path | None,

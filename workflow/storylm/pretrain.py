@@ -20,6 +20,7 @@ import yaml
 
 from storylm.io.entry import RECORD, StageError, exit_with, write_record, write_text
 from storylm.model import training_runner
+from storylm.model.precision import litgpt_setting
 from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
 from storylm.plan.integrity import require_intact
 from storylm.plan.stage import log_record, relist
@@ -44,7 +45,7 @@ def render(stage_config: dict, shards_dir: Path, tokenizer_dir: Path, out_dir: P
         "model_name": model_config["name"],
         "model_config": model_config,
         "out_dir": str(out_dir),
-        "precision": stage_config["precision"],
+        "precision": litgpt_setting(stage_config["precision"]),
         "resume": "auto",
         "data": {
             "class_path": "litgpt.data.LitData",

@@ -421,6 +421,8 @@ def install(stopper: Stopper, strategy: str = "auto", drawn: Path | None = None)
     from litgpt import pretrain
     from torch.utils.data._utils import signal_handling
 
+    from storylm.model.precision import training_precision
+
     set_worker_handlers = signal_handling._set_worker_signal_handlers
 
     def worker_signal_handlers(*args):  # each worker calls it first thing (torch's worker loop)
@@ -460,6 +462,8 @@ def install(stopper: Stopper, strategy: str = "auto", drawn: Path | None = None)
     pretrain.save_checkpoint = save_checkpoint
     pretrain.validate = mean_over_ranks(pretrain.validate)
     pretrain.L = lightning_with(fabric_class(strategy))
+    # precision: null (the config's auto) is this machine's choice, made as storylm.model.precision says
+    pretrain.get_default_supported_precision = lambda training: training_precision()
 
 
 def guard_gradients(fabric, stopper: Stopper) -> None:

@@ -193,13 +193,15 @@ def older_than(sources: list[Path], work: list[Path]) -> bool:
     return max(p.stat().st_mtime for p in sources) < min(p.stat().st_mtime for p in work)
 
 
-def record_environment(out_dir: Path) -> None:
-    """Each part of a (resumed) training appends the machine it ran on to environment.json."""
+def record_environment(out_dir: Path, precision: str | None) -> None:
+    """Each part of a (resumed) training appends the machine it ran on, and the precision it trains in
+    (litgpt's `precision`; null: this machine's choice), to environment.json."""
     from storylm.io.environment import describe
+    from storylm.model.precision import training_precision
 
     path = out_dir / ENVIRONMENT
     parts = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    write_json(path, [*parts, describe()])
+    write_json(path, [*parts, {**describe(), "precision": training_precision(precision)}])
 
 
 # ---------------------------------------------------------------------------
@@ -317,7 +319,7 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
         set_aside_corrupt_checkpoints(out_dir)
         idle_before = idle_parts(out_dir)
         (out_dir / STOPPED).unlink(missing_ok=True)
-        record_environment(out_dir)
+        record_environment(out_dir, litgpt_config.get("precision"))
         resume_from = step_checkpoints(out_dir)
         print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
               flush=True)
