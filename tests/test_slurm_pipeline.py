@@ -148,9 +148,10 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
     # an idle machine): its start (10-40 s), then the margin before its end, set to 12 s (a save here
     # takes 0.3-0.9 s, a finished training's last validation, save and Snakemake's wrap-up 3-6 s). The
     # default margin, 20 s, is for real models; under load it would leave a 1-minute job too little to
-    # train in. So two jobs on the fastest machine, three or more on most. A job whose start-up takes
-    # it whole (a loaded machine, a cold compile) trains nothing and is requeued too (up to
-    # training_runner.IDLE_REQUEUES in a row), so a slow start costs a job, not the test.
+    # train in. So one job cannot finish it even on the fastest machine. A job whose start-up takes it
+    # whole (a loaded machine, a cold compile) trains nothing and is requeued too (up to
+    # training_runner.IDLE_REQUEUES in a row), so a slow start costs a job, not the test; once a part
+    # has saved and requeued, the job's limit is raised (below), so a loaded machine adds no parts.
     steps = 20000
     config["train"].update(max_tokens=steps * 4 * 64, save_interval=None, log_interval=500)
     config["eval"].update(interval=100000)
@@ -163,10 +164,25 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
     run = run_snakemake(workdir, "--until", "pretrain", profile=workdir / "profiles" / "slurm",
                         overrides=overrides(slurm_cluster, set_resources={"pretrain": {"runtime": 1}}), background=True,
                         env={"STORYLM_STOP_MARGIN": "12"})
+    raised = []
+
+    def raise_limit_once_a_part_saved(jobid: str) -> None:
+        # One part that saved a step before its limit and requeued its job is the proof; the next parts get
+        # 30 minutes, so the number of parts (each starting up for a loaded machine's minute) and with it the
+        # test's time do not grow with the load. Before the job is moved up: a part reads its limit at start.
+        stops = (out / "progress.log").read_text() if (out / "progress.log").is_file() else ""
+        if not raised and "saved step" in stops and scontrol_show_job(jobid).get("JobState") == "PENDING":
+            update = subprocess.run(["scontrol", "update", f"JobId={jobid}", "TimeLimit=30"], capture_output=True,
+                                    text=True)
+            assert update.returncode == 0, update.stderr
+            raised.append(jobid)
+
     try:
 
         def ended():
             for job in run.submitted():
+                if job.rule == "pretrain":
+                    raise_limit_once_a_part_saved(job.slurm_jobid)
                 start_if_requeued(job.slurm_jobid)
             return run.proc.poll() is not None
 
@@ -186,6 +202,7 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
     assert len(pretrains) == 1, run.describe()  # one Slurm job, run more than once: requeued
     info = scontrol_show_job(pretrains[0].slurm_jobid)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 1, info  # two jobs or more
+    assert raised == [pretrains[0].slurm_jobid] and info["TimeLimit"] == "00:30:00", info  # the last part: 30 min
     progress = (out / "progress.log").read_text()
     stops = [line for line in progress.splitlines() if line.startswith("storylm: training stopped")]
     requeued = [line for line in stops if f"requeued Slurm job {pretrains[0].slurm_jobid}, which resumes from it" in line]
