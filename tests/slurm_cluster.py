@@ -353,6 +353,12 @@ def start_if_requeued(jobid: str) -> bool:
     return _run(["scontrol", "update", f"JobId={jobid}", "StartTime=now"]).returncode == 0
 
 
+def set_time_limit(jobid: str, minutes: int) -> None:
+    """A job's time limit, as an admin raises it (a part reads its limit when it starts)."""
+    res = _run(["scontrol", "update", f"JobId={jobid}", f"TimeLimit={minutes}"])
+    assert res.returncode == 0, f"scontrol update {jobid} TimeLimit={minutes}: {res.stderr}"
+
+
 def scancel(jobid: str) -> None:
     res = _run(["scancel", str(jobid)])
     assert res.returncode == 0, f"scancel {jobid}: {res.stderr}"

@@ -24,6 +24,7 @@ from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
     run_snakemake,
     scancel,
     scontrol_show_job,
+    set_time_limit,
     slurm_cluster,
     slurm_logs,
     start_if_requeued,
@@ -172,9 +173,7 @@ def test_a_training_longer_than_its_job_requeues_itself_and_ends_as_if_never_sto
         # test's time do not grow with the load. Before the job is moved up: a part reads its limit at start.
         stops = (out / "progress.log").read_text() if (out / "progress.log").is_file() else ""
         if not raised and "saved step" in stops and scontrol_show_job(jobid).get("JobState") == "PENDING":
-            update = subprocess.run(["scontrol", "update", f"JobId={jobid}", "TimeLimit=30"], capture_output=True,
-                                    text=True)
-            assert update.returncode == 0, update.stderr
+            set_time_limit(jobid, 30)
             raised.append(jobid)
 
     try:

@@ -17,3 +17,4 @@ _.mark_damaged  # noqa: B018 - storylm.plan.integrity: common.smk calls it on th
 _.rebuild_counts  # noqa: B018 - storylm.plan.integrity: common.smk reads the counts into the stages' record params
 _.with_rebuilds  # noqa: B018
 _.L  # noqa: B018 - storylm.model.litgpt_train: litgpt.pretrain.setup calls L.Fabric, which install() replaces
+_.get_default_supported_precision  # noqa: B018 - litgpt.pretrain.setup calls it for precision: null (auto), which install() replaces

@@ -8,7 +8,8 @@ on the CPU"), and slower than 32-true without them. On CUDA it is litgpt's own d
 `auto` is resolved where the training runs, not where the plan is made (a Slurm login node has
 another CPU and no GPU): the rendered litgpt config says `precision: null`, litgpt's "pick one for
 this machine", and storylm.model.litgpt_train makes litgpt pick with `training_precision` below.
-Each part of a training records what it used (environment.json, "precision").
+Each part of a training records what it used (environment.json, "precision"): the training runner
+asks before it starts litgpt, so this module imports torch only (litgpt costs seconds to import).
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ def training_precision(setting: str | None = AUTO) -> str:
         return setting
     import torch
 
-    if torch.cuda.is_available():
-        from litgpt.utils import get_default_supported_precision
-
-        return get_default_supported_precision(training=True)
+    if torch.cuda.is_available():  # litgpt's own default (litgpt.utils), without importing litgpt here
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 

@@ -379,12 +379,19 @@ def stop_on_error(process: subprocess.Popen, error: OSError, live: Path) -> None
 # After a stop: say what was saved, and under Slurm come back by itself
 
 
+def read_stopped(out_dir: Path) -> dict | None:
+    """What the last stop wrote to stopped.json; None when there is none or it cannot be read."""
+    try:
+        return json.loads((out_dir / STOPPED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def idle_parts(out_dir: Path) -> int:
     """How many parts in a row, up to the last one, stopped without training a step (from its stopped.json)."""
     try:
-        stopped = json.loads((out_dir / STOPPED).read_text(encoding="utf-8"))
-        return int(stopped.get("idle_parts", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return int(read_stopped(out_dir).get("idle_parts", 0))
+    except (AttributeError, TypeError, ValueError):  # none, or not what a stop writes
         return 0
 
 
@@ -392,10 +399,7 @@ def after_stop(out_dir: Path, log, idle_before: int = 0) -> int:
     """Report a stopped training in both logs; requeue this Slurm job to resume it where that is right.
 
     `idle_before` is how many parts in a row before this one trained no step (idle_parts)."""
-    try:
-        stopped = json.loads((out_dir / STOPPED).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        stopped = None
+    stopped = read_stopped(out_dir)
     if stopped is None:
         return say(log, STOP_EXIT, f"the training stopped (exit {STOP_EXIT}) without saying where; rerun to resume")
     idle = idle_before + 1 if stopped["steps_this_part"] == 0 else 0
