@@ -26,7 +26,7 @@ from conftest import (
 )
 from storylm import shards
 from storylm.io.jsonl import write_texts
-from storylm.model.tokens import encode_batch
+from storylm.model.tokens import StoryTokenizer
 from storylm.plan import config as storylm_config
 from storylm.plan.config import ConfigError
 from storylm.tokenizer import tokenizer_stats
@@ -48,9 +48,7 @@ def fixture_stories() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from litgpt import Tokenizer
-
-    return Tokenizer(CHATGLM3_DIR)
+    return StoryTokenizer(CHATGLM3_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +69,7 @@ def test_litgpt_loads_it_through_sentencepiece(tokenizer):
     assert tokenizer.vocab_size == 64789
     assert (tokenizer.bos_id, tokenizer.eos_id) == (1, 2)
     assert tokenizer.use_bos is False
-    assert tokenizer.processor.unk_id() == 0
+    assert tokenizer.unk_id == 0 and tokenizer.ids == 64789 and tokenizer.file == CHATGLM3_DIR / "tokenizer.model"
 
 
 def test_encode_of_the_reference_sentence(tokenizer):
@@ -81,20 +79,23 @@ def test_encode_of_the_reference_sentence(tokenizer):
 
 
 def test_newline_is_the_byte_fallback_token(tokenizer):
-    assert tokenizer.processor.id_to_piece(13) == "<0x0A>"
+    assert tokenizer.piece(13) == "<0x0A>"
     assert 13 in tokenizer.encode("第一行\n第二行").tolist()
     assert tokenizer.decode(tokenizer.encode("第一行\n第二行")) == "第一行\n第二行"
 
 
 def test_encode_batch_is_litgpts_encode_with_eos(tokenizer, stories):
-    expected = [tokenizer.encode(story, eos=True).tolist() for story in stories]
-    assert encode_batch(tokenizer, stories, eos=True) == expected
+    from litgpt import Tokenizer
+
+    litgpt = Tokenizer(CHATGLM3_DIR)
+    expected = [litgpt.encode(story, eos=True).tolist() for story in stories]
+    assert tokenizer.encode_batch(stories, eos=True) == expected
     assert all(ids[-1] == EOS and EOS not in ids[:-1] for ids in expected)
     assert all(ids[0] != tokenizer.bos_id for ids in expected)
 
 
 def test_every_fixture_story_round_trips(tokenizer, stories):
-    for story, ids in zip(stories, encode_batch(tokenizer, stories, eos=False), strict=True):
+    for story, ids in zip(stories, tokenizer.encode_batch(stories, eos=False), strict=True):
         assert tokenizer.decode(torch.tensor(ids)) == story
 
 

@@ -172,7 +172,7 @@ def test_cli_with_manifest_and_record(tmp_path):
     record = corpus_record(cfg)
     done = subprocess.run(
         [sys.executable, "-m", "storylm.corpus", "--record", record,
-         "--out", str(tmp_path / "out"), "--raw", str(tmp_path / "raw")],
+         "--out", str(tmp_path / "out"), "--inputs", json.dumps({"raw files": str(tmp_path / "raw/manifest.json")})],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "workflow")},
     )
@@ -187,7 +187,7 @@ def test_cli_error_is_one_message(tmp_path):
     cfg = corpus_config(source="local", local={"paths": ["x"]})
     done = subprocess.run(
         [sys.executable, "-m", "storylm.corpus", "--record", corpus_record(cfg), "--out", str(tmp_path / "out"),
-         "--raw", str(tmp_path / "missing")],
+         "--inputs", json.dumps({"raw files": str(tmp_path / "missing/manifest.json")})],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "workflow")},
     )

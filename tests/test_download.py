@@ -341,19 +341,26 @@ def run_cli(module, *args, env=None):
                           cwd=REPO_ROOT, timeout=60)
 
 
+def download_record(settings: dict, stage: str = "download") -> str:
+    """A download command's --record: the settings a download's fingerprint holds are the ones it fetches by."""
+    return json.dumps({"stage": stage, "hash": "abc", "inputs": {}, "config": settings})
+
+
 def test_cli_download_then_corpus(hub, tmp_path):
-    cfg = json.dumps(hf_config(split={"val_size": 0.1}))
-    done = run_cli("storylm.download", "--config", cfg, "--out", str(tmp_path / "raw"), env={"HF_ENDPOINT": hub.url})
+    cfg = hf_config(split={"val_size": 0.1})
+    done = run_cli("storylm.download", "--record", download_record(cfg), "--out", str(tmp_path / "raw"),
+                   env={"HF_ENDPOINT": hub.url})
     assert done.returncode == 0, done.stderr
-    record = json.dumps({"stage": "corpus", "hash": "abc", "inputs": {}, "config": json.loads(cfg)})
-    done = run_cli("storylm.corpus", "--record", record, "--out", str(tmp_path / "corpus"), "--raw", str(tmp_path / "raw"))
+    record = json.dumps({"stage": "corpus", "hash": "abc", "inputs": {}, "config": cfg})
+    done = run_cli("storylm.corpus", "--record", record, "--out", str(tmp_path / "corpus"),
+                   "--inputs", json.dumps({"raw files": str(tmp_path / "raw/manifest.json")}))
     assert done.returncode == 0, done.stderr
     stats = json.loads((tmp_path / "corpus" / "stats.json").read_text())
     assert (stats["train"]["stories"], stats["val"]["stories"]) == (54, 6)
 
 
 def test_cli_offline_is_one_clear_message(tmp_path):
-    done = run_cli("storylm.download", "--config", json.dumps(hf_config()), "--out", str(tmp_path),
+    done = run_cli("storylm.download", "--record", download_record(hf_config()), "--out", str(tmp_path),
                    env={"HF_ENDPOINT": closed_port_url()})
     assert done.returncode == 1
     assert "error: Could not get the file list of dataset adam89/TinyStoriesChinese" in done.stderr
@@ -421,7 +428,7 @@ def test_a_missing_tokenizer_file_is_named(tokenizer_hub, tmp_path):
 
 
 def test_offline_the_tokenizer_error_says_how_to_use_local_files(tmp_path):
-    done = run_cli("storylm.download", "--tokenizer", "--config", json.dumps(tokenizer_config()), "--out",
+    done = run_cli("storylm.download", "--record", download_record(tokenizer_config(), "tokenizer_download"), "--out",
                    str(tmp_path), env={"HF_ENDPOINT": closed_port_url()})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"error: Could not get the file list of model {TOKENIZER_REPO}")

@@ -13,8 +13,8 @@ from conftest import REPO
 from storylm import evaluate
 from storylm.io.entry import StageError, run_stage
 from storylm.io.jsonl import write_texts
-from storylm.model.checkpoint import load_model, load_tokenizer
-from storylm.model.tokens import encode_batch
+from storylm.model.checkpoint import load_model
+from storylm.model.tokens import StoryTokenizer
 from tiny_checkpoint import make_checkpoint
 
 SEQ = 8
@@ -41,7 +41,8 @@ def corpus(tmp_path):
 
 
 def extra(model, checkpoint, entries, train, batch_size=3):
-    return evaluate.evaluate_extra_sets(model, load_tokenizer(checkpoint), entries, train, SEQ, batch_size)
+    stats = train.parent / "stats.json" if train else None
+    return evaluate.evaluate_extra_sets(model, StoryTokenizer(checkpoint), entries, train, stats, SEQ, batch_size)
 
 
 # -- bits per character ------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_extra_set_bits_per_character(model, checkpoint, corpus, tmp_path):
     lines = [json.dumps({"story": {"zh": s}}, ensure_ascii=False) for s in stories[:2] + [" "] + stories[2:]]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = extra(model, checkpoint, [{"path": str(path), "text_field": "story.zh"}], corpus)["mine"]
-    ids = [t for story in encode_batch(load_tokenizer(checkpoint), stories) for t in story]
+    ids = [t for story in StoryTokenizer(checkpoint).encode_batch(stories) for t in story]
     nats, _ = evaluate.stream_nats(model, ids, SEQ, 3)
     assert result["stories"] == 3 and result["characters"] == 24 and result["tokens"] == len(ids)
     assert result["empty_stories_skipped"] == 1
@@ -141,9 +142,10 @@ def test_stage_command_fails_in_one_line_before_loading_the_model(checkpoint, tm
     (tmp_path / "train.log").write_text("")
     settings = {"max_tokens": 10, "batch_size": 2, "extra_sets": [{"path": "nowhere.jsonl", "text_field": "text"}]}
     record = json.dumps({"stage": "evaluate", "hash": "h", "inputs": {}, "config": settings})
-    rc = run_stage(evaluate.main, ["--record", record, "--checkpoint", str(checkpoint), "--shards", str(shards),
-                                   "--train-log", str(tmp_path / "train.log"), "--seq-length", str(SEQ),
-                                   "--train", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "out")])
+    inputs = {"final model": checkpoint / "lit_model.pth", "shards": shards / "stats.json",
+              "train log": tmp_path / "train.log", "train split": tmp_path / "train.jsonl"}
+    rc = run_stage(evaluate.main, ["--record", record, "--inputs", json.dumps({r: str(p) for r, p in inputs.items()}),
+                                   "--seq-length", str(SEQ), "--out", str(tmp_path / "out")])
     assert rc == 1
     assert capsys.readouterr().err == "error: evaluate.extra_sets[0].path: nowhere.jsonl does not exist\n"
     assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,7 +29,8 @@ from storylm.hub import folder as export_folder
 from storylm.io.entry import run_stage
 from storylm.io.filehash import file_sha256
 from storylm.io.jsonl import write_texts
-from storylm.model.tokens import encode_batch
+from storylm.model.tokens import StoryTokenizer
+from storylm.plan.schema import defaults
 from storylm.sample import sample_all
 from storylm.stories import consistency
 from storylm.stories.storygen import generate_stories
@@ -73,7 +75,7 @@ def fixture_stories() -> list[str]:
 
 def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     """The texts as the shards stage makes them: litgpt ids, eos after each story, end to end."""
-    return torch.tensor([i for ids in encode_batch(tokenizer, texts) for i in ids])
+    return torch.tensor([i for ids in tokenizer.encode_batch(texts) for i in ids])
 
 
 def windows(stream: torch.Tensor, batch: int) -> torch.Tensor:
@@ -84,7 +86,7 @@ def make_checkpoint(root: Path, model_config: dict, tokenizer_files: dict[str, P
                     train_texts: list[str], steps: int, batch: int, dtype: torch.dtype = torch.float32) -> Path:
     """A litgpt checkpoint folder as pretrain leaves it (final/ with weights, config and tokenizer; pretrain.yaml
     beside it), from a GPT trained for a few steps so that it prefers the training text's tokens."""
-    from litgpt import GPT, Config, Tokenizer
+    from litgpt import GPT, Config
     from litgpt.utils import save_config
 
     final = root / "pretrain" / "final"
@@ -94,7 +96,7 @@ def make_checkpoint(root: Path, model_config: dict, tokenizer_files: dict[str, P
     else:
         for name, src in tokenizer_files.items():
             (final / name).write_bytes(src.read_bytes())
-    tokenizer = Tokenizer(final)
+    tokenizer = StoryTokenizer(final)
     config = Config(**{"vocab_size": tokenizer.vocab_size, **model_config})
     torch.manual_seed(0)
     model = GPT(config)
@@ -144,12 +146,14 @@ def make_stage_dirs(root: Path, checkpoint: Path) -> tuple[Path, Path]:
 
 def run_export(checkpoint: Path, out: Path, evaluate_dir: Path | None = None, sample_dir: Path | None = None,
                record: dict = RECORD, val: Path | None = None, tokenizer_dir: Path | None = None) -> int:
-    argv = ["--record", json.dumps(record), "--checkpoint", str(checkpoint), "--out", str(out)]
-    argv += ["--tokenizer-dir", str(tokenizer_dir)] if tokenizer_dir else []
-    argv += ["--evaluate-dir", str(evaluate_dir)] if evaluate_dir else []
-    argv += ["--sample-dir", str(sample_dir)] if sample_dir else []
-    argv += ["--val", str(val)] if val else []
-    return run_stage(export.main, argv)
+    files = {"final model": checkpoint / "lit_model.pth", "hyperparameters": checkpoint / "hyperparameters.yaml",
+             "litgpt config": checkpoint.parent / "pretrain.yaml", "tokenizer": tokenizer_dir and tokenizer_dir / "tokenizer.json",
+             "metrics": evaluate_dir and evaluate_dir / "metrics.json", "samples": sample_dir and sample_dir / "samples.json",
+             "story scores": evaluate_dir and evaluate_dir / "story_scores.tsv", "val split": val,
+             "sample checks": sample_dir and sample_dir / "consistency.json",
+             "sample figures": sample_dir and sample_dir / "figures.json"}
+    inputs = json.dumps({role: str(path) for role, path in files.items() if path})
+    return run_stage(export.main, ["--record", json.dumps(record), "--inputs", inputs, "--out", str(out)])
 
 
 class Kind:
@@ -157,23 +161,21 @@ class Kind:
 
     def __init__(self, root: Path, checkpoint: Path, val_texts: list[str], with_stages: bool = True,
                  tokenizer_dir: Path | None = None):
-        from litgpt import Tokenizer
-
         self.root, self.checkpoint, self.val_texts = root, checkpoint, val_texts
         self.evaluate_dir, self.sample_dir = make_stage_dirs(root, checkpoint) if with_stages else (None, None)
         self.val = root / "val.jsonl"
         write_texts(self.val, val_texts)
         if with_stages:  # the evaluate stage's whole-story scores, by its own code
             from storylm.evaluate import story_scores, val_stories
-            from storylm.model.checkpoint import load_model, load_tokenizer
+            from storylm.model.checkpoint import load_model
 
-            scores = story_scores(load_model(checkpoint, "cpu"), *val_stories(self.val, load_tokenizer(checkpoint), None),
+            scores = story_scores(load_model(checkpoint, "cpu"), *val_stories(self.val, StoryTokenizer(checkpoint), None),
                                   SEQ, 8)
             scores.to_csv(self.evaluate_dir / "story_scores.tsv", sep="\t", index=False)
         self.folder = root / "export" / "e0e0e0e0e0"
         assert run_export(checkpoint, self.folder, self.evaluate_dir, self.sample_dir,
                           val=self.val if with_stages else None, tokenizer_dir=tokenizer_dir) == 0
-        self.tokenizer = Tokenizer(checkpoint)
+        self.tokenizer = StoryTokenizer(checkpoint)  # litgpt's ids
 
     def lit_model(self):
         from storylm.model.checkpoint import load_model
@@ -478,8 +480,9 @@ def test_a_missing_checkpoint_file_is_named_by_the_command(default_kind, tmp_pat
     checkpoint.mkdir()
     for name in ("model_config.yaml", "tokenizer.json", "tokenizer_config.json"):
         (checkpoint / name).write_bytes((default_kind.checkpoint / name).read_bytes())
-    result = subprocess.run([sys.executable, "-m", "storylm.export", "--record", json.dumps(RECORD), "--checkpoint",
-                             str(checkpoint), "--out", str(tmp_path / "export")], capture_output=True, text=True,
+    inputs = json.dumps({"final model": str(checkpoint / "lit_model.pth")})
+    result = subprocess.run([sys.executable, "-m", "storylm.export", "--record", json.dumps(RECORD), "--inputs",
+                             inputs, "--out", str(tmp_path / "export")], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
     assert result.returncode == 1
     assert result.stderr == (f"error: {checkpoint / 'lit_model.pth'}: missing (the checkpoint's weights);"
@@ -519,7 +522,7 @@ def test_bad_inputs_are_named(default_kind, tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.startswith(f"error: {message}") and error.count("\n") == 1, error
         assert not out.exists()
-    assert run_stage(export.main, ["--record", "{not json", "--checkpoint", str(good), "--out", str(out)]) == 1
+    assert run_stage(export.main, ["--record", "{not json", "--out", str(out)]) == 1
     assert capsys.readouterr().err.startswith("error: --record: not valid JSON")
 
 
@@ -728,7 +731,7 @@ def test_the_card_shows_how_to_use_every_client(default_kind):
     # The sample stage asked for 24 new tokens; the prompt and they fit the 64-token block.
     assert "max_new_tokens=24," in card
     use = model_card.usage_for(default_kind.lit_model().config, default_kind.tokenizer, {"max_new_tokens": 200}, None)
-    assert use.new_tokens == SEQ - len(default_kind.tokenizer.encode(model_card.DEFAULT_PROMPT)) < 200
+    assert use.new_tokens == SEQ - len(default_kind.tokenizer.encode(defaults()["sample"]["prompts"][0])) < 200
     # lm-eval's figures beside the pipeline's, each with its convention.
     expected = json.loads((default_kind.folder / export_folder.CLIENTS).read_text())["lm_eval_expected"]
     assert f"| storylm_val bits_per_character | {model_card.fmt(expected['bits_per_character'])} |" in card
@@ -749,6 +752,31 @@ def installed(client: str, language: str, code: str) -> str | None:
              "llama.cpp": ["llama_cpp"], "ctranslate2": ["ctranslate2", "transformers"], "lm-eval": ["lm_eval"]}
     missing = [module for module in needs[client] if find_spec(module) is None]
     return f"{', '.join(missing)} not installed" if missing else None
+
+
+class PromptLength:
+    def encode(self, text: str) -> list[str]:
+        return list(text)
+
+
+def test_the_card_samples_as_the_sample_stage_says_greedy_and_without_top_k_included():
+    """The card's usage lines take the sample stage's settings, a greedy 0 and a null top_k as they are, and
+    the schema's defaults where a checkpoint is exported without a sample stage."""
+    config = SimpleNamespace(block_size=64, n_head=2, head_size=8, n_embd=16)
+    greedy = model_card.usage_for(config, PromptLength(), {"temperature": 0, "top_k": None}, None)
+    assert (greedy.temperature, greedy.top_k) == (0, None)
+    lines = {client: "\n".join(model_card.usage_lines(client, greedy))
+             for client in ("transformers", "gguf (transformers)", "llama.cpp", "ctranslate2")}
+    assert "max_new_tokens=51, do_sample=False)" in lines["transformers"]
+    assert "max_new_tokens=51, do_sample=False)[0]" in lines["gguf (transformers)"]
+    assert "max_tokens=51, temperature=0, top_k=0, seed=1)" in lines["llama.cpp"]
+    assert "-n 51 --temp 0 --top-k 0" in lines["llama.cpp"]
+    assert "max_length=51, sampling_topk=1, include_prompt_in_result=False)" in lines["ctranslate2"]
+    unset = model_card.usage_for(config, PromptLength(), {}, None)
+    sample = defaults()["sample"]
+    assert (unset.prompt, unset.temperature, unset.top_k, unset.max_new_tokens) == (
+        sample["prompts"][0], 0.4, 20, 200)
+    assert "do_sample=True, temperature=0.4, top_k=20)" in "\n".join(model_card.usage_lines("transformers", unset))
 
 
 @pytest.mark.parametrize("kind", KINDS)

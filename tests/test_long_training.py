@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import (
     copy_workflow,
@@ -173,3 +175,100 @@ def test_a_slurm_part_that_trained_no_step_is_requeued_a_bounded_number_of_times
         f" {IDLE_REQUEUES + 1} parts in a row trained no step: the Slurm job's time limit leaves no time for a step"
         " (a margin of 12.0 s before it): raise the rule's runtime\n")
     assert (tmp_path / "requeued").read_text().splitlines() == ["requeue 7"] * (2 * IDLE_REQUEUES + 1)
+
+
+# ---------------------------------------------------------------------------
+# Any litgpt training the runner runs: finetune_full, on a tiny model and a tiny JSON dataset
+
+FINETUNE_ITERS = 12 * 40  # 12 train examples an epoch, 40 epochs, one a micro-batch
+ITER_LINE = re.compile(r"\| iter (\d+) step (\d+) \|")
+
+
+def finetune_config(tmp_path: Path, out: Path) -> Path:
+    """A rendered `litgpt finetune_full` config: the tiny pretrain checkpoint, 16 instructions (4 held out)."""
+    from storylm.stories.storygen import generate_stories
+    from tiny_checkpoint import make_checkpoint
+
+    checkpoint = tmp_path / "base"
+    if not checkpoint.is_dir():
+        make_checkpoint(checkpoint)
+        examples = [{"instruction": "讲一个故事", "input": "", "output": story["text"][:40]}
+                    for story in generate_stories(16, 5)]
+        (tmp_path / "stories.json").write_text(json.dumps(examples, ensure_ascii=False), encoding="utf-8")
+    config = {"checkpoint_dir": str(checkpoint), "out_dir": str(out), "precision": "32-true", "devices": 1,
+              "num_nodes": 1, "resume": "auto", "seed": 7, "logger_name": "csv",
+              "data": {"class_path": "litgpt.data.JSON", "init_args": {
+                  "json_path": str(tmp_path / "stories.json"), "val_split_fraction": 0.25, "num_workers": 0}},
+              "train": {"save_interval": 1000, "log_interval": 1, "global_batch_size": 2, "micro_batch_size": 1,
+                        "epochs": FINETUNE_ITERS // 12, "max_seq_length": 32, "lr_warmup_steps": 2},
+              "eval": {"interval": 100000, "max_iters": 1, "initial_validation": False, "final_validation": False},
+              "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.001}}}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "finetune.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def run_training(config: Path, command: str) -> subprocess.Popen:
+    """storylm.model.training_runner.run, as a training stage calls it, in a process of its own."""
+    code = ("import sys; from pathlib import Path; from storylm.model.training_runner import run;"
+            f" sys.exit(run(Path({str(config)!r}), {command!r}, {{'config': Path({str(config)!r})}}))")
+    return subprocess.Popen([sys.executable, "-c", code], env=owned_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def iterations(log: Path) -> list[int]:
+    return [int(m[1]) for m in ITER_LINE.finditer(log.read_text(encoding="utf-8"))] if log.is_file() else []
+
+
+@pytest.mark.slow
+def test_a_finetune_stopped_by_sigterm_saves_and_resumes_to_the_weights_of_one_never_stopped(tmp_path):
+    stopped_out, reference_out = tmp_path / "stopped", tmp_path / "reference"
+    stopped_config = finetune_config(tmp_path, stopped_out)
+    reference = run_training(finetune_config(tmp_path, reference_out), "finetune_full")
+    try:
+        runner = run_training(stopped_config, "finetune_full")
+        try:
+            wait_for(lambda: max(iterations(stopped_out / LIVE_LOG), default=0) >= 100, timeout=300,
+                     what="iteration 100")
+            runner.send_signal(signal.SIGTERM)  # the runner passes it on to litgpt
+            output, _ = runner.communicate(timeout=120)
+        finally:
+            runner.kill()
+        assert runner.returncode == STOP_EXIT, output
+        record = load_json(stopped_out / "stopped.json")
+        saved = stopped_out / f"step-{record['step']:06d}"  # finetune's own step-* name
+        assert record["reason"] == "SIGTERM" and record["iter_num"] == 2 * record["step"]
+        assert record["step"] < FINETUNE_ITERS // 2 and record["checkpoint"] == str(saved)
+        assert (saved / "lit_model.pth").is_file() and (saved / "hyperparameters.yaml").is_file()
+        assert not (stopped_out / "final").exists()
+        assert max(iterations(stopped_out / LIVE_LOG)) == record["iter_num"]  # stopped at an optimizer step's end
+
+        resumed = run_training(stopped_config, "finetune_full")
+        output, _ = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, output
+        assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    finally:
+        reference.kill()
+    log = (stopped_out / "train.log").read_text(encoding="utf-8")
+    assert f"Resuming training from {saved / 'lit_model.pth'}" in log
+    # Every iteration trained once: the resumed part goes on after the saved one.
+    assert iterations(stopped_out / "train.log") == list(range(1, FINETUNE_ITERS + 1))
+    ours, theirs = (torch_load(out / "final" / "lit_model.pth") for out in (stopped_out, reference_out))
+    assert ours.keys() == theirs.keys()
+    assert [name for name in ours if not ours[name].equal(theirs[name])] == []
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_a_litgpt_training_that_cannot_resume_is_refused_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "storylm.model.litgpt_train", "finetune_lora", "--out_dir",
+                           str(tmp_path)], env=owned_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr == ("error: litgpt finetune_lora: storylm can stop and resume only pretrain, finetune_full"
+                           " (litgpt's adapter and LoRA step checkpoints hold no optimizer state, and their setup"
+                           " no resume)\n")

@@ -200,9 +200,10 @@ def test_same_checkpoint_settings_and_seed_give_the_same_stories(pipeline_run, t
     sample_dir = only_folder(workdir, "results/sample")
     record = (sample_dir / "config.json").read_text()
     run = only_folder(workdir, "results/pretrain")
+    inputs = {"final model": str(run / "final/lit_model.pth"),
+              "train split": str(only_folder(workdir, "Data/corpus") / "train.jsonl")}
     subprocess.run([sys.executable, "-m", "storylm.sample", "stories", "--record", record, "--hashes", "{}",
-                    "--checkpoint", str(run / "final"), "--out", str(tmp_path),
-                    "--train", str(only_folder(workdir, "Data/corpus") / "train.jsonl")], check=True, capture_output=True,
+                    "--inputs", json.dumps(inputs), "--out", str(tmp_path)], check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(workdir / "workflow")})
     again = [s["text"] for s in load_json(tmp_path / "samples.json")]
     assert again == [s["text"] for s in load_json(sample_dir / "samples.json")]

@@ -132,9 +132,10 @@ def run_sample(checkpoint, tmp_path, out_name: str, settings: dict, train=None) 
         write_texts(train, ["从前，有一个叫莉莉的小女孩。她很喜欢画画。", "小熊在河边钓鱼。"])
     write_texts(tmp_path / "val.jsonl", ["小熊在河边玩。"])
     record = json.dumps({"stage": "sample", "hash": "h", "inputs": {}, "config": settings})
-    return run_stage(sample.main, ["stories", "--record", record, "--hashes", '{"sample": "h"}', "--checkpoint", str(checkpoint),
-                                   "--train", str(train), "--val", str(tmp_path / "val.jsonl"),
-                                   "--out", str(tmp_path / out_name)])
+    inputs = {"final model": str(checkpoint / "lit_model.pth"), "train split": str(train),
+              "val split": str(tmp_path / "val.jsonl")}
+    return run_stage(sample.main, ["stories", "--record", record, "--hashes", '{"sample": "h"}', "--inputs",
+                                   json.dumps(inputs), "--out", str(tmp_path / out_name)])
 
 
 def test_sample_stage_writes_figures_of_all_drawn_stories(checkpoint, tmp_path):
@@ -173,19 +174,19 @@ def test_missing_train_split_is_one_line_naming_the_file(checkpoint, tmp_path, c
 
 def test_padded_vocabulary_rows_are_never_sampled(checkpoint):
     """The model has 320 rows (300 ids padded to a multiple of 64): sampling must never pick 300..319."""
-    from storylm.model.checkpoint import load_model, load_tokenizer
-    from storylm.model.tokens import tokenizer_ids
+    from storylm.model.checkpoint import load_model
+    from storylm.model.tokens import StoryTokenizer
     from storylm.sample import never_sample_beyond
 
-    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
-    assert (model.config.padded_vocab_size, tokenizer_ids(tokenizer)) == (320, 300)
+    model, tokenizer = load_model(checkpoint), StoryTokenizer(checkpoint)
+    assert (model.config.padded_vocab_size, tokenizer.ids) == (320, 300)
     with torch.no_grad():
         # Make every padded row the most likely token: without the mask, greedy decoding picks one.
         model.lm_head.weight[300:] = 1e3 * model.lm_head.weight[:300].abs().max()
         model.transformer.ln_f.weight.fill_(1.0)
         idx = torch.randint(0, 300, (2, 8))
         assert (model(idx).argmax(-1) >= 300).any()
-        never_sample_beyond(model, tokenizer_ids(tokenizer))
+        never_sample_beyond(model, tokenizer.ids)
         logits = model(idx)
     assert torch.isinf(logits[..., 300:]).all() and torch.isfinite(logits[..., :300]).all()
     assert (logits.argmax(-1) < 300).all()
@@ -202,16 +203,16 @@ def test_batched_sampling_writes_the_stories_litgpt_generate_writes(checkpoint, 
     token is made likely here, so stories of one batch end at different lengths."""
     import sys
 
-    from storylm.model.checkpoint import load_model, load_tokenizer
-    from storylm.model.tokens import tokenizer_ids
+    from storylm.model.checkpoint import load_model
+    from storylm.model.tokens import StoryTokenizer
     from storylm.sample import never_sample_beyond, sample_prompt
 
     sys.path.insert(0, str(REPO / "workflow" / "benchmarks"))
     from sample_speed import one_at_a_time  # litgpt.generate.base.generate, story by story
 
     torch.set_num_threads(1)  # one summation order: a batched product may round a last bit otherwise
-    model, tokenizer = load_model(checkpoint), load_tokenizer(checkpoint)
-    never_sample_beyond(model, tokenizer_ids(tokenizer))
+    model, tokenizer = load_model(checkpoint), StoryTokenizer(checkpoint)
+    never_sample_beyond(model, tokenizer.ids)
     with torch.no_grad():
         model.lm_head.weight[tokenizer.eos_id] *= 5
     settings = {**settings, "max_new_tokens": 12}

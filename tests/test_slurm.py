@@ -44,6 +44,7 @@ from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
     wait_until,
 )
 from storylm.model.training_runner import LITGPT, launch_command
+from storylm.plan import stages
 
 # Resources Snakemake derives itself, or that it prints in other units: not the rule's own.
 DERIVED_RESOURCES = {"tmpdir", "disk_mb", "disk", "disk_mib", "mem", "mem_mib", "_cores", "_nodes"}
@@ -374,6 +375,8 @@ def workflow_rules() -> tuple[set[str], set[str]]:
     text = "\n".join(path.read_text(encoding="utf-8")
                      for path in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))])
     rules = set(re.findall(r"^\s*rule (\w+):", text, re.M))
+    # A stage with no rule file of its own gets its rule, named after it, from workflow/rules/stage.smk.
+    rules |= {spec.name for spec in stages.STAGES if spec.rule_file.endswith(stages.GENERIC_RULES)}
     local = {name for block in re.findall(r"^\s*localrules:\n((?:\s+\w+,\n)+)", text, re.M)
              for name in re.findall(r"(\w+),", block)}
     return rules, local | {"all"}

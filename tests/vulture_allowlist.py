@@ -9,7 +9,6 @@ _.decoder  # noqa: B018
 _.run_hashes  # noqa: B018 - storylm.plan.runs.Plan: the tests' way to find a run's stage folders
 _.KINDS  # noqa: B018 - storylm.stories.storygen: every kind of character, for tests/test_storygen.py
 _.rule_file  # noqa: B018 - storylm.plan.stages: the Snakefile includes each stage's rule file (workflow/rules/common.smk)
-_.provider  # noqa: B018 - storylm.plan.stages: common.smk's role() input function asks it which stage provides a role
 _.ancestors  # noqa: B018 - storylm.plan.stages: common.smk derives LINEAGE (the stages a sample descends from) from both
 _.always_needed  # noqa: B018
 _.stop_jobs_at_sigterm  # noqa: B018 - storylm.io.stopjobs: common.smk's onstart installs it

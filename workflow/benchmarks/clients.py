@@ -25,7 +25,8 @@ from storylm.hub import clients, lm_eval_task, model_card  # noqa: E402
 from storylm.hub.export_check import load_folder, probe_texts  # noqa: E402
 from storylm.hub.folder import CARD, CLIENTS, STAGE_RECORD  # noqa: E402
 from storylm.io.entry import write_json, write_text  # noqa: E402
-from storylm.model.checkpoint import load_model, load_tokenizer  # noqa: E402
+from storylm.model.checkpoint import load_model
+from storylm.model.tokens import StoryTokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     record = json.loads((args.folder / STAGE_RECORD).read_text())
     checkpoint = args.checkpoint or Path("results/pretrain") / record["inputs"]["pretrain"] / "final"
-    model, tokenizer = load_model(checkpoint, "cpu"), load_tokenizer(checkpoint)
+    model, tokenizer = load_model(checkpoint, "cpu"), StoryTokenizer(checkpoint)
     settings = json.loads((args.folder / "generation_config.json").read_text())
     stories = lm_eval_task.read_stories(args.folder)
     prompts = ["从前，有一个叫莉莉的小女孩", "有一天，小明和他的狗", "在森林里"]

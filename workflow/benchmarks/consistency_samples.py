@@ -20,8 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from storylm.model.checkpoint import load_model, load_tokenizer
-from storylm.model.tokens import tokenizer_ids
+from storylm.model.checkpoint import load_model
+from storylm.model.tokens import StoryTokenizer
 from storylm.sample import never_sample_beyond, sample_prompt, story_seed
 from storylm.stories import consistency
 
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts = CALIBRATION_PROMPTS if args.prompts == "calibration" else PIPELINE_PROMPTS
     jobs = (calibration_seeds(prompts, args.first_seed, args.num) if args.num
             else pipeline_seeds(prompts, args.seed, args.num_per_prompt))
-    model, tokenizer = load_model(args.checkpoint), load_tokenizer(args.checkpoint)
-    never_sample_beyond(model, tokenizer_ids(tokenizer))  # as the sample stage does
+    model, tokenizer = load_model(args.checkpoint), StoryTokenizer(args.checkpoint)
+    never_sample_beyond(model, tokenizer.ids)  # as the sample stage does
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
                 "top_p": 1.0}
     by_prompt = {}

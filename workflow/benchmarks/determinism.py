@@ -55,13 +55,13 @@ def probe(checkpoint_dir: Path, val: Path, threads: int) -> tuple[str, float]:
 import hashlib, json, math, torch
 torch.set_num_threads({threads})
 from pathlib import Path
-from storylm.model.checkpoint import load_model, load_tokenizer
+from storylm.model.checkpoint import load_model
 from storylm.evaluate import story_scores, val_stories
 from storylm.sample import never_sample_beyond, sample_prompt
 from storylm.plan.schema import defaults
-from storylm.model.tokens import tokenizer_ids
-model, tokenizer = load_model(Path({str(checkpoint_dir)!r}), "cpu"), load_tokenizer(Path({str(checkpoint_dir)!r}))
-never_sample_beyond(model, tokenizer_ids(tokenizer))
+from storylm.model.tokens import StoryTokenizer
+model, tokenizer = load_model(Path({str(checkpoint_dir)!r}), "cpu"), StoryTokenizer(Path({str(checkpoint_dir)!r}))
+never_sample_beyond(model, tokenizer.ids)
 settings = defaults()["sample"]
 stories = sample_prompt(model, tokenizer, settings["prompts"][0], list(range(30)), settings)
 scores = story_scores(model, *val_stories(Path({str(val)!r}), tokenizer, 20000), 256, 8)

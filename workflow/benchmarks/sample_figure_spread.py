@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the storylm pack
 import pandas as pd  # noqa: E402
 
 from storylm.io.jsonl import iter_texts  # noqa: E402
-from storylm.model.checkpoint import load_model, load_tokenizer  # noqa: E402
+from storylm.model.checkpoint import load_model
+from storylm.model.tokens import StoryTokenizer  # noqa: E402
 from storylm.sample import sample_prompt, story_seed  # noqa: E402
 from storylm.stories import consistency  # noqa: E402
 from storylm.stories.sample_metrics import figures  # noqa: E402
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200)
     args = parser.parse_args()
 
-    model, tokenizer = load_model(args.checkpoint), load_tokenizer(args.checkpoint)
+    model, tokenizer = load_model(args.checkpoint), StoryTokenizer(args.checkpoint)
     train = list(iter_texts(args.train))  # small builtin splits; the stage itself streams
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": 0.8, "top_k": 50, "top_p": 1.0}
     rows, start = [], time.perf_counter()

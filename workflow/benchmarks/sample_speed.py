@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from litgpt.generate.base import generate  # noqa: E402
 
-from storylm.model.checkpoint import load_model, load_tokenizer  # noqa: E402
-from storylm.model.tokens import tokenizer_ids  # noqa: E402
+from storylm.model.checkpoint import load_model  # noqa: E402
+from storylm.model.tokens import StoryTokenizer  # noqa: E402
 from storylm.plan.schema import defaults  # noqa: E402
 from storylm.sample import never_sample_beyond, sample_prompt, story_seed  # noqa: E402
 
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     prompts = settings["prompts"]
     per_prompt = -(-args.stories // len(prompts))
     jobs = {prompt: [story_seed(settings["seed"], p, s) for s in range(per_prompt)] for p, prompt in enumerate(prompts)}
-    model, tokenizer = load_model(args.checkpoint, "cpu"), load_tokenizer(args.checkpoint)
-    never_sample_beyond(model, tokenizer_ids(tokenizer))
+    model, tokenizer = load_model(args.checkpoint, "cpu"), StoryTokenizer(args.checkpoint)
+    never_sample_beyond(model, tokenizer.ids)
     single_s, single = timed(one_at_a_time, model, tokenizer, jobs, settings)
     batched_s, batched = timed(sample_prompt, model, tokenizer, jobs, settings)
     n = len(single)

@@ -8,7 +8,7 @@ tokenizer trained by the pipeline's own code, each on
 
 through storylm.shards.build, the litdata optimize path the pipeline runs (JSONL in, shards
 out, EOS after each story), at each --workers count; plus, as a baseline without litdata and
-without process start-up, one in-process storylm.model.tokens.encode_batch pass on one core.
+without process start-up, one in-process StoryTokenizer.encode_batch pass on one core.
 
     python workflow/benchmarks/tokenize_throughput.py --tokenizer-dir ../shared/fixtures/chatglm3-6b \\
         --stories 50000 --workers 1 2
@@ -91,14 +91,12 @@ def cpu_seconds() -> float:
 
 def in_process(tokenizer_dir: Path, texts: list[str], batch_size: int) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds and tokens of encode_batch over texts in this process (no litdata)."""
-    from litgpt import Tokenizer
-
-    from storylm.model.tokens import encode_batch
+    from storylm.model.tokens import StoryTokenizer
     from storylm.tokenizer import batched
 
-    tokenizer = Tokenizer(tokenizer_dir)
+    tokenizer = StoryTokenizer(tokenizer_dir)
     start, cpu = time.perf_counter(), cpu_seconds()
-    tokens = sum(len(ids) for batch in batched(texts, batch_size) for ids in encode_batch(tokenizer, batch))
+    tokens = sum(len(ids) for batch in batched(texts, batch_size) for ids in tokenizer.encode_batch(batch))
     return time.perf_counter() - start, cpu_seconds() - cpu, tokens
 
 

@@ -58,11 +58,6 @@ ONE_TRAINING = len(TRAININGS) == 1
 ENV = "../../envs/storylm.yaml"
 
 
-def stage_file(stage, filename):
-    """A rule's output: a file of the stage's hash folders, where the stage table puts them."""
-    return f"{stages.BY_NAME[stage].parent}/{{hash}}/{filename}"
-
-
 def hash_pattern(stage):
     """Wildcard constraint: only the hashes some run needs (a stage no run needs matches nothing)."""
     return "|".join(PLAN.stages.get(stage, {})) or "(?!)"
@@ -77,35 +72,49 @@ def upstream(stage, wildcards, name):
     return PLAN.upstream(stage, wildcards.hash, name).folder
 
 
+def role_key(role):
+    """A role as a Snakemake input or output name ("train split": train_split)."""
+    return role.replace(" ", "_")
+
+
+def stage_inputs(stage, *roles):
+    """Input function: the files this job's `stage` folder reads by role (the table's uses, or these roles),
+    as the plan resolves them for its runs (storylm.plan.stages: uses, provider). A role that only a stage
+    some runs lack provides (the download of a builtin corpus) is no input of those runs."""
+    return lambda wildcards: {
+        role_key(name): path for name, path in PLAN.files(stage, wildcards.hash, roles or None).items()
+    }
+
+
 def role(stage, name):
-    """Input function: the file of role `name` (a split, the tokenizer, the final model...) from the nearest
-    stage upstream of this job's `stage` folder that provides it (storylm.plan.stages: provides, provider)."""
-    provider = stages.provider(stage, name)
-    filename = stages.BY_NAME[provider].provides[name]
-    return lambda wildcards: f"{upstream(stage, wildcards, provider)}/{filename}"
+    """Input function: the one file of role `name` this job's `stage` folder reads (none where its runs
+    lack every stage that provides it)."""
+    return lambda wildcards: PLAN.files(stage, wildcards.hash, (name,)).get(name, [])
+
+
+def stage_outputs(stage, *roles):
+    """A rule's outputs: the files of the stage's hash folders by role (all it provides, or one step's roles),
+    where the stage table puts them."""
+    folder = f"{stages.BY_NAME[stage].parent}/{{hash}}"
+    return {role_key(name): path for name, path in stages.outputs(stage, folder, roles or None).items()}
+
+
+def protocol(stage, *roles):
+    """Param function: the stage protocol's arguments (storylm.plan.stage): the folder's record (its settings
+    and input hashes; its rebuild count, once above zero, reruns it), the files it reads by role, its folder."""
+
+    def value(wildcards):
+        entry = stage_of(stage, wildcards)
+        record = json.dumps(with_rebuilds(entry.record, REBUILDS.get(entry.folder, 0)), sort_keys=True)
+        files = json.dumps(PLAN.files(stage, wildcards.hash, roles or None), sort_keys=True)
+        return f"--record {shlex.quote(record)} --inputs {shlex.quote(files)} --out {shlex.quote(entry.folder)}"
+
+    return value
 
 
 def run_file(run, seed, name):
     """A file of role `name` of one training: from the last stage that provides it (its final model...)."""
     return PLAN.run_file(run, seed, name)
-
-
-def run_folder(run, stage, seed=None):
-    return PLAN.run_stage(run, stage, seed).folder
-
-
-# Param functions: the stage's record (its settings and input hashes, written to its config.json)
-# and its settings alone, so that Snakemake's params trigger fires only for its own settings.
-def record(stage):
-    def value(wildcards):
-        entry = stage_of(stage, wildcards)
-        return json.dumps(with_rebuilds(entry.record, REBUILDS.get(entry.folder, 0)), sort_keys=True)
-
-    return value
-
-
-def settings(stage):
-    return lambda wildcards: json.dumps(stage_of(stage, wildcards).record["config"], sort_keys=True)
 
 
 def stage_setting(stage, *keys):
@@ -130,57 +139,30 @@ def lineage(wildcards):
     return json.dumps({name: PLAN.hashes[run][seed][name] for name in [*LINEAGE, "sample"]})
 
 
-def output_dir(name):
-    """Param function: the folder holding the named output file."""
-    return lambda wildcards, output: str(Path(output[name]).parent)
-
-
-# Input functions, one per edge of the stage graph.
-def download_manifest(wildcards):
-    if stage_of("corpus", wildcards).config["corpus"]["source"] == "builtin":
-        return []
-    return f"{upstream('corpus', wildcards, 'download')}/manifest.json"
-
-
 def local_paths(wildcards):
     """The files or folders of a local corpus (corpus.local.paths) that the download folder was planned from."""
     corpus = stage_of("download", wildcards).config["corpus"]
     return corpus["local"]["paths"] if corpus["source"] == "local" else []
 
 
-def raw_args(wildcards, input):
-    return f"--raw {Path(input.manifest).parent}" if input.manifest else ""
-
-
 def tokenizer_files(wildcards):
-    """The pretrained tokenizer's files: the hub download's manifest, or the local files themselves."""
+    """A local pretrained tokenizer's files (a hub one comes as the download's files, by role)."""
     tok = stage_of("tokenizer", wildcards).config["tokenizer"]
-    if tok["kind"] == "train":
+    if tok["kind"] == "train" or tok["source"] == "hf":
         return []
-    if tok["source"] == "hf":
-        return f"{upstream('tokenizer', wildcards, 'tokenizer_download')}/manifest.json"
     return [f"{tok['path']}/{name}" for name in TOKENIZER_FILES if Path(tok["path"], name).is_file()]
 
 
 def pretrained_tokenizer_args(wildcards):
+    """A local pretrained tokenizer's folder: a setting, not a stage's file (a hub one is the download's)."""
     tok = stage_of("tokenizer", wildcards).config["tokenizer"]
-    if tok["kind"] == "train":
-        return ""
-    if tok["source"] == "hf":
-        source = f"{upstream('tokenizer', wildcards, 'tokenizer_download')}/hf/{tok['hf']['repo_id']}"
-    else:
-        source = tok["path"]
-    return f"--pretrained {shlex.quote(source)}"
+    local = tok["kind"] == "pretrained" and tok["source"] == "local"
+    return f"--pretrained {shlex.quote(tok['path'])}" if local else ""
 
 
 def extra_set_files(wildcards):
     """The files of evaluate.extra_sets: a changed file reruns evaluate (its sha256 is in the hash too)."""
     return [entry["path"] for entry in stage_of("evaluate", wildcards).config["evaluate"]["extra_sets"]]
-
-
-def input_dir(name):
-    """Param function: the folder holding the named input file."""
-    return lambda wildcards, input: str(Path(input[name]).parent)
 
 
 # Lightning wants one process per device: D = devices per node, M = num_nodes. On Slurm the job
@@ -254,6 +236,7 @@ RUN_INPUTS = {
     "story_scores": "story scores",
     "samples": "samples text",
     "sample_figures": "sample checks",
+    "figures": "sample figures",
 }
 
 
@@ -266,6 +249,13 @@ def run_info(wildcards):
     """Param function of run_results: the training's stage hashes, config, and how its run differs from the base."""
     # sort_keys: key order in the YAML must not change the params (and rerun the job).
     return json.dumps(PLAN.training_info(wildcards.run, int(wildcards.seed)), sort_keys=True)
+
+
+def run_roles(wildcards):
+    """Param function of run_results: the training's files by role (its inputs), and its results folder."""
+    run, seed = wildcards.run, int(wildcards.seed)
+    files = json.dumps({name: run_file(run, seed, name) for name in RUN_INPUTS.values()}, sort_keys=True)
+    return f"--inputs {shlex.quote(files)} --out {training_dir(run, seed)}"
 
 
 def run_exports():

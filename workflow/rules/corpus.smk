@@ -4,7 +4,7 @@
 
 rule download:
     output:
-        manifest=stage_file("download", "manifest.json"),
+        **stage_outputs("download"),
     log:
         log_path("download"),
     wildcard_constraints:
@@ -12,22 +12,19 @@ rule download:
     conda:
         ENV
     params:
-        corpus=settings("download"),
-        out=output_dir("manifest"),
+        stage=protocol("download"),
     run:
         # A local source's paths are read from the plan here, not passed as params: a folder moved (and
         # corpus.local.paths updated) holds the same files, and a changed param would rerun every stage.
         paths = " ".join(f"--local {shlex.quote(path)}" for path in local_paths(wildcards))
-        shell("python -m storylm.download --config {params.corpus:q} --out {params.out} {paths} > {log} 2>&1")
+        shell("python -m storylm.download {params.stage} {paths} > {log} 2>&1")
 
 
 rule corpus:
     input:
-        manifest=download_manifest,
+        unpack(stage_inputs("corpus")),
     output:
-        train=stage_file("corpus", "train.jsonl"),
-        val=stage_file("corpus", "val.jsonl"),
-        stats=stage_file("corpus", "stats.json"),
+        **stage_outputs("corpus"),
     log:
         log_path("corpus"),
     benchmark:
@@ -37,8 +34,6 @@ rule corpus:
     conda:
         ENV
     params:
-        record=record("corpus"),
-        raw=raw_args,
-        out=output_dir("stats"),
+        stage=protocol("corpus"),
     shell:
-        "python -m storylm.corpus --record {params.record:q} --out {params.out} {params.raw} > {log} 2>&1"
+        "python -m storylm.corpus {params.stage} > {log} 2>&1"

@@ -3,17 +3,10 @@
 
 rule evaluate:
     input:
-        checkpoint=role("evaluate", "final model"),
-        train_log=role("evaluate", "train log"),
-        shards=role("evaluate", "shards"),
-        train=role("evaluate", "train split"),
-        val=role("evaluate", "val split"),
-        corpus_stats=role("evaluate", "corpus stats"),
+        unpack(stage_inputs("evaluate")),
         extra_sets=extra_set_files,
     output:
-        metrics=stage_file("evaluate", "metrics.json"),
-        plot=stage_file("evaluate", "loss.png"),
-        stories=stage_file("evaluate", "story_scores.tsv"),
+        **stage_outputs("evaluate"),
     log:
         log_path("evaluate"),
     benchmark:
@@ -23,12 +16,7 @@ rule evaluate:
     conda:
         ENV
     params:
-        record=record("evaluate"),
-        checkpoint_dir=input_dir("checkpoint"),
-        shards=input_dir("shards"),
+        stage=protocol("evaluate"),
         seq_length=stage_setting("evaluate", "train", "max_seq_length"),
-        out=output_dir("metrics"),
     shell:
-        "python -m storylm.evaluate --record {params.record:q} --checkpoint {params.checkpoint_dir}"
-        " --shards {params.shards} --train-log {input.train_log} --seq-length {params.seq_length}"
-        " --train {input.train} --val {input.val} --out {params.out} > {log} 2>&1"
+        "python -m storylm.evaluate {params.stage} --seq-length {params.seq_length} > {log} 2>&1"

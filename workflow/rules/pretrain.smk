@@ -10,10 +10,9 @@
 
 rule pretrain_config:
     input:
-        shards=role("pretrain", "shards"),
-        tokenizer=role("pretrain", "tokenizer"),
+        unpack(stage_inputs("pretrain")),
     output:
-        config=stage_file("pretrain", "pretrain.yaml"),
+        **stage_outputs("pretrain", "litgpt config"),
     log:
         "logs/pretrain_config/{hash}.log",
     wildcard_constraints:
@@ -21,23 +20,18 @@ rule pretrain_config:
     conda:
         ENV
     params:
-        record=record("pretrain"),
-        shards=input_dir("shards"),
-        tokenizer=input_dir("tokenizer"),
-        out_dir=output_dir("config"),
+        stage=protocol("pretrain"),
     shell:
-        "python -m storylm.pretrain render --record {params.record:q} --shards {params.shards}"
-        " --tokenizer {params.tokenizer} --out-dir {params.out_dir} --output {output.config} > {log} 2>&1"
+        "python -m storylm.pretrain render {params.stage} > {log} 2>&1"
 
 
+# Its command is the one a user reruns by hand (the litgpt config's header says so): the config is its one argument.
 rule pretrain:
     input:
-        config=stage_file("pretrain", "pretrain.yaml"),
+        config=role("pretrain", "litgpt config"),
         shards=role("pretrain", "shards"),
     output:
-        checkpoint=stage_file("pretrain", "final/lit_model.pth"),
-        hyperparameters=stage_file("pretrain", "final/hyperparameters.yaml"),
-        train_log=stage_file("pretrain", "train.log"),
+        **stage_outputs("pretrain", "final model", "hyperparameters", "train log"),
     log:
         log_path("pretrain"),
     benchmark:

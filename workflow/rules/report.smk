@@ -45,13 +45,9 @@ rule run_results:
         ENV
     params:
         info=run_info,
-        pretrain_dir=input_dir("pretrain_config"),
-        evaluate_dir=input_dir("evaluate"),
-        sample_dir=input_dir("samples"),
-        out=output_dir("metrics"),
+        files=run_roles,
     shell:
-        "python -m storylm.report run --info {params.info:q} --pretrain-dir {params.pretrain_dir}"
-        " --evaluate-dir {params.evaluate_dir} --sample-dir {params.sample_dir} --out {params.out} > {log} 2>&1"
+        "python -m storylm.report run --info {params.info:q} {params.files} > {log} 2>&1"
 
 
 rule compare_runs:

@@ -8,9 +8,9 @@ localrules:
 
 rule sample_prompts:
     input:
-        tokenizer=role("sample", "tokenizer"),
+        unpack(stage_inputs("sample", "tokenizer")),
     output:
-        stage_file("sample", "prompt_tokens.json"),
+        **stage_outputs("sample", "prompt tokens"),
     log:
         "logs/sample_prompts/{hash}.log",
     wildcard_constraints:
@@ -19,25 +19,21 @@ rule sample_prompts:
     conda:
         ENV
     params:
-        record=record("sample"),
-        tokenizer=input_dir("tokenizer"),
+        stage=protocol("sample", "tokenizer"),
         block_size=stage_setting("sample", "model_config", "block_size"),
     shell:
-        "python -m storylm.sample prompts --record {params.record:q} --tokenizer {params.tokenizer}"
-        " --block-size {params.block_size} --out {output} > {log} 2>&1"
+        "python -m storylm.sample prompts {params.stage} --block-size {params.block_size} > {log} 2>&1"
+
+
+# The stories step reads the prompts' check of the first step besides the model and the splits.
+SAMPLE_READS = ("prompt tokens", "final model", "train split", "val split")
 
 
 rule sample:
     input:
-        prompts=stage_file("sample", "prompt_tokens.json"),
-        checkpoint=role("sample", "final model"),
-        train=role("sample", "train split"),
-        val=role("sample", "val split"),
+        unpack(stage_inputs("sample", *SAMPLE_READS)),
     output:
-        samples=stage_file("sample", "samples.txt"),
-        json=stage_file("sample", "samples.json"),
-        consistency=stage_file("sample", "consistency.json"),
-        figures=stage_file("sample", "figures.json"),
+        **stage_outputs("sample", "samples text", "samples", "sample checks", "sample figures"),
     log:
         log_path("sample"),
     benchmark:
@@ -47,11 +43,7 @@ rule sample:
     conda:
         ENV
     params:
-        record=record("sample"),
+        stage=protocol("sample", *SAMPLE_READS),
         hashes=lineage,
-        checkpoint_dir=input_dir("checkpoint"),
-        out=output_dir("samples"),
     shell:
-        "python -m storylm.sample stories --record {params.record:q} --hashes {params.hashes:q}"
-        " --checkpoint {params.checkpoint_dir} --train {input.train} --val {input.val}"
-        " --out {params.out} > {log} 2>&1"
+        "python -m storylm.sample stories {params.stage} --hashes {params.hashes:q} > {log} 2>&1"

@@ -3,13 +3,9 @@
 
 rule shards:
     input:
-        train=role("shards", "train split"),
-        val=role("shards", "val split"),
-        tokenizer=role("shards", "tokenizer"),
+        unpack(stage_inputs("shards")),
     output:
-        stats=stage_file("shards", "stats.json"),
-        train_index=stage_file("shards", "train/index.json"),
-        val_index=stage_file("shards", "val/index.json"),
+        **stage_outputs("shards"),
     log:
         log_path("shards"),
     benchmark:
@@ -20,10 +16,6 @@ rule shards:
         ENV
     threads: 16
     params:
-        record=record("shards"),
-        corpus=input_dir("train"),
-        tokenizer=input_dir("tokenizer"),
-        out=output_dir("stats"),
+        stage=protocol("shards"),
     shell:
-        "python -m storylm.shards --record {params.record:q} --corpus {params.corpus} --tokenizer {params.tokenizer}"
-        " --workers {threads} --out {params.out} > {log} 2>&1"
+        "python -m storylm.shards {params.stage} --workers {threads} > {log} 2>&1"

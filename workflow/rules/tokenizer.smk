@@ -4,7 +4,7 @@
 
 rule tokenizer_download:
     output:
-        manifest=stage_file("tokenizer_download", "manifest.json"),
+        **stage_outputs("tokenizer_download"),
     log:
         log_path("tokenizer_download"),
     wildcard_constraints:
@@ -12,20 +12,17 @@ rule tokenizer_download:
     conda:
         ENV
     params:
-        tokenizer=settings("tokenizer_download"),
-        out=output_dir("manifest"),
+        stage=protocol("tokenizer_download"),
     shell:
-        "python -m storylm.download --tokenizer --config {params.tokenizer:q} --out {params.out} > {log} 2>&1"
+        "python -m storylm.download {params.stage} > {log} 2>&1"
 
 
 rule tokenizer:
     input:
-        train=role("tokenizer", "train split"),
-        val=role("tokenizer", "val split"),
+        unpack(stage_inputs("tokenizer")),
         pretrained=tokenizer_files,
     output:
-        config=stage_file("tokenizer", "tokenizer_config.json"),
-        stats=stage_file("tokenizer", "stats.json"),
+        **stage_outputs("tokenizer"),
     log:
         log_path("tokenizer"),
     benchmark:
@@ -35,10 +32,7 @@ rule tokenizer:
     conda:
         ENV
     params:
-        record=record("tokenizer"),
-        corpus=input_dir("train"),
+        stage=protocol("tokenizer"),
         pretrained=pretrained_tokenizer_args,
-        out=output_dir("stats"),
     shell:
-        "python -m storylm.tokenizer --record {params.record:q} --corpus {params.corpus} {params.pretrained}"
-        " --out {params.out} > {log} 2>&1"
+        "python -m storylm.tokenizer {params.stage} {params.pretrained} > {log} 2>&1"

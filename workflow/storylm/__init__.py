@@ -1,7 +1,8 @@
 """storylm: the Python package behind the Snakemake rules (workflow/rules/*.smk).
 
 Module map. Stage commands are run by the rules as `python -m storylm.<module>`; each writes one
-stage folder (storylm.plan.stages names it) and imports helpers, never another stage command.
+stage folder (storylm.plan.stages names it) and imports helpers, never another stage command. A stage
+added later may be left out of this map: its row in the stage table and its docstring say what it is.
 
 Stage commands, in the order they run:
     download        the raw corpus files (hf, url, local), and a hub tokenizer's files
@@ -45,7 +46,7 @@ storylm.stories, the text of stories:
     train_copy      how much sampled text is copied from the train split
 
 storylm.model, litgpt's model, tokens and training:
-    tokens          token ids as litgpt makes them (batch encoding, special tokens)
+    tokens          the one owner of the tokenizer: its folder read once, ids as litgpt makes them
     checkpoint      the one loader of litgpt checkpoints
     generation      stories of one prompt in batches, each from its own seed
     training_runner a litgpt training any stage can run: locked, resumed, set aside, stopped, requeued
@@ -61,6 +62,7 @@ storylm.results, figures and comparisons:
 
 storylm.plan, what to run:
     schema          config/schema.yaml: validation and the one source of defaults
+    added_keys      keys added to the schema after the hashes were pinned: at their default they move no folder
     stages          the stage table: folders, inputs, fingerprints, hashes, what a key reruns
     config          config checks the schema cannot express
     runs            a config's runs and their seeds resolved, and the plan of every stage folder they need

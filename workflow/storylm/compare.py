@@ -18,12 +18,13 @@ import pandas as pd
 
 from storylm.io.entry import StageError, exit_with
 from storylm.plan.runs import load_config, plan
+from storylm.results import summary
 from storylm.results.comparison import Runs, summary_lines
-from storylm.results.summary import training_results
 
-# What a finished training has, by role (storylm.plan.stages: provides): its log, metrics and sample checks
-# (the folders training_results reads, in its order), and the story scores when they exist.
-ROLES = ("train log", "metrics", "sample checks", "story scores")
+# What a finished training has, by role (storylm.plan.stages: provides): the files training_results reads, and the
+# story scores; the sample figures and the story scores may be missing.
+ROLES = (*summary.ROLES, "story scores")
+OPTIONAL = ("sample figures", "story scores")
 
 
 def finished_trainings(the_plan) -> tuple[list[dict], dict, list[str]]:
@@ -31,10 +32,10 @@ def finished_trainings(the_plan) -> tuple[list[dict], dict, list[str]]:
     trainings, stories, missing = [], {}, []
     for run, seed in the_plan.trainings():
         files = {role: Path(the_plan.run_file(run, seed, role)) for role in ROLES}
-        if not all(files[role].is_file() for role in ROLES if role != "story scores"):
+        if not all(files[role].is_file() for role in ROLES if role not in OPTIONAL):
             missing.append(f"{run} seed {seed}")
             continue
-        metrics, _ = training_results(the_plan.training_info(run, seed), *(files[role].parent for role in ROLES[:3]))
+        metrics, _ = summary.training_results(the_plan.training_info(run, seed), files)
         trainings.append(metrics)
         if files["story scores"].is_file():
             stories[(run, seed)] = pd.read_csv(files["story scores"], sep="\t")

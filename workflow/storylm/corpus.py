@@ -27,8 +27,8 @@ import numpy as np
 from storylm.io.entry import StageError, exit_with, write_json
 from storylm.io.manifest import manifest_files
 from storylm.io.readers import FileCounts, raw_texts
-from storylm.plan.stage import stage_main, stage_parser
-from storylm.plan.stages import with_added_defaults
+from storylm.plan.added_keys import with_added_defaults
+from storylm.plan.stage import stage_file, stage_main, stage_parser
 from storylm.stories.storytext import clean
 
 
@@ -71,7 +71,7 @@ def build_corpus(corpus_cfg: dict, files: list[Path] | None, out_dir: Path) -> d
         "val": {"stories": int(is_val.sum()), "chars": int(chars[is_val].sum())},
         "settings": {key: corpus_cfg[key] for key in ("normalize", "dedup", "max_stories", "split")},
     }
-    write_json(out_dir / "stats.json", stats)
+    write_json(stage_file("corpus", out_dir, "corpus stats"), stats)
     return stats
 
 
@@ -219,7 +219,7 @@ def choose_val(split_keys: np.ndarray, kept: np.ndarray, val_size: float) -> np.
 
 def _write_splits(pending: Path, kept: np.ndarray, is_val: np.ndarray, out_dir: Path) -> None:
     """Copy each kept line of `pending` to train or val, keeping the reading order."""
-    targets = {name: out_dir / f"{name}.jsonl" for name in ("train", "val")}
+    targets = {name: stage_file("corpus", out_dir, f"{name} split") for name in ("train", "val")}
     partial = {name: path.with_name(path.name + ".tmp") for name, path in targets.items()}
     with open(pending, "rb") as src, open(partial["train"], "wb") as train, open(partial["val"], "wb") as val:
         for i, line in enumerate(src):
@@ -261,17 +261,16 @@ def summary(stats: dict) -> str:
 def build_stage(args: argparse.Namespace, cfg: dict) -> str:
     files = None
     if cfg["source"] != "builtin":
-        if args.raw is None:
-            raise CorpusError(f"corpus.source is '{cfg['source']}': give --raw, the download stage's folder")
-        files = manifest_files(args.raw)
+        raw = args.files.optional("raw files")
+        if raw is None:
+            raise CorpusError(f"corpus.source is '{cfg['source']}': --inputs gives no 'raw files' (the download"
+                              " stage's manifest)")
+        files = manifest_files(raw.parent)
     return summary(build_corpus(cfg, files, args.out))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("python -m storylm.corpus", __doc__.splitlines()[0],
-                          "folder for train.jsonl, val.jsonl, stats.json")
-    parser.add_argument("--raw", type=Path, help="the download stage's folder (holds manifest.json)")
-    stage_main(parser, build_stage, argv, "corpus")
+    stage_main(stage_parser("python -m storylm.corpus", __doc__.splitlines()[0]), build_stage, argv, "corpus")
 
 
 if __name__ == "__main__":

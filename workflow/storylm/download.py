@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import hashlib
-import json
 import os
 import sys
 import time
@@ -33,6 +32,10 @@ from storylm.io.archive import ArchiveError, archive_stem, is_archive, safe_extr
 from storylm.io.entry import StageError, exit_with
 from storylm.io.filehash import file_sha256
 from storylm.io.manifest import write_manifest
+from storylm.plan.stage import add_stage_arguments, run_step
+
+# The role of each download's manifest (storylm.plan.stages provides).
+MANIFEST_ROLES = {"download": "raw files", "tokenizer_download": "hub tokenizer"}
 
 CONNECT_TIMEOUT_S = 10  # to open a connection (the hub's own metadata timeout is 10 s too)
 READ_TIMEOUT_S = 60  # between two chunks of a download
@@ -441,17 +444,18 @@ def _short_error(error: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m storylm.download", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="the corpus config as JSON (schema defaults applied)")
-    parser.add_argument("--out", required=True, type=Path, help="raw_dir: where files and manifest.json go")
-    parser.add_argument("--tokenizer", action="store_true", help="--config is the tokenizer config (source hf)")
+    add_stage_arguments(parser, "raw_dir: where the files and their manifest go")
     parser.add_argument("--local", action="append", default=[], help="a file or folder of a local corpus")
-    args = parser.parse_args(argv)
-    if args.tokenizer:
-        folder = fetch_tokenizer(json.loads(args.config), args.out)
-        print(f"tokenizer files ready in {folder}, listed in {args.out / 'manifest.json'}")
-        return
-    files = fetch(json.loads(args.config), args.out, args.local)
-    print(f"{len(files)} files ready, listed in {args.out / 'manifest.json'}")
+    # One command for both downloads, told apart by the record's stage; no record is written: the manifest,
+    # written last, lists the folder's files with their sha256s.
+    run_step(parser.parse_args(argv), download_stage, None)
+
+
+def download_stage(args: argparse.Namespace, settings: dict) -> str:
+    manifest = args.files.output(MANIFEST_ROLES[args.files.stage])
+    if args.files.stage == "tokenizer_download":
+        return f"tokenizer files ready in {fetch_tokenizer(settings, args.out)}, listed in {manifest}"
+    return f"{len(fetch(settings, args.out, args.local))} files ready, listed in {manifest}"
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ import torch
 from storylm.io import jsonl
 from storylm.io.entry import StageError, atomic_path, exit_with, first_line, write_json
 from storylm.io.progress import Progress
-from storylm.model.checkpoint import load_model, load_tokenizer, parameter_count
-from storylm.model.tokens import encode_batch
+from storylm.model.checkpoint import load_model, parameter_count
+from storylm.model.tokens import StoryTokenizer
 from storylm.plan.integrity import require_intact
-from storylm.plan.stage import stage_main, stage_parser
+from storylm.plan.stage import StageFiles, stage_main, stage_parser
 from storylm.results import litgpt_log
 from storylm.results.figures import WHOLE_STORIES, WINDOWS
 from storylm.results.stats import ratio_se
@@ -126,30 +126,30 @@ def _window_nats(model, batch: torch.Tensor) -> float:
                                              reduction="sum").item()
 
 
-def corpus_normalize(train: Path) -> str | None:
-    """corpus.normalize as the corpus stage applied it, from the stats.json beside its train.jsonl."""
-    stats = train.parent / "stats.json"
+def corpus_normalize(stats: Path) -> str | None:
+    """corpus.normalize as the corpus stage applied it, from its stats."""
     if not stats.is_file():
         raise StageError(f"{stats} does not exist: the extra sets need the corpus stage's settings (run the corpus stage)")
     return json.loads(stats.read_text(encoding="utf-8"))["settings"]["normalize"]
 
 
-def evaluate_extra_sets(model, tokenizer, entries: list[dict], train: Path | None, seq_length: int,
-                        batch_size: int) -> dict:
-    """{name: figures} for each entry of evaluate.extra_sets (already checked by extra_sets.check_entries)."""
+def evaluate_extra_sets(model, tokenizer, entries: list[dict], train: Path | None, corpus_stats: Path | None,
+                        seq_length: int, batch_size: int) -> dict:
+    """{name: figures} for each entry of evaluate.extra_sets (already checked by extra_sets.check_entries),
+    read as the corpus stage read its stories (its stats say how) and compared with its train split."""
     if not entries:
         return {}
-    if train is None:
-        raise StageError("evaluate.extra_sets: the stage command needs --train (the corpus stage's train.jsonl)")
+    if train is None or corpus_stats is None:
+        raise StageError("evaluate.extra_sets: --inputs gives no 'train split' or 'corpus stats' (the corpus stage's)")
     if not train.is_file():
         raise StageError(f"{train}: the train split does not exist; the extra sets are compared with it"
                          " (run the corpus stage)")
-    normalize = corpus_normalize(train)
+    normalize = corpus_normalize(corpus_stats)
     sets, results = {}, {}
     for i, entry in enumerate(entries):
         name, text_field = extra_sets.set_name(entry), entry.get("text_field", "text")
         stories, empty = extra_sets.read_stories(Path(entry["path"]), text_field, f"extra_sets[{i}]", normalize)
-        ids = [token for story in encode_batch(tokenizer, stories, eos=True) for token in story]
+        ids = [token for story in tokenizer.encode_batch(stories, eos=True) for token in story]
         nats, scored = stream_nats(model, ids, seq_length, batch_size)
         characters = sum(map(len, stories))
         sets[name] = stories
@@ -177,7 +177,7 @@ def val_stories(val: Path, tokenizer, max_tokens: int | None) -> tuple[list[str]
     for text in jsonl.iter_texts(val):
         if max_tokens is not None and total >= max_tokens:
             break
-        story = [tokenizer.eos_id] + encode_batch(tokenizer, [text], eos=True)[0]
+        story = [tokenizer.eos_id] + tokenizer.encode_batch([text], eos=True)[0]
         stories.append(text)
         ids.append(story)
         total += len(story) - 1
@@ -250,26 +250,28 @@ def plot_curves(train, val, png: Path) -> None:
     plt.close(fig)
 
 
-def check_inputs(checkpoint_dir: Path, shards_dir: Path, train_log: Path) -> None:
-    for path, stage in ((checkpoint_dir / "lit_model.pth", "pretrain"), (train_log, "pretrain"),
-                        (shards_dir / "stats.json", "shards")):
-        if not path.is_file():
-            raise StageError(f"{path} does not exist (run the {stage} stage)")
+def check_inputs(files: StageFiles) -> None:
+    for role, stage in (("final model", "pretrain"), ("train log", "pretrain"), ("shards", "shards")):
+        if not files.input(role).is_file():
+            raise StageError(f"{files.input(role)} does not exist (run the {stage} stage)")
 
 
-def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: Path, seq_length: int,
-             settings: dict, train_split: Path | None = None, val_split: Path | None = None) -> dict:
+def evaluate(files: StageFiles, seq_length: int, settings: dict) -> dict:
+    """The metrics of the final model, by role: its folder's, the shards', the train log's and the splits'."""
     entries = settings.get("extra_sets", [])
-    check_inputs(checkpoint_dir, shards_dir, train_log)
+    check_inputs(files)
+    checkpoint_dir, shards_dir, train_log = files.input("final model").parent, files.input("shards").parent, \
+        files.input("train log")
+    train_split, val_split = files.optional("train split"), files.optional("val split")
     require_intact("shards", shards_dir)  # token ids overwritten with other valid ids change only the sha256
     require_intact("pretrain", checkpoint_dir.parent)
     extra_sets.check_entries(entries)  # before the slow part, so a typo fails at once
     model = load_model(checkpoint_dir)
-    tokenizer = load_tokenizer(checkpoint_dir)
+    tokenizer = StoryTokenizer(checkpoint_dir)
     with Progress("evaluate", None, "val windows") as progress:
         loss, tokens = val_loss(model, shards_dir / "val", seq_length, settings["batch_size"], settings["max_tokens"],
                                 progress)
-    shard_stats = json.loads((shards_dir / "stats.json").read_text())
+    shard_stats = json.loads(files.input("shards").read_text())
     tokens_per_char = shard_stats["val_tokens_per_character"]
     whole = {}
     if val_split is not None:
@@ -278,13 +280,14 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
         stories, ids = val_stories(val_split, tokenizer, settings["max_tokens"])
         with Progress("evaluate", len(ids), "val stories") as progress:
             scores = story_scores(model, stories, ids, seq_length, settings["batch_size"], progress)
-        with atomic_path(out_dir / "story_scores.tsv") as tmp:
+        with atomic_path(files.output("story scores")) as tmp:
             scores.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
         whole = {**story_figures(scores), "val_story_bits_per_character_convention": WHOLE_STORIES}
-    extra = evaluate_extra_sets(model, tokenizer, entries, train_split, seq_length, settings["batch_size"])
+    extra = evaluate_extra_sets(model, tokenizer, entries, train_split, files.optional("corpus stats"), seq_length,
+                                settings["batch_size"])
     train, val = litgpt_log.parse(train_log)
-    plot_curves(train, val, out_dir / "loss.png")
-    with atomic_path(out_dir / "train_loss.tsv") as tmp:
+    plot_curves(train, val, files.output("loss plot"))
+    with atomic_path(files.output("train loss")) as tmp:
         train.to_csv(tmp, sep="\t", index=False)
     return {
         "val_loss_nats_per_token": loss,
@@ -306,20 +309,14 @@ def evaluate(checkpoint_dir: Path, shards_dir: Path, train_log: Path, out_dir: P
 
 def evaluate_stage(args: argparse.Namespace, cfg: dict) -> str:
     torch.manual_seed(0)
-    metrics = evaluate(args.checkpoint, args.shards, args.train_log, args.out, args.seq_length, cfg, args.train,
-                       args.val)
-    write_json(args.out / "metrics.json", metrics)
+    metrics = evaluate(args.files, args.seq_length, cfg)
+    write_json(args.files.output("metrics"), metrics)
     return json.dumps(metrics, indent=2, ensure_ascii=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("python -m storylm.evaluate", __doc__, "folder for metrics.json and the scores")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
-    parser.add_argument("--shards", type=Path, required=True)
-    parser.add_argument("--train-log", type=Path, required=True)
+    parser = stage_parser("python -m storylm.evaluate", __doc__)
     parser.add_argument("--seq-length", type=int, required=True, help="train.max_seq_length of the run")
-    parser.add_argument("--train", type=Path, help="the corpus stage's train.jsonl (needed with extra sets)")
-    parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its stories scored whole")
     stage_main(parser, evaluate_stage, argv, "evaluate")
 
 

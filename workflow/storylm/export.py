@@ -1,8 +1,7 @@
 """The export stage: a run's final litgpt checkpoint as a Hugging Face model folder.
 
-    python -m storylm.export --record JSON --checkpoint results/pretrain/<h>/final \
-        [--evaluate-dir results/evaluate/<h>] [--sample-dir results/sample/<h>] [--val Data/corpus/<h>/val.jsonl] \
-        --out results/export/<h>
+    python -m storylm.export --record JSON --inputs '{"final model": "results/pretrain/<h>/final/lit_model.pth",
+        "metrics": ..., "samples": ..., "val split": ..., "tokenizer": ...}' --out results/export/<h>
 
 The folder is what `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
 load without trust_remote_code, what llama.cpp loads (model.gguf), and what `hf upload` takes as it
@@ -35,73 +34,81 @@ from storylm.hub.hf_model import check_expressible, hf_config, hf_weights
 from storylm.hub.hf_tokenizer import describe_tokenizer, dummy_prefix, save_tokenizer, special_tokens
 from storylm.hub.model_card import CardFacts, model_card, usage_for
 from storylm.io import jsonl
-from storylm.io.entry import RECORD, StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
+from storylm.io.entry import StageError, atomic_dir, exit_with, first_line, read_json, write_json, write_text
+from storylm.io.environment import ENVIRONMENT
 from storylm.model import checkpoint
-from storylm.model.tokens import LICENCE_FILES
-from storylm.model.training_runner import ENVIRONMENT
+from storylm.model.tokens import LICENCE_FILES, StoryTokenizer
 from storylm.plan.integrity import require_intact
-from storylm.plan.stage import finish_stage, log_record, read_record
-from storylm.results.figures import numeric_figures, sample_figure_files
+from storylm.plan.stage import StageFiles, finish_stage, finished_record, run_step, stage_parser
+from storylm.results.figures import SAMPLE_FIGURES, numeric_figures, sample_figure_files
 
 
-def read_metrics(evaluate_dir: Path | None) -> dict | None:
-    if evaluate_dir is None:
-        return None
-    return read_json(evaluate_dir / "metrics.json", "the evaluate stage's metrics")
+def read_metrics(metrics: Path | None) -> dict | None:
+    return None if metrics is None else read_json(metrics, "the evaluate stage's metrics")
 
 
-def read_sample_stage(sample_dir: Path | None) -> tuple[list[dict], dict, dict]:
-    """The sampled stories, the sample stage's settings, and every figure of its other JSON files."""
-    if sample_dir is None:
+def read_sample_stage(samples_file: Path | None, files: StageFiles) -> tuple[list[dict], dict, dict]:
+    """The sampled stories, the sample stage's settings (its record), and every figure of its other JSON files."""
+    if samples_file is None:
         return [], {}, {}
-    samples = read_json(sample_dir / "samples.json", "the sample stage's stories")
+    samples = read_json(samples_file, "the sample stage's stories")
     if not isinstance(samples, list) or not all(isinstance(s, dict) and "text" in s for s in samples):
-        raise StageError(f"{sample_dir / 'samples.json'}: not a list of samples with a 'text' each")
-    record_path = sample_dir / RECORD
-    settings = read_json(record_path, "stage record").get("config", {}) if record_path.is_file() else {}
+        raise StageError(f"{samples_file}: not a list of samples with a 'text' each")
+    sample_dir = samples_file.parent
+    try:
+        settings = (finished_record(sample_dir, "sample") or {}).get("config", {})
+    except ValueError as error:
+        raise StageError(str(error)) from None
     figures = {}
-    for path in sample_figure_files(sample_dir):
+    for path in sample_figure_files({role: files.optional(role) for role in SAMPLE_FIGURES}):
         for key, value in numeric_figures(read_json(path, "sample figures")).items():
             figures[f"{path.stem}.{key}"] = value
     return samples, settings, figures
 
 
-def read_training(checkpoint_dir: Path) -> dict:
-    """The litgpt pretrain settings: final/hyperparameters.yaml as litgpt saved it, else the rendered pretrain.yaml."""
-    for path in (checkpoint_dir / "hyperparameters.yaml", checkpoint_dir.parent / "pretrain.yaml"):
-        if path.is_file():
+def read_training(candidates: list[Path | None], environment: Path | None = None) -> dict:
+    """The litgpt pretrain settings: the first of these files there is (the hyperparameters litgpt saved with the
+    final model, else the rendered litgpt config)."""
+    for path in candidates:
+        if path is not None and path.is_file():
             try:
                 settings = yaml.safe_load(path.read_text(encoding="utf-8"))
             except yaml.YAMLError as error:
                 raise StageError(f"{path}: not valid YAML ({first_line(error)})") from None
             if isinstance(settings, dict):
-                return {"file": str(path), **settings, **used_precision(checkpoint_dir.parent, settings)}
+                return {"file": str(path), **settings, **used_precision(environment, settings)}
     return {}
 
 
-def used_precision(pretrain_dir: Path, settings: dict) -> dict:
+def used_precision(environment: Path | None, settings: dict) -> dict:
     """`precision: auto` is saved as litgpt's null: the card shows what each part of the training used."""
-    if settings.get("precision") is not None:
+    if settings.get("precision") is not None or environment is None:
         return {}
     try:
-        parts = json.loads((pretrain_dir / ENVIRONMENT).read_text(encoding="utf-8"))
+        parts = json.loads(environment.read_text(encoding="utf-8"))
         used = sorted({part["precision"] for part in parts})
     except (OSError, ValueError, KeyError, TypeError):
         return {"precision": "auto (what it chose is not recorded)"}
     return {"precision": f"auto: {', '.join(used)}"}
 
 
-def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample_dir: Path | None,
-           out_dir: Path, val_split: Path | None = None, tokenizer_dir: Path | None = None) -> dict:
+def export(record: dict, files: StageFiles, out_dir: Path) -> dict:
+    """The export folder of the stage's files by role: the final model's folder, and (each optional, for an export
+    by hand) the metrics and story scores, the samples, the val split and the tokenizer."""
+    checkpoint_dir = files.input("final model").parent
+    tokenizer_file = files.optional("tokenizer")  # its folder may hold a licence file
     if not checkpoint_dir.is_dir():
         raise StageError(f"{checkpoint_dir}: the checkpoint folder does not exist")
     config = checkpoint.load_config(checkpoint_dir)
     check_expressible(config)
-    tokenizer = checkpoint.load_tokenizer(checkpoint_dir)
-    metrics = read_metrics(evaluate_dir)
-    samples, sample_settings, sample_figures = read_sample_stage(sample_dir)
-    stories = scored_texts(evaluate_dir, val_split)
-    training = read_training(checkpoint_dir)
+    # One copy: the tokenizer stage's folder (its licence beside it); a checkpoint outside the pipeline holds
+    # its tokenizer beside its weights, as litgpt saves one.
+    tokenizer = StoryTokenizer(tokenizer_file.parent if tokenizer_file else checkpoint_dir)
+    metrics = read_metrics(files.optional("metrics"))
+    samples, sample_settings, sample_figures = read_sample_stage(files.optional("samples"), files)
+    stories = scored_texts(files.optional("story scores"), files.optional("val split"))
+    training = read_training([files.optional("hyperparameters"), files.optional("litgpt config")],
+                             Path(checkpoint_dir).parent / ENVIRONMENT)
     require_intact("pretrain", Path(checkpoint_dir).parent)
     state = checkpoint.load_state(checkpoint_dir)
     tied = checkpoint.embeddings_tied(state)
@@ -128,10 +135,10 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
             max_new_tokens=usage_for(config, tokenizer, sample_settings, None).new_tokens,
             **({"do_sample": True, **sampling} if sampling.get("temperature") else {}))
         generation.save_pretrained(tmp)
-        hf_class = save_tokenizer(checkpoint_dir, tokenizer, tmp, config.block_size)
-        write_gguf(tmp / GGUF, config, weights, tokenizer, checkpoint_dir, special,
-                   dummy_prefix(checkpoint_dir / "tokenizer.model") if tokenizer.backend == "sentencepiece" else None)
-        tokenizer_info = describe_tokenizer(tokenizer, checkpoint_dir, hf_class)
+        hf_class = save_tokenizer(tokenizer, tmp, config.block_size)
+        write_gguf(tmp / GGUF, config, weights, tokenizer, special,
+                   dummy_prefix(tokenizer.file) if tokenizer.sentencepiece else None)
+        tokenizer_info = describe_tokenizer(tokenizer, hf_class)
         hf_model, hf_tokenizer = load_folder(tmp)
         checks = check_folder(tmp, hf_model, hf_tokenizer, model, tokenizer, texts, config.block_size)
         checks.update(parameters=checkpoint.parameter_count(model), tie_word_embeddings=tied, head_dim=config.head_size,
@@ -143,7 +150,7 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
         gguf = next(row for row in found if row["client"] == clients.GGUF_CLIENT)
         if gguf["passed"] is False:  # like the safetensors check: a difference is a bug
             raise RuntimeError(f"{tmp / GGUF}: {gguf['result']}, more than {LOGITS_TOLERANCE}: the GGUF is wrong")
-        licence = copy_licence(tmp, [d for d in (tokenizer_dir, checkpoint_dir) if d is not None])
+        licence = copy_licence(tmp, tokenizer.folder)
         usage = usage_for(config, tokenizer, sample_settings, lm_eval)
         # The card lists the folder's files: those written so far and the three written after it.
         files = sorted({path.name for path in tmp.iterdir()} | {CARD, CHECKS, CLIENTS, STAGE_RECORD})
@@ -162,24 +169,23 @@ def export(record: dict, checkpoint_dir: Path, evaluate_dir: Path | None, sample
     return checks
 
 
-def scored_texts(evaluate_dir: Path | None, val_split: Path | None) -> list[str] | None:
-    """The val stories the evaluate stage scored whole (story_scores.tsv's rows): what the lm-eval task scores."""
-    if evaluate_dir is None or val_split is None or not (evaluate_dir / "story_scores.tsv").is_file():
+def scored_texts(story_scores: Path | None, val_split: Path | None) -> list[str] | None:
+    """The val stories the evaluate stage scored whole (its story scores' rows): what the lm-eval task scores."""
+    if story_scores is None or val_split is None or not story_scores.is_file():
         return None
     if not val_split.is_file():
         raise StageError(f"{val_split}: the val split does not exist (run the corpus stage)")
-    scores = pd.read_csv(evaluate_dir / "story_scores.tsv", sep="\t")
+    scores = pd.read_csv(story_scores, sep="\t")
     return list(itertools.islice(jsonl.iter_texts(val_split), len(scores)))
 
 
-def copy_licence(folder: Path, sources: list[Path]) -> str | None:
-    """The tokenizer's licence file (ChatGLM3's MODEL_LICENSE), from the first folder that has one, into the
-    export: its name, or None where no folder has one."""
-    for source in sources:
-        for name in LICENCE_FILES:
-            if (source / name).is_file():
-                (folder / name).write_bytes((source / name).read_bytes())
-                return name
+def copy_licence(folder: Path, source: Path) -> str | None:
+    """The tokenizer's licence file (ChatGLM3's MODEL_LICENSE), from the tokenizer's folder, into the export:
+    its name, or None where it has none."""
+    for name in LICENCE_FILES:
+        if (source / name).is_file():
+            (folder / name).write_bytes((source / name).read_bytes())
+            return name
     return None
 
 
@@ -192,22 +198,16 @@ def readable(folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
-    parser.add_argument("--evaluate-dir", type=Path, help="the evaluate stage's folder (metrics.json)")
-    parser.add_argument("--sample-dir", type=Path, help="the sample stage's folder (samples.json, figures)")
-    parser.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: the stories lm-eval is checked on")
-    parser.add_argument("--tokenizer-dir", type=Path,
-                        help="the tokenizer stage's folder: a licence file there (MODEL_LICENSE) goes into the export")
-    parser.add_argument("--out", type=Path, required=True, help="the export folder, replaced whole")
-    args = parser.parse_args(argv)
-    record = read_record(args.record, "export")
-    log_record(record)
-    checks = export(record, args.checkpoint, args.evaluate_dir, args.sample_dir, args.out, args.val, args.tokenizer_dir)
-    print(f"exported {args.checkpoint} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
-          f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"
-          f" {checks['tokenizer_texts_compared']} texts")
+    # The folder is built aside and put in place whole, its record in it (export): no lock, no record after.
+    run_step(stage_parser("python -m storylm.export", __doc__, "the export folder, replaced whole").parse_args(argv),
+             export_stage, "export")
+
+
+def export_stage(args: argparse.Namespace, settings: dict) -> str:
+    checks = export(args.stage_record, args.files, args.out)
+    return (f"exported {args.files.input('final model').parent} to {args.out}: logits max |diff| {checks['logits_max_abs_diff']:.2g},"
+            f" tokenizer ids {'equal' if checks['tokenizer_ids_equal'] else 'DIFFERENT'} on"
+            f" {checks['tokenizer_texts_compared']} texts")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,20 @@ from pathlib import Path
 
 import yaml
 
-from storylm.io.entry import RECORD, StageError, exit_with, write_record, write_text
+from storylm.io.entry import StageError, exit_with, write_text
 from storylm.model import training_runner
 from storylm.model.precision import litgpt_setting
+from storylm.plan.added_keys import TOP, with_added_defaults
 from storylm.plan.config import ConfigError, check_vocab, directory_vocab_size
 from storylm.plan.integrity import require_intact
-from storylm.plan.stage import log_record, relist
-from storylm.plan.stages import TOP, with_added_defaults
+from storylm.plan.stage import (
+    add_stage_arguments,
+    finish_pending,
+    pending_settings,
+    run_step,
+    stage_file,
+    start_pending,
+)
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:
@@ -36,7 +43,7 @@ def train_max_tokens(train: dict, train_tokens: int) -> int:
 
 def render(stage_config: dict, shards_dir: Path, tokenizer_dir: Path, out_dir: Path) -> dict:
     """The litgpt pretrain config for this stage's settings; every path relative to the repository root."""
-    shard_stats = json.loads((shards_dir / "stats.json").read_text())
+    shard_stats = json.loads(stage_file("shards", shards_dir, "shards").read_text())
     train = {key: value for key, value in stage_config["train"].items() if key != "epochs" and value is not None}
     train["max_tokens"] = train_max_tokens(stage_config["train"], shard_stats["train_tokens"])
     check_val_size(shard_stats["val_tokens"], train, stage_config)
@@ -114,9 +121,7 @@ def fingerprint_files(config_path: Path, litgpt_config: dict) -> dict[str, Path]
 def strategy(config_path: Path) -> str:
     """The stage's `strategy`, from the record beside its config (the key is there only when not auto;
     litgpt's config has no place for it)."""
-    record = config_path.parent / RECORD
-    settings = json.loads(record.read_text(encoding="utf-8"))["config"] if record.is_file() else {}
-    return with_added_defaults(settings, TOP)["strategy"]
+    return with_added_defaults(pending_settings(config_path.parent, "pretrain"), TOP)["strategy"]
 
 
 def run(config_path: Path, srun_args: str | None = None) -> int:
@@ -127,32 +132,33 @@ def run(config_path: Path, srun_args: str | None = None) -> int:
     returncode = training_runner.run(config_path, "pretrain", fingerprint_files(config_path, litgpt_config), srun_args,
                                      strategy(config_path))
     if returncode == 0:
-        relist(Path(litgpt_config["out_dir"]), "pretrain")
+        finish_pending(Path(litgpt_config["out_dir"]), "pretrain")  # last: a folder with its record is finished
     return returncode
+
+
+def render_stage(args: argparse.Namespace, settings: dict) -> str:
+    """The pretrain_config step: the litgpt config of the stage's settings, for its shards and tokenizer."""
+    litgpt_config = render(settings, args.files.input("shards").parent, args.files.input("tokenizer").parent, args.out)
+    output = args.files.output("litgpt config")
+    header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
+              f" with:\n#   litgpt pretrain --config {output}\n")
+    write_text(output, header + yaml.safe_dump(litgpt_config, sort_keys=False, allow_unicode=True))
+    return f"wrote {output}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    render_parser = commands.add_parser("render", help="write the litgpt pretrain YAML")
-    render_parser.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
-    render_parser.add_argument("--shards", type=Path, required=True)
-    render_parser.add_argument("--tokenizer", type=Path, required=True)
-    render_parser.add_argument("--out-dir", type=Path, required=True, help="litgpt out_dir of this run")
-    render_parser.add_argument("--output", type=Path, required=True, help="the YAML file to write")
+    add_stage_arguments(commands.add_parser("render", help="write the litgpt pretrain YAML"), "litgpt out_dir")
     run_parser = commands.add_parser("run", help="run litgpt pretrain on a rendered YAML, resuming if possible")
     run_parser.add_argument("--config", type=Path, required=True)
     run_parser.add_argument("--srun-args", help="srun options for a multi-process Slurm job (ignored outside Slurm)")
     args = parser.parse_args(argv)
 
     if args.command == "render":
-        record = json.loads(args.record)
-        log_record(record)
-        litgpt_config = render(record["config"], args.shards, args.tokenizer, args.out_dir)
-        header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
-                  f" with:\n#   litgpt pretrain --config {args.output}\n")
-        write_text(args.output, header + yaml.safe_dump(litgpt_config, sort_keys=False, allow_unicode=True))
-        write_record(args.record, args.out_dir)  # last: a folder with its record has its litgpt config
+        # The record waits beside the litgpt config for the training's end: a folder with its record is a
+        # finished training.
+        start_pending(args.out, "pretrain", run_step(args, render_stage, "pretrain"))
     else:
         sys.exit(run(args.config, args.srun_args))
 

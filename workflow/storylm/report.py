@@ -28,17 +28,20 @@ SUMMARY_COLUMNS = {"run": "run", "differs_from_base": "differs from base", "n_se
                    "builtin_world_checker_rate": "builtin-world checker (uncalibrated on this corpus)"}
 # The verdicts as the report's first page shows them (results/verdicts_summary.tsv).
 VERDICT_COLUMNS = ["figure", "A", "B", "A - B [95% interval]", "verdict"]
+# A training's files its results folder holds as they are, under their own names.
+COPIED = ("samples text", "loss plot", "story scores")
 TITLE_WIDTH = 44  # characters a line of a compare.png panel title holds at its size
 
 
-def run_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: Path, out: Path) -> dict:
-    metrics, curve = training_results(info, pretrain_dir, evaluate_dir, sample_dir)
+def run_results(info: dict, files: dict[str, Path], out: Path) -> dict:
+    """A training's results folder, from its files by role (storylm.results.summary ROLES and those copied)."""
+    metrics, curve = training_results(info, files)
     write_json(out / "metrics.json", metrics)
     write_text(out / "config.yaml", f"# The resolved config of run {info['run']}, seed {info['seed']} (defaults"
                " filled in)\n" + yaml.safe_dump(info["config"], sort_keys=False, allow_unicode=True))
     with atomic_path(out / "val_curve.tsv") as tmp:
         curve.to_csv(tmp, sep="\t", index=False)
-    for source in (sample_dir / "samples.txt", evaluate_dir / "loss.png", evaluate_dir / "story_scores.tsv"):
+    for source in (files[role] for role in COPIED):
         with atomic_path(out / source.name) as tmp:
             shutil.copyfile(source, tmp)
     return metrics
@@ -184,9 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     run = commands.add_parser("run", help="one training's results folder")
     run.add_argument("--info", required=True,
                      help="JSON: run, seed, stage_hashes, corpus_source, export_dir, differs_from_base, config")
-    run.add_argument("--pretrain-dir", type=Path, required=True)
-    run.add_argument("--evaluate-dir", type=Path, required=True)
-    run.add_argument("--sample-dir", type=Path, required=True)
+    run.add_argument("--inputs", required=True, help="JSON: the training's files by role (common.smk RUN_INPUTS)")
     run.add_argument("--out", type=Path, required=True)
     comparing = commands.add_parser("compare", help="the runs tables, the verdicts and the comparison plot")
     comparing.add_argument("--training-dirs", type=Path, nargs="+", required=True)
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "run":
-        run_results(json.loads(args.info), args.pretrain_dir, args.evaluate_dir, args.sample_dir, args.out)
+        files = {role: Path(path) for role, path in json.loads(args.inputs).items()}
+        run_results(json.loads(args.info), files, args.out)
     elif args.command == "compare":
         compare(args.training_dirs, args.by_seed, args.table, args.verdicts, args.plot, args.summary,
                 args.verdicts_summary)

@@ -20,17 +20,15 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
 from storylm.io import jsonl
 from storylm.io.entry import StageError, exit_with, write_json, write_text
 from storylm.io.progress import Progress
-from storylm.model.checkpoint import load_model, load_tokenizer
+from storylm.model.checkpoint import load_model
 from storylm.model.generation import continuations
-from storylm.model.tokens import tokenizer_ids
+from storylm.model.tokens import StoryTokenizer
 from storylm.plan.config import ConfigError, check_prompt_tokens
 from storylm.plan.integrity import require_intact
-from storylm.plan.stage import add_stage_arguments, read_record, run_in_folder
+from storylm.plan.stage import add_stage_arguments, run_in_folder, run_step
 from storylm.stories import consistency
 from storylm.stories.sample_metrics import figures
 
@@ -55,7 +53,7 @@ def sample_prompt(model, tokenizer, prompt: str, seeds: list[int], settings: dic
                             settings["top_k"], settings["top_p"], tokenizer.eos_id,
                             None if progress is None else lambda rows: progress.update(progress.done + rows))
     prompt_list = prompt_ids.tolist()
-    return [(tokenizer.decode(torch.tensor(prompt_list + ids)), finished) for ids, finished in written]
+    return [(tokenizer.decode(prompt_list + ids), finished) for ids, finished in written]
 
 
 def never_sample_beyond(model, num_ids: int) -> None:
@@ -77,8 +75,8 @@ def never_sample_beyond(model, num_ids: int) -> None:
 def sample_all(checkpoint_dir: Path, settings: dict) -> list[dict]:
     require_intact("pretrain", Path(checkpoint_dir).parent)
     model = load_model(checkpoint_dir)
-    tokenizer = load_tokenizer(checkpoint_dir)
-    never_sample_beyond(model, tokenizer_ids(tokenizer))
+    tokenizer = StoryTokenizer(checkpoint_dir)
+    never_sample_beyond(model, tokenizer.ids)
     samples = []
     with Progress("sample", len(settings["prompts"]) * stories_per_prompt(settings), "stories") as progress:
         for p, prompt in enumerate(settings["prompts"]):
@@ -134,32 +132,32 @@ def reference_stories(val: Path | None, count: int) -> list[str]:
     return list(itertools.islice(texts, count))
 
 
-def check_prompts(settings: dict, tokenizer_dir: Path, block_size: int, out: Path) -> None:
-    """The prompts' token counts against the block size, written to `out`; run as soon as the tokenizer
-    exists (before training), since a prompt that leaves no room for a story would only fail here."""
-    from litgpt import Tokenizer
-
+def check_prompts(args: argparse.Namespace, settings: dict) -> None:
+    """The prompts' token counts against the block size; run as soon as the tokenizer exists (before
+    training), since a prompt that leaves no room for a story would only fail here."""
     try:
-        counts = check_prompt_tokens(settings["prompts"], Tokenizer(tokenizer_dir), block_size)
+        tokenizer = StoryTokenizer(args.files.input("tokenizer").parent)
+        counts = check_prompt_tokens(settings["prompts"], tokenizer, args.block_size)
     except ConfigError as error:
         raise StageError(str(error)) from None
-    write_json(out, {"prompt_tokens": counts, "block_size": block_size})
+    write_json(args.files.output("prompt tokens"), {"prompt_tokens": counts, "block_size": args.block_size})
 
 
 def sample_stage(args: argparse.Namespace, settings: dict) -> str:
-    if not (args.checkpoint / "lit_model.pth").is_file():
-        raise StageError(f"{args.checkpoint}: no lit_model.pth in the checkpoint directory (run the pretrain stage)")
-    train = corpus_texts(args.train, "the train split")
-    reference = reference_stories(args.val, settings["num_figure_samples"])
+    model = args.files.input("final model")
+    if not model.is_file():
+        raise StageError(f"{model}: no such file (run the pretrain stage)")
+    train = corpus_texts(args.files.input("train split"), "the train split")
+    reference = reference_stories(args.files.optional("val split"), settings["num_figure_samples"])
 
-    samples = sample_all(args.checkpoint, settings)
+    samples = sample_all(model.parent, settings)
     scores = consistency.score([{"prompt": s["prompt"], "text": s["text"]} for s in samples])
     figs = figures(samples, train, settings["copy_ngram"], reference)
     text = render_text(samples, settings, json.loads(args.hashes), scores, figs)
-    write_text(args.out / "samples.txt", text)
-    write_json(args.out / "samples.json", samples)
-    write_json(args.out / "consistency.json", scores)
-    write_json(args.out / "figures.json", figs)
+    write_text(args.files.output("samples text"), text)
+    write_json(args.files.output("samples"), samples)
+    write_json(args.files.output("sample checks"), scores)
+    write_json(args.files.output("sample figures"), figs)
     return text
 
 
@@ -167,20 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     stories = commands.add_parser("stories", help="sample the stories and their figures")
-    add_stage_arguments(stories, "folder for samples.txt, samples.json and the figures")
+    add_stage_arguments(stories)
     stories.add_argument("--hashes", required=True, help="JSON of every stage's hash, for the header")
-    stories.add_argument("--checkpoint", type=Path, required=True, help="the final checkpoint directory")
-    stories.add_argument("--train", type=Path, required=True, help="the corpus stage's train.jsonl (for train copy)")
-    stories.add_argument("--val", type=Path, help="the corpus stage's val.jsonl: its first stories give the"
-                                                  " reference copy fraction of stories not in the train split")
     prompts = commands.add_parser("prompts", help="check that every prompt leaves room for a story")
-    prompts.add_argument("--record", required=True, help="JSON stage record (settings and input hashes)")
-    prompts.add_argument("--tokenizer", type=Path, required=True, help="the tokenizer stage's folder")
+    add_stage_arguments(prompts)
     prompts.add_argument("--block-size", type=int, required=True, help="model_config.block_size of the run")
-    prompts.add_argument("--out", type=Path, required=True, help="the JSON file of token counts")
     args = parser.parse_args(argv)
     if args.command == "prompts":
-        check_prompts(read_record(args.record, "sample")["config"], args.tokenizer, args.block_size, args.out)
+        run_step(args, check_prompts, "sample")  # a first step: the folder is not finished
         return
     run_in_folder(args, sample_stage, "sample", "python -m storylm.sample stories")
 

@@ -24,7 +24,7 @@ import torch
 from storylm.io.entry import exit_with, write_json
 from storylm.io.jsonl import iter_texts
 from storylm.io.progress import Progress
-from storylm.plan.stage import stage_main, stage_parser
+from storylm.plan.stage import stage_file, stage_main, stage_parser
 
 _TOKENIZERS: dict[str, object] = {}  # one tokenizer per worker process, loaded on first use
 
@@ -53,14 +53,11 @@ def read_range(path: str, start: int, end: int) -> list[str]:
 
 def tokenize_range(item: tuple[str, int, int], tokenizer_dir: str):
     """litdata worker function: yields one int32 tensor of token ids per story."""
-    from litgpt import Tokenizer
-
-    from storylm.model.tokens import encode_batch
+    from storylm.model.tokens import StoryTokenizer
 
     if tokenizer_dir not in _TOKENIZERS:
-        _TOKENIZERS[tokenizer_dir] = Tokenizer(tokenizer_dir)
-    tokenizer = _TOKENIZERS[tokenizer_dir]
-    for ids in encode_batch(tokenizer, read_range(*item), eos=True):
+        _TOKENIZERS[tokenizer_dir] = StoryTokenizer(tokenizer_dir)
+    for ids in _TOKENIZERS[tokenizer_dir].encode_batch(read_range(*item), eos=True):
         yield torch.tensor(ids, dtype=torch.int32)
 
 
@@ -116,11 +113,11 @@ def build(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, chunk_bytes: str
     splits = ("train", "val")
     with Progress("shards", len(splits), "splits") as progress:  # litdata's workers tokenize a split at a time
         for done, split in enumerate(splits, start=1):
-            optimize_split(corpus_dir / f"{split}.jsonl", tokenizer_dir, out_dir / split, chunk_bytes, batch_size,
+            optimize_split(stage_file("corpus", corpus_dir, f"{split} split"), tokenizer_dir, out_dir / split, chunk_bytes, batch_size,
                            workers)
             stats[f"{split}_tokens"] = split_token_count(out_dir / split)
             stories = characters = 0
-            for text in iter_texts(corpus_dir / f"{split}.jsonl"):
+            for text in iter_texts(stage_file("corpus", corpus_dir, f"{split} split")):
                 stories += 1
                 characters += len(text)
             stats[f"{split}_stories"] = stories
@@ -132,15 +129,15 @@ def build(corpus_dir: Path, tokenizer_dir: Path, out_dir: Path, chunk_bytes: str
 
 
 def build_stage(args: argparse.Namespace, cfg: dict) -> str:
-    stats = build(args.corpus, args.tokenizer, args.out, cfg["chunk_bytes"], args.batch_size, args.workers)
-    write_json(args.out / "stats.json", stats)
+    files = args.files
+    stats = build(files.input("train split").parent, files.input("tokenizer").parent, args.out, cfg["chunk_bytes"],
+                  args.batch_size, args.workers)
+    write_json(files.output("shards"), stats)
     return json.dumps(stats, indent=2)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("python -m storylm.shards", __doc__, "folder for train/, val/ and stats.json")
-    parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--tokenizer", type=Path, required=True)
+    parser = stage_parser("python -m storylm.shards", __doc__)
     parser.add_argument("--batch-size", type=int, default=1024, help="stories per tokenizer call")
     parser.add_argument("--workers", type=int, default=1)
     stage_main(parser, build_stage, argv, "shards")

@@ -13,11 +13,10 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from litgpt import Tokenizer
-
 from storylm.io.entry import StageError, atomic_path, exit_with, write_json
 from storylm.io.jsonl import iter_texts
-from storylm.model.tokens import LICENCE_FILES, SPECIAL_TOKENS, TOKENIZER_FILES, encode_batch, unk_id
+from storylm.io.manifest import manifest_folder
+from storylm.model.tokens import LICENCE_FILES, SPECIAL_TOKENS, TOKENIZER_FILES, StoryTokenizer
 from storylm.plan.stage import stage_main, stage_parser
 
 UNK, BOS, EOS = SPECIAL_TOKENS
@@ -76,12 +75,12 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def tokenizer_stats(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 1024) -> dict:
+def tokenizer_stats(tokenizer: StoryTokenizer, texts: Iterable[str], batch_size: int = 1024) -> dict:
     """Characters per token and unknown-token rate on the given texts (EOS not counted)."""
-    unknown = unk_id(tokenizer)
+    unknown = tokenizer.unk_id
     chars = tokens = unknown_tokens = stories = 0
     for batch in batched(texts, batch_size):
-        for text, ids in zip(batch, encode_batch(tokenizer, batch, eos=False), strict=True):
+        for text, ids in zip(batch, tokenizer.encode_batch(batch, eos=False), strict=True):
             stories += 1
             chars += len(text)
             tokens += len(ids)
@@ -119,28 +118,30 @@ def training_texts(train_path: Path, max_characters: int | None) -> Iterator[str
             yield text
 
 
-def build(stage_config: dict, corpus_dir: Path | None, source_dir: Path | None, out_dir: Path) -> dict:
+def build(stage_config: dict, train: Path | None, val: Path | None, source_dir: Path | None, out_dir: Path) -> dict:
     if stage_config["kind"] == "train":
-        texts = training_texts(corpus_dir / "train.jsonl", stage_config.get("max_train_characters"))
+        texts = training_texts(train, stage_config.get("max_train_characters"))
         train_bpe(texts, stage_config["vocab_size"], stage_config["min_frequency"], out_dir)
     else:
         copy_pretrained(source_dir, out_dir)
-    tokenizer = Tokenizer(out_dir)
-    stats = tokenizer_stats(tokenizer, iter_texts(corpus_dir / "val.jsonl")) if corpus_dir else {}
+    tokenizer = StoryTokenizer(out_dir)
+    stats = tokenizer_stats(tokenizer, iter_texts(val)) if val else {}
     stats.setdefault("vocab_size", tokenizer.vocab_size)
     return stats
 
 
 def build_stage(args: argparse.Namespace, cfg: dict) -> str:
-    stats = build(cfg, args.corpus, args.pretrained, args.out)
-    write_json(args.out / "stats.json", stats)
+    hub = args.files.optional("hub tokenizer")
+    source = manifest_folder(hub) if hub else args.pretrained
+    stats = build(cfg, args.files.optional("train split"), args.files.optional("val split"), source, args.out)
+    write_json(args.files.output("tokenizer stats"), stats)
     return json.dumps(stats, indent=2)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage_parser("python -m storylm.tokenizer", __doc__, "folder for the tokenizer files and stats.json")
-    parser.add_argument("--corpus", type=Path, help="corpus stage folder (train.jsonl, val.jsonl)")
-    parser.add_argument("--pretrained", type=Path, help="pretrained tokenizer directory (kind: pretrained)")
+    parser = stage_parser("python -m storylm.tokenizer", __doc__)
+    # A local pretrained tokenizer is a setting's folder, not a stage's file (a hub one comes by role).
+    parser.add_argument("--pretrained", type=Path, help="a local pretrained tokenizer's folder (tokenizer.path)")
     stage_main(parser, build_stage, argv, "tokenizer")
 
 

@@ -100,8 +100,8 @@ def sentencepiece_vocabulary(model_file: Path, size: int) -> tuple[list[str], li
     return tokens, scores, types
 
 
-def write_gguf(path: Path, config, hf_weights: dict[str, torch.Tensor], tokenizer, checkpoint_dir: Path,
-               special: dict, add_space_prefix: bool | None) -> None:
+def write_gguf(path: Path, config, hf_weights: dict[str, torch.Tensor], tokenizer, special: dict,
+               add_space_prefix: bool | None) -> None:
     """model.gguf at `path`: the model's shape, its tokenizer and its weights in float32.
 
     special: storylm.hub.hf_tokenizer.special_tokens; add_space_prefix: a SentencePiece model's dummy prefix.
@@ -125,8 +125,8 @@ def write_gguf(path: Path, config, hf_weights: dict[str, torch.Tensor], tokenize
     writer.add_vocab_size(config.padded_vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
 
-    if tokenizer.backend == "huggingface":
-        tokens, types, merges = bpe_vocabulary(checkpoint_dir / "tokenizer.json", config.padded_vocab_size,
+    if not tokenizer.sentencepiece:
+        tokens, types, merges = bpe_vocabulary(tokenizer.file, config.padded_vocab_size,
                                                {special["bos_token"], special["eos_token"], special.get("unk_token")})
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("gpt-2")
@@ -134,7 +134,7 @@ def write_gguf(path: Path, config, hf_weights: dict[str, torch.Tensor], tokenize
         writer.add_token_types(types)
         writer.add_token_merges(merges)
     else:
-        tokens, scores, types = sentencepiece_vocabulary(checkpoint_dir / "tokenizer.model", config.padded_vocab_size)
+        tokens, scores, types = sentencepiece_vocabulary(tokenizer.file, config.padded_vocab_size)
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
         writer.add_token_list(tokens)

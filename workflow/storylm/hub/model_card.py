@@ -11,6 +11,7 @@ import yaml
 
 from storylm.hub import lm_eval_task
 from storylm.hub.folder import CHECKS, DESCRIBED, GGUF, LM_EVAL, STAGE_RECORD
+from storylm.plan.schema import defaults
 from storylm.results.figures import WHOLE_STORIES, WINDOWS, numeric_figures
 
 
@@ -187,8 +188,8 @@ class Usage:
     prompt: str
     prompt_tokens: int
     block_size: int
-    temperature: float
-    top_k: int
+    temperature: float  # 0: greedy
+    top_k: int | None  # None: no top-k filter
     max_new_tokens: int
     heads_fill_width: bool
     lm_eval: dict | None
@@ -200,15 +201,26 @@ class Usage:
 
 
 def usage_for(config, tokenizer, sample_settings: dict, lm_eval: dict | None) -> Usage:
-    """Usage from litgpt's config and tokenizer and the sample stage's settings."""
-    prompt = (sample_settings.get("prompts") or [DEFAULT_PROMPT])[0]
+    """Usage from litgpt's config and tokenizer and the sample stage's settings; one it does not give (a
+    checkpoint exported without a sample stage) is its schema default, as the sample stage would take it."""
+    settings = {**defaults()["sample"], **sample_settings}
+    prompt = settings["prompts"][0]
     return Usage(prompt=prompt, prompt_tokens=len(tokenizer.encode(prompt)), block_size=config.block_size,
-                 temperature=sample_settings.get("temperature") or 0.8, top_k=sample_settings.get("top_k") or 20,
-                 max_new_tokens=sample_settings.get("max_new_tokens", 200),
+                 temperature=settings["temperature"], top_k=settings["top_k"], max_new_tokens=settings["max_new_tokens"],
                  heads_fill_width=config.n_head * config.head_size == config.n_embd, lm_eval=lm_eval)
 
 
-DEFAULT_PROMPT = "从前，有一个叫莉莉的小女孩"
+def sampling(client: str, use: Usage) -> str:
+    """The client's sampling arguments for the sample stage's settings: temperature 0 is greedy (transformers
+    refuses do_sample with it), and no top-k filter is top_k 0 (each client's "off")."""
+    top_k = use.top_k or 0
+    if client in ("transformers", "gguf (transformers)"):
+        return "do_sample=False" if use.temperature == 0 else f"do_sample=True, temperature={use.temperature}, top_k={top_k}"
+    if client == "ctranslate2":
+        return "sampling_topk=1" if use.temperature == 0 else f"sampling_temperature={use.temperature}, sampling_topk={top_k}"
+    if client == "llama-cli":
+        return f"--temp {use.temperature} --top-k {top_k}"
+    return f"temperature={use.temperature}, top_k={top_k}"  # llama-cpp-python: temperature 0 is greedy
 
 LLAMA_CPP_WHEELS = "https://abetlen.github.io/llama-cpp-python/whl/cpu"
 LLAMA_CPP_RELEASES = "https://github.com/ggml-org/llama.cpp/releases"
@@ -224,22 +236,21 @@ INSTALL = {"transformers": "pip install transformers torch",
 
 def usage_lines(client: str, use: Usage) -> list[str]:
     """The lines that install, load and run one client, each runnable as written in the model's folder."""
-    prompt, new, temperature, top_k = use.prompt, use.new_tokens, use.temperature, use.top_k
+    prompt, new = use.prompt, use.new_tokens
     install = ["```bash", INSTALL[client], "```", ""]
     if client == "transformers":
         return install + [
             "```python", "from transformers import pipeline", "",
             'generate = pipeline("text-generation", model=".")  # or the hub repo id',
-            f'print(generate("{prompt}", max_new_tokens={new}, do_sample=True, temperature={temperature},'
-            f' top_k={top_k})[0]["generated_text"])', "```"]
+            f'print(generate("{prompt}", max_new_tokens={new}, {sampling(client, use)})[0]["generated_text"])', "```"]
     if client == "gguf (transformers)":
         lines = install + [
             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
             f'model = AutoModelForCausalLM.from_pretrained(".", gguf_file="{GGUF}")',
             'tokenizer = AutoTokenizer.from_pretrained(".")',
             f'ids = tokenizer("{prompt}", return_tensors="pt")["input_ids"]',
-            f"print(tokenizer.decode(model.generate(ids, max_new_tokens={new}, do_sample=True, temperature={temperature},"
-            f" top_k={top_k})[0], skip_special_tokens=True))", "```"]
+            f"print(tokenizer.decode(model.generate(ids, max_new_tokens={new}, {sampling(client, use)})[0],"
+            " skip_special_tokens=True))", "```"]
         if not use.heads_fill_width:
             lines += ["", "This needs transformers 4: transformers 5 builds a llama GGUF as `LlamaConfig`, which"
                           " refuses attention heads that do not fill the hidden size (this model's), while"
@@ -253,11 +264,11 @@ def usage_lines(client: str, use: Usage) -> list[str]:
             "",
             "```python", "from llama_cpp import Llama", "",
             f'llm = Llama(model_path="{GGUF}", n_ctx=0, verbose=False)  # n_ctx=0: the model\'s context',
-            f'print(llm.create_completion("{prompt}", max_tokens={new}, temperature={temperature}, top_k={top_k},'
+            f'print(llm.create_completion("{prompt}", max_tokens={new}, {sampling(client, use)},'
             ' seed=1)["choices"][0]["text"])', "```", "",
             f"or with llama.cpp's own programs, prebuilt for each system on its releases page ({LLAMA_CPP_RELEASES};"
             " unpack one, with `llama-cli` on your PATH):", "",
-            "```bash", f'llama-cli -m {GGUF} -no-cnv -p "{prompt}" -n {new} --temp {temperature} --top-k {top_k}',
+            "```bash", f'llama-cli -m {GGUF} -no-cnv -p "{prompt}" -n {new} {sampling("llama-cli", use)}',
             "```"]
     if client == "ctranslate2":
         return install + [
@@ -267,7 +278,7 @@ def usage_lines(client: str, use: Usage) -> list[str]:
             'generator = ctranslate2.Generator("ct2")',
             f'ids = tokenizer("{prompt}")["input_ids"]',
             f"result = generator.generate_batch([tokenizer.convert_ids_to_tokens(ids)], max_length={new},"
-            f" sampling_temperature={temperature}, sampling_topk={top_k}, include_prompt_in_result=False)",
+            f" {sampling(client, use)}, include_prompt_in_result=False)",
             "print(tokenizer.decode(ids + result[0].sequences_ids[0], skip_special_tokens=True))", "```"]
     if client == "lm-eval":
         lines = install + [

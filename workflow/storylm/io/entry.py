@@ -117,11 +117,6 @@ def read_json(path: Path, what: str):
         raise StageError(f"{path}: not valid JSON ({first_line(error)})") from None
 
 
-def write_record(record_json: str, out_dir: Path | str, name: str = RECORD) -> None:
-    """The stage's record (--record, as JSON) in its folder: written last, after every other output."""
-    write_json(Path(out_dir) / name, json.loads(record_json))
-
-
 def first_line(error: BaseException) -> str:
     """The error model prints one line; library errors sometimes span several."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -12,6 +12,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+ENVIRONMENT = "environment.json"  # the file of it in each stage folder: its one spelling
 LIBRARIES = ("torch", "litgpt", "lightning", "litdata", "tokenizers", "transformers", "numpy")
 # CPU features that pick different matrix kernels (and so different rounding).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "fma")

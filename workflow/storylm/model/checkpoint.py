@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from litgpt import GPT, Config, Tokenizer
+from litgpt import GPT, Config
 
 from storylm.io.entry import StageError, first_line
 
@@ -99,13 +99,6 @@ def load_model(checkpoint_dir: Path, device: str | None = None) -> GPT:
     checkpoint_dir = Path(checkpoint_dir)
     model = model_from_state(load_config(checkpoint_dir), load_state(checkpoint_dir))
     return model.to(device or inference_device())
-
-
-def load_tokenizer(checkpoint_dir: Path) -> Tokenizer:
-    try:
-        return Tokenizer(checkpoint_dir)
-    except NotImplementedError:
-        raise StageError(f"{checkpoint_dir}: holds neither tokenizer.json nor tokenizer.model") from None
 
 
 def parameter_count(model: torch.nn.Module) -> int:

@@ -1,12 +1,22 @@
-"""`litgpt pretrain` that stops at a signal, or before its Slurm job's deadline, with a resumable checkpoint.
+"""A litgpt training that stops at a signal, or before its Slurm job's deadline, with a resumable checkpoint.
 
     python -m storylm.model.litgpt_train pretrain --config results/pretrain/<hash>/pretrain.yaml --out_dir ...
+    python -m storylm.model.litgpt_train finetune_full --config ... --out_dir ...
 
-takes exactly the arguments of `litgpt pretrain` and runs litgpt's own loop, model, checkpoint format
+takes exactly the arguments of `litgpt <command>` and runs litgpt's own loop, model, checkpoint format
 and `resume: auto`. litgpt installs no signal handler and knows no time budget (its issues #1445 and
 #1819), so a SIGTERM from Slurm's time limit, a preemption or a Ctrl-C loses everything since the
 last step-* checkpoint. This entry point adds one thing: before fit() draws each batch (it draws them
-from litgpt.pretrain.CycleIterator, replaced here by a subclass), it asks whether to stop. It stops
+from the CycleIterator of the command's module, replaced here by a subclass), it asks whether to stop.
+
+The seam is the one all of litgpt's training scripts share: setup() builds `L.Fabric` and launches
+main(), which calls the module's fit(fabric, state, ..., out_dir, train, ...); fit draws batches from
+the module's CycleIterator and validates with its validate(). ENTRIES says, for each command that can
+stop and resume, what differs: its step-* name, how its loop saves one, how far fit() trains, whether
+it counts an iteration before drawing its batch and replays the seen batches on resume (finetune), and
+whether it clips gradients. finetune_lora and the adapters are refused: litgpt 0.5's step checkpoints
+of those hold only the adapter weights and their setup() takes no `resume`, so a stopped one could
+only start over. It stops
 
 - when the process got SIGTERM, SIGINT or SIGUSR1 (every process of a Slurm job step gets the signal);
 - a margin before the job's end (SLURM_JOB_END_TIME, else `squeue -o %e`; or STORYLM_TRAIN_UNTIL,
@@ -48,6 +58,7 @@ Two more lines for the one who watches (storylm.model.training_runner reads them
 from __future__ import annotations
 
 import atexit
+import importlib
 import inspect
 import json
 import os
@@ -56,6 +67,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -71,6 +84,57 @@ SAVE_BYTES_PER_S = 100e6  # a save's time before the first one is measured (a sl
 PLAN_PREFIX = "storylm: training plan "
 TRAINING_TIME_LINE = re.compile(r"^\| - Training Time\s*: (?P<seconds>[\d.]+) s")
 TOK_SEC_LINE = re.compile(r"^\| - Tok/sec\s*:")
+
+
+def _save_pretrain(module, fit: dict, path: Path) -> None:
+    module.save_checkpoint(fit["fabric"], fit["state"], fit["tokenizer_dir"], path)
+
+
+def _save_finetune(module, fit: dict, path: Path) -> None:
+    """As finetune's loop saves its step-*: the whole state, then the base model's config files, the
+    hyperparameters and the prompt style beside it."""
+    fabric = fit["fabric"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fabric.save(path, fit["state"])
+    if fabric.global_rank == 0:
+        module.copy_config_files(fit["checkpoint_dir"], path.parent)
+        module.save_hyperparameters(module.setup, path.parent)
+        module.save_prompt_style(fit["data"].prompt_style, path.parent)
+
+
+def _pretrain_iters(fit: dict) -> int:
+    """The micro-batches litgpt.pretrain.fit trains to: its max_tokens over the ranks and the tokens of one."""
+    train = fit["train"]
+    return train.max_tokens // fit["fabric"].world_size // (train.micro_batch_size * fit["state"]["model"].max_seq_length)
+
+
+def _finetune_iters(fit: dict) -> int:
+    """The micro-batches finetune's fit trains to: its epochs over the train loader, or fewer by max_steps."""
+    train = fit["train"]
+    iters = train.epochs * len(fit["train_dataloader"])
+    if train.max_steps:
+        iters = min(iters, train.max_steps * train.gradient_accumulation_iters(fit["devices"], fit["num_nodes"]))
+    return iters
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One litgpt training command as this wrapper stops it."""
+
+    module: str  # whose fit, CycleIterator, validate and L are replaced
+    step_name: str  # its step-* folders, formatted with the step
+    save: Callable  # (module, fit's arguments, path): a step checkpoint as the command's own loop saves one
+    max_iters: Callable[[dict], int]  # (fit's arguments): the micro-batches fit() trains to
+    counts_first: bool = False  # fit() adds an iteration to iter_num before it draws the iteration's batch
+    replays: bool = False  # a resumed fit() draws the batches already trained on again, to reach its place
+    clips: bool = True  # litgpt clips the gradients: the guard reads that norm (else it computes one)
+
+
+ENTRIES = {
+    "pretrain": Entry("litgpt.pretrain", "step-{:08d}", _save_pretrain, _pretrain_iters),
+    "finetune_full": Entry("litgpt.finetune.full", "step-{:06d}", _save_finetune, _finetune_iters,
+                           counts_first=True, replays=True, clips=False),
+}
 
 
 def plan_line(first_iter: int, max_iters: int, accumulation: int, tokens_per_iter: int) -> str:
@@ -143,7 +207,10 @@ class Stopper:
         self.longest_step = 0.0
         self.longest_save: float | None = None
         self.state_bytes = 0
-        self.fit: dict = {}  # fit()'s arguments: fabric, state, out_dir, tokenizer_dir, train, ...
+        self.fit: dict = {}  # fit()'s arguments: fabric, state, out_dir, train, ...
+        self.entry = ENTRIES["pretrain"]  # the command being trained (install sets it)
+        self.module = None  # its module, imported
+        self.replaying = 0  # batches a resumed fit() still draws to reach its place (not training)
         self.first_iter = 0
         self.accumulation = 1  # micro-batches an optimizer step (fixed for a fit() call)
         self.max_iters = 0  # the micro-batches fit() trains to, as litgpt.pretrain.fit counts them
@@ -166,11 +233,12 @@ class Stopper:
         self.fit = fit_arguments
         state = fit_arguments["state"]
         self.first_iter = state["iter_num"]
+        self.replaying = self.first_iter if self.entry.replays and fit_arguments.get("resume") else 0
         train, fabric = fit_arguments["train"], fit_arguments["fabric"]
         self.accumulation = train.gradient_accumulation_iters(fit_arguments["devices"], fit_arguments["num_nodes"])
-        tokens_per_iter = train.micro_batch_size * state["model"].max_seq_length
-        self.max_iters = train.max_tokens // fabric.world_size // tokens_per_iter
-        self.tokens_per_iter = tokens_per_iter * fabric.world_size
+        self.max_iters = self.entry.max_iters(fit_arguments)
+        # At most, for a finetune: its fit() cuts the model's length to the longest sample, and pads each batch.
+        self.tokens_per_iter = train.micro_batch_size * state["model"].max_seq_length * fabric.world_size
         self.state_bytes = sum(p.numel() * p.element_size() for p in state["model"].parameters()) * 4
         self.last_boundary = None
         self.posted = None
@@ -184,6 +252,10 @@ class Stopper:
         """Tokens trained by this part of the training (since fit() started) across all processes."""
         return (self.fit["state"]["iter_num"] - self.first_iter) * self.tokens_per_iter
 
+    def done(self) -> int:
+        """The micro-batches trained so far, as a batch is drawn (a finetune has counted the next one already)."""
+        return self.fit["state"]["iter_num"] - (1 if self.entry.counts_first else 0)
+
     def margin(self) -> float:
         if self.fixed_margin is not None:
             return self.fixed_margin
@@ -195,8 +267,10 @@ class Stopper:
         """Called before each batch: stop here if asked and this is the end of an optimizer step."""
         if not self.fit:
             return
-        state = self.fit["state"]
-        if state["iter_num"] % self.accumulation:
+        if self.replaying:  # a resumed finetune reaching its place: no step is trained yet
+            self.replaying -= 1
+            return
+        if self.done() % self.accumulation:
             return  # inside an optimizer step: its gradients are not in the state a checkpoint holds
         now = time.monotonic()
         if self.last_boundary is not None:
@@ -211,7 +285,7 @@ class Stopper:
                 self.reason = self.reason or "another rank"
             else:
                 self.post(self.reason is not None)
-        if stop and state["iter_num"] < self.max_iters:
+        if stop and self.done() < self.max_iters:
             self.stop()
 
     def agreed(self) -> bool:
@@ -231,31 +305,30 @@ class Stopper:
         tensor = torch.tensor([float(flag)])
         self.posted = (dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.flags, async_op=True), tensor)
 
-    def timed_save(self, save, *args) -> None:
-        """litgpt's save_checkpoint, timed: the margin holds the longest save. A state whose weights are
-        not finite is never saved: the last good checkpoint stays the one to resume from."""
+    def timed_save(self, save, *args, **kwargs) -> None:
+        """Fabric's save, timed: the margin holds the longest save. A state whose weights are not finite
+        is never saved: the last good checkpoint stays the one to resume from."""
         from storylm.model.checkpoint import non_finite_tensor
 
         found = non_finite_tensor(dict(self.fit["state"]["model"].named_parameters())) if self.fit else None
         if found is not None:
             self.diverged(f"the weights hold {found[1]} NaN or infinite values (tensor {found[0]})")
         started = time.monotonic()
-        save(*args)
+        save(*args, **kwargs)
         self.longest_save = max(self.longest_save or 0.0, time.monotonic() - started)
 
     # --- the stop --------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        from litgpt import pretrain
-
         fabric, state, out_dir = self.fit["fabric"], self.fit["state"], Path(self.fit["out_dir"])
+        state["iter_num"] = self.done()  # the checkpoint holds the iterations trained, as the loop's own do
         step = state["step_count"]
         trained = (state["iter_num"] - self.first_iter) // self.accumulation
-        target = out_dir / f"step-{step:08d}"
+        target = out_dir / self.entry.step_name.format(step)
         started = time.monotonic()
         if trained and not (target / "lit_model.pth").is_file():  # litgpt's save_interval may have saved it
             saving = out_dir / f"{SAVING_PREFIX}{target.name}"
-            pretrain.save_checkpoint(fabric, state, self.fit["tokenizer_dir"], saving / "lit_model.pth")
+            self.entry.save(self.module, self.fit, saving / "lit_model.pth")
             fabric.barrier()
             if fabric.global_rank == 0:
                 saving.rename(target)
@@ -414,11 +487,19 @@ def drawn_recorder(folder: Path):
     return record
 
 
-def install(stopper: Stopper, strategy: str = "auto", drawn: Path | None = None) -> None:
-    """Wrap litgpt.pretrain's fit, CycleIterator and save_checkpoint so that `stopper` sees each batch,
-    make the data loader's workers ignore the stop signals, train several processes with `strategy`,
-    print once and validate over all ranks (and, with `drawn`, record what each rank trained on)."""
-    from litgpt import pretrain
+class CommandError(ValueError):
+    """A litgpt command this wrapper cannot stop and resume."""
+
+
+def install(stopper: Stopper, strategy: str = "auto", drawn: Path | None = None, command: str = "pretrain") -> None:
+    """Wrap the command's fit and CycleIterator, and Fabric's save, so that `stopper` sees each batch and
+    save, make the data loader's workers ignore the stop signals, train several processes with
+    `strategy`, print once and validate over all ranks (and, with `drawn`, record what each rank trained on)."""
+    if command not in ENTRIES:
+        raise CommandError(f"litgpt {command}: storylm can stop and resume only {', '.join(ENTRIES)} (litgpt's"
+                           " adapter and LoRA step checkpoints hold no optimizer state, and their setup no resume)")
+    stopper.entry = ENTRIES[command]
+    module = stopper.module = importlib.import_module(stopper.entry.module)
     from torch.utils.data._utils import signal_handling
 
     from storylm.model.precision import training_precision
@@ -431,39 +512,41 @@ def install(stopper: Stopper, strategy: str = "auto", drawn: Path | None = None)
 
     signal_handling._set_worker_signal_handlers = worker_signal_handlers
 
-    original_fit, original_save = pretrain.fit, pretrain.save_checkpoint
+    original_fit = module.fit
     fit_signature = inspect.signature(original_fit)
 
     record = drawn_recorder(drawn) if drawn else None
 
-    class StoppableCycle(pretrain.CycleIterator):
+    class StoppableCycle(module.CycleIterator):
         def __next__(self):
             stopper.before_batch()
             batch = super().__next__()
-            if record is not None and stopper.fit and stopper.fit["state"]["iter_num"] < stopper.max_iters:
+            if record is not None and stopper.fit and stopper.done() < stopper.max_iters:
                 record(batch)  # a batch fit() trains on (it draws one more, then ends)
             return batch
 
     def fit(*args, **kwargs):
         bound = fit_signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        guard_gradients(bound.arguments["fabric"], stopper)
+        fabric, state = bound.arguments["fabric"], bound.arguments["state"]
+        if stopper.entry.clips:
+            guard_gradients(fabric, stopper)
+        else:
+            guard_steps(fabric, state, stopper)
+        save = fabric.save  # every checkpoint the training writes, the final one too
+        fabric.save = lambda *save_args, **save_kwargs: stopper.timed_save(save, *save_args, **save_kwargs)
         stopper.start(dict(bound.arguments))
         result = original_fit(*args, **kwargs)
-        fabric = bound.arguments["fabric"]
         fabric.print = CorrectedThroughput(fabric.print, stopper.part_tokens())  # litgpt prints its figures next
         return result
 
-    def save_checkpoint(*args):
-        stopper.timed_save(original_save, *args)
-
-    pretrain.CycleIterator = StoppableCycle
-    pretrain.fit = fit
-    pretrain.save_checkpoint = save_checkpoint
-    pretrain.validate = mean_over_ranks(pretrain.validate)
-    pretrain.L = lightning_with(fabric_class(strategy))
+    module.CycleIterator = StoppableCycle
+    module.fit = fit
+    module.validate = mean_over_ranks(module.validate)
+    module.L = lightning_with(fabric_class(strategy))
     # precision: null (the config's auto) is this machine's choice, made as storylm.model.precision says
-    pretrain.get_default_supported_precision = lambda training: training_precision()
+    if hasattr(module, "get_default_supported_precision"):
+        module.get_default_supported_precision = lambda training: training_precision()
 
 
 def guard_gradients(fabric, stopper: Stopper) -> None:
@@ -478,6 +561,19 @@ def guard_gradients(fabric, stopper: Stopper) -> None:
         return norm
 
     fabric.clip_gradients = clip_gradients
+
+
+def guard_steps(fabric, state: dict, stopper: Stopper) -> None:
+    """A training litgpt does not clip (finetune): the gradient norm, measured before each optimizer step
+    (a clip to an infinite norm changes nothing), is checked as guard_gradients checks a clipped one."""
+    optimizer, model = state["optimizer"], state["model"]
+    step = optimizer.step
+
+    def checked_step(*args, **kwargs):
+        stopper.check_gradients(fabric.clip_gradients(model, optimizer, max_norm=float("inf"), error_if_nonfinite=False))
+        return step(*args, **kwargs)
+
+    optimizer.step = checked_step
 
 
 def out_dir_argument(argv: list[str]) -> Path | None:
@@ -498,7 +594,12 @@ def main(argv: list[str] | None = None) -> None:
     for signum in SIGNALS:
         signal.signal(signum, stopper.on_signal)
     drawn = os.environ.get(DRAWN_ENV, "").strip()
-    install(stopper, os.environ.get(STRATEGY_ENV, "").strip() or "auto", Path(drawn) if drawn else None)
+    try:
+        install(stopper, os.environ.get(STRATEGY_ENV, "").strip() or "auto", Path(drawn) if drawn else None,
+                argv[0] if argv else "")
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
     sys.stdout.reconfigure(line_buffering=True)  # each line reaches the runner (a pipe) as it is printed
     atexit.register(end_data_workers)  # after multiprocessing's own exit handler, so it runs before it
     from litgpt.__main__ import main as litgpt_main

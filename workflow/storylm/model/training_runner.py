@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from storylm.io.entry import StageError, atomic_path, write_json
+from storylm.io.environment import ENVIRONMENT
 from storylm.io.filehash import file_sha256
 from storylm.io.progress import Progress
 from storylm.io.stagelock import note, stage_lock
@@ -50,7 +51,6 @@ CHECKPOINT_NAME = "lit_model.pth"
 LIVE_LOG = "progress.log"
 TRAIN_LOG = "train.log"
 FINGERPRINT = "checkpoints.json"  # what the checkpoints beside it were trained on
-ENVIRONMENT = "environment.json"  # the machine of each part of the training (storylm.io.environment)
 # Besides step-*: what litgpt and this runner write while training ("logs" holds the csv and
 # tensorboard loggers' files).
 # Parts in a row that may train no step under Slurm before the runtime is called too short: the

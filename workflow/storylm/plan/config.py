@@ -15,7 +15,7 @@ from pathlib import Path
 
 from storylm.io.entry import StageError, first_line
 from storylm.io.filehash import file_sha256
-from storylm.model.tokens import tokenizer_ids
+from storylm.model.tokens import NOT_A_TOKENIZER, StoryTokenizer, TokenizerError
 
 
 class ConfigError(StageError):
@@ -149,13 +149,10 @@ def tokenizer_vocab_size(config: dict) -> int | None:
 
 def directory_vocab_size(path: Path, key: str) -> int:
     """Token ids of the tokenizer files in path (its largest id + 1)."""
-    from litgpt import Tokenizer
-
     try:
-        tokenizer = Tokenizer(path)
-    except NotImplementedError:
-        raise ConfigError(f"{key}: {path} holds neither tokenizer.json nor tokenizer.model") from None
-    return tokenizer_ids(tokenizer)
+        return StoryTokenizer(path).ids
+    except TokenizerError:
+        raise ConfigError(f"{key}: {path} {NOT_A_TOKENIZER}") from None
 
 
 def _check_vocab(config: dict) -> None:
@@ -188,10 +185,8 @@ def _check_prompts(config: dict) -> None:
     files = {path.name: file_sha256(path) for path in sorted(folder.iterdir()) if path.is_file()}
 
     def check():
-        from litgpt import Tokenizer
-
         try:
-            tokenizer = Tokenizer(folder)
+            tokenizer = StoryTokenizer(folder)
         except Exception as error:  # noqa: BLE001 - a folder litgpt cannot read is the sample_prompts job's to name
             print(f"storylm: {folder}: the prompts are checked later ({type(error).__name__}: {first_line(error)})")
             return

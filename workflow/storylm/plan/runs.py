@@ -155,6 +155,13 @@ class Plan:
             frontier = [self.stage(n, h) for entry in frontier for n, h in entry.record["inputs"].items()]
         raise KeyError(f"{stages.folder(stage, hash_)}: built from no {name} folder")
 
+    def files(self, stage: str, hash_: str, roles: tuple[str, ...] | None = None) -> dict[str, str]:
+        """The files the `stage` folder with `hash_` reads, by role (the table's uses, or `roles`): each in
+        the folder it was built from, a role only a stage its runs lack provides left out."""
+        entry = self.stage(stage, hash_)
+        return stages.files(stage, entry.config, lambda name: entry.folder if name == stage
+                            else self.upstream(stage, hash_, name).folder, roles)
+
     def run_stage(self, run: str, name: str, seed: int | None = None) -> Stage:
         """The stage folder of a run's training with `seed` (default: the run's first)."""
         seed = self.seeds[run][0] if seed is None else seed

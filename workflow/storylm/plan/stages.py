@@ -11,9 +11,10 @@ Everything else is derived from it: the records and hashes (`records`), the fold
 rules use (`folder`), and what a changed key reruns (`reruns`, for config/README.md).
 
 A rule of this table: a new option whose default reproduces today's output leaves every
-existing fingerprint unchanged. Such a key enters a fingerprint only when it is set away
-from its default (ADDED_KEYS), so an upgrade never forces a user to retrain;
-tests/test_stages.py pins the hashes of the shipped configs.
+existing fingerprint unchanged. The fingerprints see the config through
+storylm.plan.added_keys.pinned_view, which leaves out every key added to the schema after the
+hashes were pinned while it is at its default, in any section; so an upgrade never forces a user
+to retrain, and no key needs listing. tests/test_stages.py pins the hashes of the shipped configs.
 """
 
 from __future__ import annotations
@@ -22,22 +23,16 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 from storylm.io.entry import RECORD
 from storylm.io.filehash import HashCache, file_sha256
+from storylm.io.manifest import MANIFEST
 from storylm.model.tokens import TOKENIZER_FILES
+from storylm.model.training_runner import TRAIN_LOG
+from storylm.plan.added_keys import TOP, added, pinned_view
 
 HASH_LENGTH = 10
-
-# Keys added to the schema after the hashes were first pinned, by section (TOP: the top-level keys):
-# each enters its stage's fingerprint only when set away from its schema default.
-TOP = ""
-ADDED_KEYS: dict[str, tuple[str, ...]] = {
-    "corpus": ("max_story_characters",),
-    TOP: ("strategy",),
-}
 
 
 def short_hash(obj) -> str:
@@ -50,43 +45,21 @@ def short_hash(obj) -> str:
 # Fingerprints: the settings that change each stage's output
 
 
+# How files are read: nothing to the builtin generator's stories.
+READING_KEYS = ("include", "text_field", "max_malformed_fraction", "max_story_characters")
+
+
 def _corpus(config: dict) -> dict:
     """The settings that change the corpus stage's output, for the active source only."""
     corpus = config["corpus"]
-    source = corpus["source"]
-    keys = ["source", "max_stories", "normalize", "dedup", "split"]
-    if source != "builtin":
-        keys += ["include", "text_field", "max_malformed_fraction"]
-    fingerprint = {key: corpus[key] for key in keys}
+    builtin = corpus["source"] == "builtin"
+    fingerprint = {key: corpus[key] for key in ("source", "max_stories", "normalize", "dedup", "split")}
+    if not builtin:  # an added one only while set away from its default (the fingerprints' view)
+        fingerprint.update({key: corpus[key] for key in READING_KEYS if key in corpus})
     fingerprint.update(_source(corpus))
-    if source != "builtin":
-        fingerprint.update(_away_from_default(corpus, "corpus"))
+    fingerprint.update({key: value for key, value in added(corpus, "corpus").items()
+                        if not (builtin and key in READING_KEYS)})
     return fingerprint
-
-
-@cache
-def _schema_defaults() -> dict:
-    from storylm.plan.schema import defaults
-
-    return defaults()
-
-
-def _section_defaults(name: str) -> dict:
-    return _schema_defaults()[name] if name != TOP else _schema_defaults()
-
-
-def _away_from_default(section: dict, name: str) -> dict:
-    """The section's ADDED_KEYS that are set away from their schema default (name TOP: the whole config's
-    top-level ones)."""
-    default = _section_defaults(name)
-    return {key: section[key] for key in ADDED_KEYS[name] if section[key] != default[key]}
-
-
-def with_added_defaults(section: dict, name: str) -> dict:
-    """A stage's settings as its command needs them: the ADDED_KEYS its fingerprint leaves out at their
-    default, filled back in."""
-    default = _section_defaults(name)
-    return {**{key: default[key] for key in ADDED_KEYS.get(name, ())}, **section}
 
 
 def _download(config: dict) -> dict:
@@ -100,7 +73,7 @@ def _download(config: dict) -> dict:
 def _source(corpus: dict) -> dict:
     """The active source's settings; local files by their content, not by where they lie."""
     if corpus["source"] == "local":
-        return {"local_files": local_files(corpus["local"]["paths"])}
+        return {"local_files": local_files(corpus["local"]["paths"]), **added(corpus["local"], "corpus.local")}
     return {corpus["source"]: corpus[corpus["source"]]}
 
 
@@ -135,6 +108,10 @@ def _tokenizer_download(config: dict) -> dict:
 
 def _tokenizer(config: dict) -> dict:
     tok = config["tokenizer"]
+    return {**_tokenizer_source(tok), **added(tok, "tokenizer")}
+
+
+def _tokenizer_source(tok: dict) -> dict:
     if tok["kind"] == "train":
         return {"kind": "train", "vocab_size": tok["vocab_size"], "min_frequency": tok["min_frequency"],
                 "max_train_characters": tok["max_train_characters"]}
@@ -147,7 +124,7 @@ def _tokenizer(config: dict) -> dict:
 
 
 def _shards(config: dict) -> dict:
-    return {"chunk_bytes": config["shards"]["chunk_bytes"]}
+    return config["shards"]
 
 
 PRETRAIN_KEYS = ("model_config", "train", "eval", "optimizer", "precision", "devices", "num_nodes", "seed",
@@ -159,8 +136,10 @@ def _pretrain(config: dict) -> dict:
     fingerprint = {key: config[key] for key in PRETRAIN_KEYS}
     if config["logger_name"] == "wandb":
         fingerprint["wandb_project"] = config["wandb_project"]
-    if config["devices"] * config["num_nodes"] > 1:  # one process has no strategy to choose
-        fingerprint.update(_away_from_default(config, TOP))  # strategy, when not auto
+    # The top level's added keys are training settings (litgpt's CLI takes them there); a new stage's
+    # section is not one of them (added leaves it out). One process has no strategy to choose.
+    single = config["devices"] * config["num_nodes"] == 1
+    fingerprint.update({key: value for key, value in added(config, TOP).items() if not (single and key == "strategy")})
     return fingerprint
 
 
@@ -218,14 +197,24 @@ class StageSpec:
     # Stages it reads whose folders its inputs already fix (sample reads the tokenizer its pretrain was
     # built from): edges of the graph, left out of its hash, since the inputs' hashes hold them.
     reads_through: tuple[str, ...] = ()
-    rules: str = ""  # its rule file in workflow/rules/ (default <name>.smk), included in table order
+    # Its rule file in workflow/rules/, included in table order: default <name>.smk where there is one, else
+    # stage.smk's one rule (its command on its files by role: a stage needs no rule file of its own).
+    rules: str = ""
     # Its record, written last: a folder with its record is a finished stage. None for the downloads, whose
     # manifest.json lists their files with sizes and sha256s instead.
     record: str | None = RECORD
+    # The roles it reads (`provides` of the stages upstream): the plan resolves each to a file per run
+    # (`provider`), and a role only a stage some runs lack provides is an input of the other runs no more.
+    uses: tuple[str, ...] = ()
 
     @property
     def rule_file(self) -> str:
-        return f"workflow/rules/{self.rules or self.name + '.smk'}"
+        own = self.rules or f"{self.name}.smk"
+        return f"workflow/rules/{own if self.rules or (RULES_DIR / own).is_file() else GENERIC_RULES}"
+
+
+RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
+GENERIC_RULES = "stage.smk"
 
 
 NOT_BUILTIN = "not for builtin"
@@ -243,12 +232,13 @@ STAGES: tuple[StageSpec, ...] = (
               {"corpus.source": None, "corpus.hf": "when corpus.source is hf",
                "corpus.url": "when corpus.source is url", "corpus.local": "when corpus.source is local",
                "corpus.include": NOT_BUILTIN},
-              needed=_downloads_corpus, provides={"raw files": "manifest.json"}, rules="corpus.smk", record=None),
+              needed=_downloads_corpus, provides={"raw files": MANIFEST}, rules="corpus.smk", record=None),
     StageSpec("corpus", "Data/corpus", ("download",), _corpus, CORPUS_READS,
-              provides={"train split": "train.jsonl", "val split": "val.jsonl", "corpus stats": "stats.json"}),
+              provides={"train split": "train.jsonl", "val split": "val.jsonl", "corpus stats": "stats.json"},
+              uses=("raw files",)),
     StageSpec("tokenizer_download", "Data/raw", (), _tokenizer_download,
               {"tokenizer.hf": "when tokenizer.source is hf"}, needed=_hub_tokenizer,
-              provides={"hub tokenizer": "manifest.json"}, rules="tokenizer.smk", record=None),
+              provides={"hub tokenizer": MANIFEST}, rules="tokenizer.smk", record=None),
     # The tokenizer reads the corpus to train on its train split (kind: train) and, in any case,
     # to measure itself on the val split.
     StageSpec("tokenizer", "Data/tokenizer", ("corpus", "tokenizer_download"), _tokenizer,
@@ -257,21 +247,29 @@ STAGES: tuple[StageSpec, ...] = (
                "tokenizer.min_frequency": "when tokenizer.kind is train",
                "tokenizer.max_train_characters": "when tokenizer.kind is train",
                "tokenizer.path": "when tokenizer.source is local"},
-              provides={"tokenizer": "tokenizer_config.json"}),
+              provides={"tokenizer": "tokenizer_config.json", "tokenizer stats": "stats.json"},
+              uses=("train split", "val split", "hub tokenizer")),
     StageSpec("shards", "Data/shards", ("corpus", "tokenizer"), _shards,
-              {"shards": None}, provides={"shards": "stats.json"}),
+              {"shards": None}, uses=("train split", "val split", "tokenizer"),
+              provides={"shards": "stats.json", "train shards": "train/index.json", "val shards": "val/index.json"}),
     StageSpec("pretrain", "results/pretrain", ("shards", "tokenizer"), _pretrain,
               {**{key: None for key in PRETRAIN_KEYS}, "wandb_project": "when logger_name is wandb",
                "strategy": "when not auto and devices x num_nodes > 1"},
               provides={"final model": "final/lit_model.pth", "hyperparameters": "final/hyperparameters.yaml",
-                        "train log": "train.log", "litgpt config": "pretrain.yaml"}),
+                        "train log": TRAIN_LOG, "litgpt config": "pretrain.yaml"}, uses=("shards", "tokenizer")),
     StageSpec("evaluate", "results/evaluate", ("pretrain", "shards", "corpus"), _evaluate, {"evaluate": None},
-              provides={"metrics": "metrics.json", "story scores": "story_scores.tsv", "loss plot": "loss.png"}),
+              provides={"metrics": "metrics.json", "story scores": "story_scores.tsv", "loss plot": "loss.png",
+                        "train loss": "train_loss.tsv"},
+              uses=("final model", "train log", "shards", "train split", "val split", "corpus stats")),
     StageSpec("sample", "results/sample", ("pretrain", "corpus"), _sample, {"sample": None},
-              provides={"samples": "samples.json", "samples text": "samples.txt", "sample checks": "consistency.json"},
+              provides={"samples": "samples.json", "samples text": "samples.txt", "sample checks": "consistency.json",
+                        "sample figures": "figures.json", "prompt tokens": "prompt_tokens.json"},
+              uses=("tokenizer", "final model", "train split", "val split"),
               reads_through=("tokenizer",)),  # the prompts' token counts, before training
     StageSpec("export", "results/export", ("pretrain", "evaluate", "sample"), _export, {"export": None, **CORPUS_READS},
               provides={"export": "model.safetensors"}, record="storylm_stage.json",  # config.json is the model's
+              uses=("final model", "hyperparameters", "litgpt config", "metrics", "story scores", "samples",
+                    "sample checks", "sample figures", "val split", "tokenizer"),
               # the val split for the lm-eval task; the tokenizer folder's licence file
               reads_through=("corpus", "tokenizer")),
 )
@@ -285,20 +283,46 @@ def folder(stage: str, hash_: str) -> str:
     return f"{BY_NAME[stage].parent}/{hash_}"
 
 
-def provider(stage: str, role: str) -> str:
-    """The nearest stage upstream of `stage` (by its inputs, breadth first, in table order) that provides
-    `role`; it must be one the stage reads (its inputs or reads_through), so every edge is in the table."""
-    frontier, seen = list(BY_NAME[stage].inputs), set()
+def provider(stage: str, role: str, config: dict) -> str | None:
+    """The nearest stage upstream of `stage` (by its inputs, breadth first, in table order) that a run of
+    `config` has and that provides `role`; None when only stages the run lacks provide it (the download
+    of a builtin corpus). It must be one the stage reads (its inputs or reads_through), so every edge is in
+    the table."""
+    frontier, seen, lacking = list(BY_NAME[stage].inputs), set(), False
     while frontier:
         for name in frontier:
-            if role in BY_NAME[name].provides:
+            if role in BY_NAME[name].provides and not BY_NAME[name].needed(config):
+                lacking = True  # an optional stage this run has not: a stage further up may provide it
+            elif role in BY_NAME[name].provides:
                 spec = BY_NAME[stage]
                 if name not in spec.inputs + spec.reads_through:
                     raise KeyError(f"{stage} reads {role!r} from {name}: add {name} to its inputs or reads_through")
                 return name
         seen.update(frontier)
         frontier = [n for n in ORDER if n not in seen and any(n in BY_NAME[m].inputs for m in frontier)]
+    if lacking:
+        return None
     raise KeyError(f"{stage}: no stage upstream provides {role!r}")
+
+
+def files(stage: str, config: dict, folders: Callable[[str], str], roles: tuple[str, ...] | None = None
+          ) -> dict[str, str]:
+    """The files a run of `config` gives `stage` by role (its `uses`, or `roles`), each in the folder
+    `folders(provider)` of its provider; a role the stage provides and no stage above it does (an earlier
+    step's file: pretrain's litgpt config) in its own. (A continued training reads the final model upstream.)"""
+    found = {}
+    for role in BY_NAME[stage].uses if roles is None else roles:
+        above = any(role in BY_NAME[name].provides for name in ancestors(stage))
+        name = stage if role in BY_NAME[stage].provides and not above else provider(stage, role, config)
+        if name is not None:
+            found[role] = f"{folders(name)}/{BY_NAME[name].provides[role]}"
+    return found
+
+
+def outputs(stage: str, folder: str, roles: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The files a stage writes in its folder, by role (all it provides, or `roles`: one step's)."""
+    provides = BY_NAME[stage].provides
+    return {role: f"{folder}/{provides[role]}" for role in (provides if roles is None else roles)}
 
 
 def last_provider(role: str) -> str:
@@ -338,8 +362,9 @@ def records(config: dict, until: str | None = None) -> dict[str, dict]:
     to that one in table order (all it can read), for a check that needs one early stage's hash.
     """
     found: dict[str, dict] = {}
+    view = pinned_view(config)  # the added keys at their default left out
     for spec in STAGES[:ORDER.index(until) + 1] if until else STAGES:
-        settings = spec.fingerprint(config)
+        settings = spec.fingerprint(view)
         upstream = {name: found[name]["hash"] for name in inputs(spec.name, config)}
         found[spec.name] = {"stage": spec.name,
                             "hash": short_hash({"stage": spec.name, "config": settings, "inputs": upstream}),

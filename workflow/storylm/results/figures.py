@@ -5,15 +5,17 @@ Shared by the report (each run's metrics.json and the runs table) and the export
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-# The sample stage's files of figures: the builtin-world checker's and those that hold for any corpus.
-SAMPLE_FIGURES = ("consistency.json", "figures.json")
+# The sample stage's files of figures, by role (storylm.plan.stages provides): the builtin-world checker's and
+# those that hold for any corpus.
+SAMPLE_FIGURES = ("sample checks", "sample figures")
 
 
-def sample_figure_files(sample_dir: Path) -> list[Path]:
-    """The sample stage's files of figures that are there."""
-    return [Path(sample_dir) / name for name in SAMPLE_FIGURES if (Path(sample_dir) / name).is_file()]
+def sample_figure_files(files: Mapping[str, Path | None]) -> list[Path]:
+    """The sample stage's files of figures that are there, from a training's files by role."""
+    return [path for path in (files.get(role) for role in SAMPLE_FIGURES) if path is not None and path.is_file()]
 
 
 def numeric_figures(obj, prefix: str = "") -> dict[str, float]:

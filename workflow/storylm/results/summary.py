@@ -16,9 +16,9 @@ import yaml
 
 from storylm.results import litgpt_log
 from storylm.io.entry import read_json
+from storylm.io.environment import ENVIRONMENT
 from storylm.results.figures import sample_figure_files
 
-ENVIRONMENT = "environment.json"  # what each stage folder records of the machine (storylm.io.environment)
 
 
 def flops_per_token(litgpt_config: dict) -> float:
@@ -43,24 +43,29 @@ def val_curve(train_log: Path, tokens_per_iter: int, flops: float) -> pd.DataFra
     return curve
 
 
-def training_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_dir: Path) -> tuple[dict, pd.DataFrame]:
-    """(metrics, val curve) of one training. info: run, seed, stage_hashes, corpus_source, differs_from_base,
-    export_dir (what the plan knows of it)."""
-    litgpt_config = yaml.safe_load((pretrain_dir / "pretrain.yaml").read_text())
+# The files of a training it reads, by role (storylm.plan.stages: provides); the sample figures may be missing.
+ROLES = ("litgpt config", "train log", "metrics", "sample checks", "sample figures")
+# The stage folders whose machine it records, each as the folder of one of its files.
+MACHINES = (("pretrain", "train log"), ("evaluate", "metrics"), ("sample", "sample checks"))
+
+
+def training_results(info: dict, files: dict[str, Path]) -> tuple[dict, pd.DataFrame]:
+    """(metrics, val curve) of one training, from its files by role (ROLES). info: run, seed, stage_hashes,
+    corpus_source, differs_from_base, export_dir (what the plan knows of it)."""
+    litgpt_config = yaml.safe_load(files["litgpt config"].read_text())
     train = litgpt_config["train"]
     tokens_per_iter = train["micro_batch_size"] * train["max_seq_length"] * litgpt_config["devices"] \
         * litgpt_config["num_nodes"]
     flops = flops_per_token(litgpt_config)
-    performance = litgpt_log.performance(pretrain_dir / "train.log")
-    evaluation = read_json(evaluate_dir / "metrics.json", "the evaluate stage's metrics")
+    performance = litgpt_log.performance(files["train log"])
+    evaluation = read_json(files["metrics"], "the evaluate stage's metrics")
     if performance["train_tokens"] is None:  # a log without litgpt's closing lines
         performance["train_tokens"] = evaluation["train_iters"] * tokens_per_iter
     sample_figures = {}
-    for path in sample_figure_files(sample_dir):
+    for path in sample_figure_files(files):
         sample_figures.update(json.loads(path.read_text()))
-    environment = {stage: read_json(folder / ENVIRONMENT, "the machine a stage ran on")
-                   for stage, folder in (("pretrain", pretrain_dir), ("evaluate", evaluate_dir), ("sample", sample_dir))
-                   if (folder / ENVIRONMENT).is_file()}
+    environment = {stage: read_json(files[role].parent / ENVIRONMENT, "the machine a stage ran on")
+                   for stage, role in MACHINES if (files[role].parent / ENVIRONMENT).is_file()}
     metrics = {
         "run": info["run"],
         "seed": info["seed"],
@@ -75,4 +80,4 @@ def training_results(info: dict, pretrain_dir: Path, evaluate_dir: Path, sample_
         "export_dir": info["export_dir"],
         "environment": environment,
     }
-    return metrics, val_curve(pretrain_dir / "train.log", tokens_per_iter, flops)
+    return metrics, val_curve(files["train log"], tokens_per_iter, flops)
