@@ -404,6 +404,7 @@ def test_model_card(default_kind):
     assert f"| max_tokens | {40 * 8 * SEQ:,} |" in body and "| global_batch_size | 8 |" in body
     assert "ids equal `litgpt.Tokenizer`'s" in body
     assert "not measured" not in body
+    assert "pretrained from scratch with [litgpt]" in body and "Continued pretraining" not in body
 
 
 @needs_chatglm3

@@ -537,7 +537,7 @@ def test_the_pinned_keys_are_the_schemas_but_the_added_ones():
     added = set(added_keys.schema_keys(schema.load_schema())) - added_keys.pinned_keys()
     new_tops = {key for key in schema.load_schema()["properties"] if added_keys.new_section(added_keys.TOP, key)}
     new_sections = {key for key in added if key.split(".", 1)[0].split(added_keys.ITEMS, 1)[0] in new_tops}
-    assert added - new_sections == {"corpus.max_story_characters", "strategy"}
+    assert added - new_sections == {"corpus.max_story_characters", "strategy", "continue_from"}
 
 
 @pytest.mark.parametrize("section", list(SECTIONS), ids=lambda section: section or "top level")
@@ -573,8 +573,9 @@ def test_a_key_added_and_set_away_from_its_default_moves_its_stage_and_downstrea
 
 @pytest.mark.parametrize("section, settings, filled", [
     ("evaluate", {"batch_size": 4}, {"batch_size": 4, ADDED: 7}),
-    ("train", {"train": {"max_tokens": 10}}, {"train": {"max_tokens": 10, ADDED: 7}, "strategy": "auto"}),
-    (added_keys.TOP, {"devices": 2}, {"devices": 2, ADDED: 7, "strategy": "auto"}),
+    ("train", {"train": {"max_tokens": 10}},
+     {"train": {"max_tokens": 10, ADDED: 7}, "strategy": "auto", "continue_from": None}),
+    (added_keys.TOP, {"devices": 2}, {"devices": 2, ADDED: 7, "strategy": "auto", "continue_from": None}),
 ])
 def test_a_command_gets_an_added_key_the_record_leaves_out_at_its_default(monkeypatch, section, settings, filled):
     add_key_to_schema(monkeypatch, section)

@@ -39,6 +39,8 @@ META_KEYS = {
     "runs": "only what the changed runs need (each run's stages are hashed as usual)",
     "seeds": f"{chain(stages.reruns('seed')[0])} of the added seeds only (each seed's training is the one"
              " `seed` would give)",
+    # The run's shards move too: they are tokenized with the upstream model's tokenizer (stages.KEPT_WHEN_CONTINUED).
+    stages.CONTINUE_KEY: f"the run's shards (its model's tokenizer) → {chain(stages.reruns(stages.CONTINUE_KEY)[0])}",
 }
 
 

@@ -38,8 +38,10 @@ from storylm.io.entry import StageError, atomic_dir, exit_with, first_line, read
 from storylm.io.environment import ENVIRONMENT
 from storylm.model import checkpoint
 from storylm.model.tokens import LICENCE_FILES, StoryTokenizer
+from storylm.plan import stages
 from storylm.plan.integrity import require_intact
-from storylm.plan.stage import StageFiles, finish_stage, finished_record, run_step, stage_parser
+from storylm.plan.stage import StageFiles, finish_stage, finished_record, pending_settings, run_step, stage_parser
+from storylm.plan.stages import CONTINUE_KEY
 from storylm.results.figures import SAMPLE_FIGURES, numeric_figures, sample_figure_files
 
 
@@ -109,6 +111,9 @@ def export(record: dict, files: StageFiles, out_dir: Path) -> dict:
     stories = scored_texts(files.optional("story scores"), files.optional("val split"))
     training = read_training([files.optional("hyperparameters"), files.optional("litgpt config")],
                              Path(checkpoint_dir).parent / ENVIRONMENT)
+    upstream = pending_settings(Path(checkpoint_dir).parent, "pretrain").get(CONTINUE_KEY)
+    if upstream:  # continued pretraining: the card names the training it started from
+        training["continued_from"] = stages.folder("pretrain", upstream)
     require_intact("pretrain", Path(checkpoint_dir).parent)
     state = checkpoint.load_state(checkpoint_dir)
     tied = checkpoint.embeddings_tied(state)

@@ -12,13 +12,14 @@ the job requeued to go on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import yaml
 
-from storylm.io.entry import StageError, exit_with, write_text
+from storylm.io.entry import StageError, atomic_dir, exit_with, write_text
 from storylm.model import training_runner
 from storylm.model.precision import litgpt_setting
 from storylm.plan.added_keys import TOP, with_added_defaults
@@ -32,6 +33,7 @@ from storylm.plan.stage import (
     stage_file,
     start_pending,
 )
+from storylm.plan.stages import CONTINUE_KEY, INITIAL_MODEL
 
 
 def train_max_tokens(train: dict, train_tokens: int) -> int:
@@ -106,6 +108,38 @@ def check_val_size(val_tokens: int, train: dict, stage_config: dict) -> None:
         )
 
 
+INITIAL_DIR = "initial"  # a continued training's starting weights, beside its checkpoints
+
+
+def continue_from(litgpt_config: dict, initial_model: Path, out_dir: Path) -> None:
+    """Continued pretraining: litgpt loads the upstream training's final weights before its first step.
+
+    litgpt's `initial_checkpoint_dir` takes model weights alone, where a pretraining's final/ holds its
+    whole state (optimizer, data position): litgpt's own convert_pretrained_checkpoint extracts them into
+    <out_dir>/initial/. litgpt refuses `initial_checkpoint_dir` beside a `resume`, so the config says
+    `resume: false` (rerun by hand, it starts from the upstream model); the training runner resumes a
+    stopped part from its own step-* instead (storylm.model.training_runner.resume_arguments). The model
+    must have the upstream's shape: the plan checks the configs (storylm.plan.runs.check_continuation),
+    this the upstream model's own file."""
+    from litgpt.scripts.convert_pretrained_checkpoint import convert_pretrained_checkpoint  # seconds: continued only
+
+    from storylm.model.checkpoint import MODEL_CONFIG
+
+    final = initial_model.parent
+    require_intact("pretrain", final.parent)
+    theirs = yaml.safe_load((final / MODEL_CONFIG).read_text(encoding="utf-8"))
+    ours = litgpt_config["model_config"]
+    for key in sorted(set(ours) & set(theirs)):
+        if ours[key] != theirs[key]:
+            raise StageError(f"{CONTINUE_KEY}: model_config.{key} is {ours[key]!r} here, but {theirs[key]!r} in"
+                             f" {final / MODEL_CONFIG}, the model this training continues")
+    with atomic_dir(out_dir / INITIAL_DIR) as converted, contextlib.redirect_stdout(sys.stderr):
+        converted.rmdir()  # litgpt's converter makes its folder itself and refuses one that exists
+        convert_pretrained_checkpoint(final, converted)
+    litgpt_config["initial_checkpoint_dir"] = str(out_dir / INITIAL_DIR)
+    litgpt_config["resume"] = False
+
+
 def fingerprint_files(config_path: Path, litgpt_config: dict) -> dict[str, Path]:
     """What a checkpoint was trained on: the rendered config and the shards' indexes.
 
@@ -114,8 +148,11 @@ def fingerprint_files(config_path: Path, litgpt_config: dict) -> dict[str, Path]
     litdata's index lists every chunk with its size and token count (and when it was written).
     """
     shards = Path(litgpt_config["data"]["init_args"]["data_path"])
-    return {config_path.name: config_path, **{f"shards/{split}/index.json": shards / split / "index.json"
-                                              for split in ("train", "val")}}
+    files = {config_path.name: config_path, **{f"shards/{split}/index.json": shards / split / "index.json"
+                                               for split in ("train", "val")}}
+    if litgpt_config.get("initial_checkpoint_dir"):  # a continued training: the weights it started from too
+        files[INITIAL_MODEL] = Path(litgpt_config["initial_checkpoint_dir"]) / training_runner.CHECKPOINT_NAME
+    return files
 
 
 def strategy(config_path: Path) -> str:
@@ -129,6 +166,8 @@ def run(config_path: Path, srun_args: str | None = None) -> int:
     the shards are checked against their list first, and a finished training lists its files."""
     litgpt_config = yaml.safe_load(config_path.read_text())
     require_intact("shards", Path(litgpt_config["data"]["init_args"]["data_path"]))
+    if litgpt_config.get("initial_checkpoint_dir"):
+        require_intact("pretrain", Path(litgpt_config["initial_checkpoint_dir"]).parent)
     returncode = training_runner.run(config_path, "pretrain", fingerprint_files(config_path, litgpt_config), srun_args,
                                      strategy(config_path))
     if returncode == 0:
@@ -139,6 +178,9 @@ def run(config_path: Path, srun_args: str | None = None) -> int:
 def render_stage(args: argparse.Namespace, settings: dict) -> str:
     """The pretrain_config step: the litgpt config of the stage's settings, for its shards and tokenizer."""
     litgpt_config = render(settings, args.files.input("shards").parent, args.files.input("tokenizer").parent, args.out)
+    initial = args.files.optional(INITIAL_MODEL)
+    if initial is not None:
+        continue_from(litgpt_config, initial, args.out)
     output = args.files.output("litgpt config")
     header = ("# litgpt pretrain config rendered by the storylm pipeline; rerun by hand from the repository root"
               f" with:\n#   litgpt pretrain --config {output}\n")

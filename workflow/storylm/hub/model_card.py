@@ -415,6 +415,21 @@ def licence_lines(metadata: dict, licence_file: str | None) -> list[str]:
     return [licence]
 
 
+def origin(training: dict) -> str:
+    if training.get("continued_from"):
+        return f"pretrained from the final weights of the training in `{training['continued_from']}` (continued pretraining)"
+    return "pretrained from scratch"
+
+
+def continued_lines(training: dict) -> list[str]:
+    """A continued model saw two corpora: the card's data section is this training's, so it says so first."""
+    if not training.get("continued_from"):
+        return []
+    return [f"Continued pretraining: the model first learned from the data of the training in"
+            f" `{training['continued_from']}` (that folder's `config.json`, or its export's card, names it), with its"
+            " tokenizer; then it trained on the corpus below.", ""]
+
+
 def model_card(facts: CardFacts) -> str:
     record, config, hf_config, checks = facts.record, facts.config, facts.hf_config, facts.checks
     metadata = card_metadata(record, facts.tokenizer_info, facts.licence_file)
@@ -426,11 +441,11 @@ def model_card(facts: CardFacts) -> str:
     lines = ["---", yaml.safe_dump(metadata, allow_unicode=True, sort_keys=False).strip(), "---", "",
              f"# {name}: a small Chinese story language model", "",
              f"A {fmt(parameters)}-parameter LLaMA-style causal language model that {writes},"
-             " pretrained from scratch with [litgpt](https://github.com/Lightning-AI/litgpt)"
+             f" {origin(facts.training)} with [litgpt](https://github.com/Lightning-AI/litgpt)"
              f" by the storylm pipeline and exported as a `{hf_config.architectures[0]}` (no `trust_remote_code`)"
              f" and as `{GGUF}` for llama.cpp.", ""]
     lines += client_lines(facts.clients, facts.usage)
-    lines += ["", "## Data", ""] + data_lines(record) + ["", "## Tokenizer", ""]
+    lines += ["", "## Data", ""] + continued_lines(facts.training) + data_lines(record) + ["", "## Tokenizer", ""]
     lines += tokenizer_lines(facts.tokenizer_info, checks)
     rows = [("layers (num_hidden_layers)", config.n_layer), ("hidden size (n_embd)", config.n_embd),
             ("attention heads", config.n_head), ("key/value heads (n_query_groups)", config.n_query_groups),

@@ -286,7 +286,16 @@ def litgpt_env(strategy: str = "auto") -> dict:
     return env
 
 
-def launch_command(litgpt_command: str, config_path: Path, out_dir: Path, srun_args: str | None = None) -> list[str]:
+def resume_arguments(litgpt_config: dict, resume_from: list[Path]) -> list[str]:
+    """A continued training's config starts from its initial model (`initial_checkpoint_dir`, `resume:
+    false`: litgpt takes one of the two); a part after a stop resumes from its own step-* instead."""
+    if litgpt_config.get("initial_checkpoint_dir") and resume_from:
+        return ["--initial_checkpoint_dir", "null", "--resume", "auto"]
+    return []
+
+
+def launch_command(litgpt_command: str, config_path: Path, out_dir: Path, srun_args: str | None = None,
+                   extra: list[str] = ()) -> list[str]:
     """litgpt <command> under storylm.model.litgpt_train; inside a Slurm job with several tasks, under srun with
     one process per device.
 
@@ -297,7 +306,7 @@ def launch_command(litgpt_command: str, config_path: Path, out_dir: Path, srun_a
     # out_dir made absolute on the command line: litgpt's checkpoint saving parses its config with
     # jsonargparse, which briefly changes the working directory, and the tensorboard logger's writer
     # thread would then miss a relative log path. The YAML itself stays relative and portable.
-    command = [*LITGPT, litgpt_command, "--config", str(config_path), "--out_dir", str(out_dir.resolve())]
+    command = [*LITGPT, litgpt_command, "--config", str(config_path), "--out_dir", str(out_dir.resolve()), *extra]
     if srun_args and "SLURM_JOB_ID" in os.environ:
         command = ["srun", "--kill-on-bad-exit=1", *shlex.split(srun_args), *command]
     return command
@@ -323,7 +332,8 @@ def run(config_path: Path, litgpt_command: str, fingerprint: dict[str, Path], sr
         resume_from = step_checkpoints(out_dir)
         print(f"resuming from {resume_from[0]}" if resume_from else "no step-* checkpoint: starting from scratch",
               flush=True)
-        command = launch_command(litgpt_command, config_path, out_dir, srun_args)
+        command = launch_command(litgpt_command, config_path, out_dir, srun_args,
+                                 resume_arguments(litgpt_config, resume_from))
         if "SLURM_JOB_ID" in os.environ:  # squeue, scontrol and srun talk to this job's controller
             restored = site_settings(os.environ, ancestor_environments(os.getpid()))
             if command[0] == "srun":

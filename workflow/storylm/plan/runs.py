@@ -159,8 +159,13 @@ class Plan:
         """The files the `stage` folder with `hash_` reads, by role (the table's uses, or `roles`): each in
         the folder it was built from, a role only a stage its runs lack provides left out."""
         entry = self.stage(stage, hash_)
-        return stages.files(stage, entry.config, lambda name: entry.folder if name == stage
-                            else self.upstream(stage, hash_, name).folder, roles)
+        found = stages.files(stage, entry.config, lambda name: entry.folder if name == stage
+                             else self.upstream(stage, hash_, name).folder, roles)
+        continued = entry.record["config"].get(stages.CONTINUE_KEY) if stage == stages.CONTINUED else None
+        if continued and (roles is None or stages.INITIAL_MODEL in roles):  # the upstream training's final model
+            found[stages.INITIAL_MODEL] = stages.outputs(stage, stages.folder(stage, continued), ("final model",))[
+                "final model"]
+        return found
 
     def run_stage(self, run: str, name: str, seed: int | None = None) -> Stage:
         """The stage folder of a run's training with `seed` (default: the run's first)."""
@@ -198,21 +203,68 @@ class Plan:
         return {stage.folder: stage.runs for by_hash in self.stages.values() for stage in by_hash.values()}
 
 
+def continued_order(runs: dict[str, dict]) -> list[str]:
+    """The runs with each one after the run it continues (`continue_from`); RunError names the key when
+    that run is missing, is itself, or continues from it in turn."""
+    order: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        upstream = runs[name][stages.CONTINUE_KEY]
+        key = f"runs.{name}.{stages.CONTINUE_KEY}" if name != DEFAULT_RUN or len(runs) > 1 else stages.CONTINUE_KEY
+        if upstream is not None:
+            if upstream not in runs:
+                raise RunError(f"{key}: no run named {upstream!r} (this config's runs: {', '.join(runs)})")
+            if upstream in path + (name,):
+                raise RunError(f"{key}: {' -> '.join((*path, name, upstream))} continue from each other in a circle")
+            visit(upstream, (*path, name))
+        order.append(name)
+
+    for name in runs:
+        visit(name, ())
+    return order
+
+
+# What a continued training must share with the model it continues: the model's shape and its tokenizer.
+SHARED_WHEN_CONTINUED = ("model_config", "tokenizer")
+
+
+def check_continuation(name: str, runs: dict[str, dict], seeds: dict[str, list[int]], seed: int) -> int:
+    """The seed of the upstream training that `name`'s training with `seed` continues; RunError names the
+    key where the model or the tokenizer would not fit (a continued model keeps its shape and its vocabulary)."""
+    upstream = runs[name][stages.CONTINUE_KEY]
+    for section in SHARED_WHEN_CONTINUED:
+        for key, value in differences(runs[upstream][section], runs[name][section], f"{section}.").items():
+            theirs = differences(runs[name][section], runs[upstream][section], f"{section}.").get(key)
+            raise RunError(f"runs.{name}.{key}: {value!r}, but run {upstream!r}, which it continues, has {theirs!r}:"
+                           f" a continued training keeps its model's {section.replace('_', ' ')}")
+    if seed in seeds[upstream]:
+        return seed
+    if len(seeds[upstream]) == 1:
+        return seeds[upstream][0]
+    raise RunError(f"runs.{name}.seeds: seed {seed} has no training in run {upstream!r} (its seeds:"
+                   f" {seeds[upstream]}), which it continues: continue its seeds, or give it one")
+
+
 def plan(config: dict, check_values: bool = True) -> Plan:
     base, runs = resolve(config, check_values)
-    seeds, hashes, by_stage = {}, {}, {}
-    for name, run_config in runs.items():
+    seeds, hashes, by_stage, by_training = {}, {}, {}, {}
+    for name in continued_order(runs):
+        run_config = runs[name]
         seeds[name] = seeds_of(run_config)
         hashes[name] = {}
         for seed in seeds[name]:
             trained = training_config(run_config, seed)
-            records = stages.records(trained)
+            upstream = run_config[stages.CONTINUE_KEY]
+            continues = by_training[upstream, check_continuation(name, runs, seeds, seed)] if upstream else None
+            records = by_training[name, seed] = stages.records(trained, continues=continues)
             hashes[name][seed] = {stage: record["hash"] for stage, record in records.items()}
             for stage in stages.active(trained):
                 hash_ = hashes[name][seed][stage]
                 entry = by_stage.setdefault(stage, {}).setdefault(hash_, Stage(stage, hash_, records[stage], trained))
                 entry.trainings.append((name, seed))
-    return Plan(base, runs, seeds, hashes, by_stage)
+    return Plan(base, runs, {name: seeds[name] for name in runs}, {name: hashes[name] for name in runs}, by_stage)
 
 
 def load_config(configfiles: list[Path] = (), overrides: list[str] = (), root: Path = Path(".")) -> dict:

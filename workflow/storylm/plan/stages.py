@@ -217,6 +217,15 @@ RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 GENERIC_RULES = "stage.smk"
 
 
+# Continued pretraining (`continue_from: <run>`): a training of CONTINUED starts from the final model of
+# the same stage of another run's training, read as INITIAL_MODEL, and keeps that training's folders of
+# KEPT_WHEN_CONTINUED (the model's tokenizer: its own shards are tokenized with it). The key holds the run's
+# name in the config and the upstream training's hash in the fingerprint, so a renamed run moves nothing.
+CONTINUE_KEY = "continue_from"
+CONTINUED = "pretrain"
+INITIAL_MODEL = "initial model"
+KEPT_WHEN_CONTINUED = ("tokenizer",)
+
 NOT_BUILTIN = "not for builtin"
 # What the corpus fingerprint holds (the export's card holds it too).
 CORPUS_READS = {"corpus.source": None, "corpus.max_stories": None, "corpus.normalize": None, "corpus.dedup": None,
@@ -254,7 +263,7 @@ STAGES: tuple[StageSpec, ...] = (
               provides={"shards": "stats.json", "train shards": "train/index.json", "val shards": "val/index.json"}),
     StageSpec("pretrain", "results/pretrain", ("shards", "tokenizer"), _pretrain,
               {**{key: None for key in PRETRAIN_KEYS}, "wandb_project": "when logger_name is wandb",
-               "strategy": "when not auto and devices x num_nodes > 1"},
+               "strategy": "when not auto and devices x num_nodes > 1", CONTINUE_KEY: "when set"},
               provides={"final model": "final/lit_model.pth", "hyperparameters": "final/hyperparameters.yaml",
                         "train log": TRAIN_LOG, "litgpt config": "pretrain.yaml"}, uses=("shards", "tokenizer")),
     StageSpec("evaluate", "results/evaluate", ("pretrain", "shards", "corpus"), _evaluate, {"evaluate": None},
@@ -354,17 +363,24 @@ def active(config: dict) -> list[str]:
     return [spec.name for spec in STAGES if spec.needed(config)]
 
 
-def records(config: dict, until: str | None = None) -> dict[str, dict]:
+def records(config: dict, until: str | None = None, continues: dict[str, dict] | None = None) -> dict[str, dict]:
     """Every stage's record: its settings and the hashes it was built from (a folder's config.json).
 
     Computed once for all stages: the fingerprints read and hash files (a pretrained
     tokenizer's, the extra evaluation sets, local corpus files). With `until`, only the stages up
     to that one in table order (all it can read), for a check that needs one early stage's hash.
+    `continues`: the records of the training this one continues (its `continue_from`), whose folders of
+    KEPT_WHEN_CONTINUED are this one's, and whose CONTINUED hash enters this one's in place of the run's name.
     """
     found: dict[str, dict] = {}
     view = pinned_view(config)  # the added keys at their default left out
     for spec in STAGES[:ORDER.index(until) + 1] if until else STAGES:
+        if continues and spec.name in KEPT_WHEN_CONTINUED:
+            found[spec.name] = continues[spec.name]
+            continue
         settings = spec.fingerprint(view)
+        if continues and spec.name == CONTINUED:
+            settings[CONTINUE_KEY] = continues[spec.name]["hash"]
         upstream = {name: found[name]["hash"] for name in inputs(spec.name, config)}
         found[spec.name] = {"stage": spec.name,
                             "hash": short_hash({"stage": spec.name, "config": settings, "inputs": upstream}),
