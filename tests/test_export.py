@@ -23,6 +23,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import CHATGLM3_DIR as CHATGLM3
+from conftest import STORIES_DIR, needs_chatglm3
 from storylm import export
 from storylm.hub import export_check, model_card
 from storylm.hub import folder as export_folder
@@ -37,12 +39,6 @@ from storylm.stories.storygen import generate_stories
 from storylm.tokenizer import train_bpe
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("STORYLM_FIXTURES", REPO.parent / "shared" / "fixtures"))
-CHATGLM3 = FIXTURES / "chatglm3-6b"
-needs_chatglm3 = pytest.mark.skipif(
-    not (CHATGLM3 / "tokenizer.model").is_file(),
-    reason=f"needs the ChatGLM3-6B tokenizer in {CHATGLM3} (tokenizer.model and tokenizer_config.json of"
-           " THUDM/chatglm3-6b, see docs/microstories.md; or set STORYLM_FIXTURES to a folder holding chatglm3-6b/)")
 
 PROMPT = "从前，有一个叫莉莉的小女孩"
 HAN = re.compile(r"[\u4e00-\u9fff]")
@@ -67,7 +63,7 @@ def stories(n: int, seed: int) -> list[str]:
 def fixture_stories() -> list[str]:
     texts = []
     for name in ("tinystories_zh_row0.jsonl", "picturebooks_ccby.jsonl"):
-        path = FIXTURES / "stories_zh" / name
+        path = STORIES_DIR / name
         if path.is_file():
             texts += [json.loads(line)["story_zh"] for line in path.read_text(encoding="utf-8").splitlines() if line]
     return texts
