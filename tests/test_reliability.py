@@ -34,6 +34,7 @@ from storylm.io.entry import StageError
 from storylm.io.stagelock import is_locked, note, stage_lock
 from storylm.plan import stages
 from storylm.plan.runs import RunError, plan, resolve
+from storylm.plan.stage import finish_stage
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
 
@@ -204,6 +205,10 @@ def test_checkpoints_of_other_shards_are_set_aside_and_the_same_work_is_kept(tmp
     (out / "progress.log").write_text("iter 1\n")
     assert set_aside_stale_work(out, files) is None  # the same work: resumed
     assert (out / "step-00000010").is_dir()
+    # The same shards written again (a rerun of the shards job): litdata's index has a new updated_at.
+    index = load_json(files["shards/train/index.json"])
+    files["shards/train/index.json"].write_text(json.dumps({**index, "updated_at": str(time.time() + 5)}))
+    assert set_aside_stale_work(out, files) is None and (out / "step-00000010").is_dir()
     # The shards are rebuilt from an edited corpus: their index changes.
     files["shards/train/index.json"].write_text(json.dumps({"chunks": [{"filename": "chunk-0-0.bin"}]}))
     aside = set_aside_stale_work(out, files)
@@ -525,6 +530,10 @@ def test_an_edited_corpus_trains_afresh_and_a_forced_rerun_of_the_same_work_resu
     lines = train.read_text(encoding="utf-8").splitlines()
     lines[0] = json.dumps({"text": "从前，有一只会唱歌的小猫。它每天都唱歌。"}, ensure_ascii=False)
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # Other data in the same folder, as a new version of the corpus code would write it: its record lists the
+    # new file (an edit alone is damage, and the rebuild would bring back the same stories, which resume).
+    record = {key: value for key, value in load_json(train.parent / "config.json").items() if key not in ("files", "read")}
+    finish_stage(train.parent, record)
 
     snakemake(workdir, "--cores", "2", "--until", "pretrain")  # the shards are rebuilt, then pretrain reruns
     stale = list(out.glob("stale-*"))
@@ -538,6 +547,14 @@ def test_an_edited_corpus_trains_afresh_and_a_forced_rerun_of_the_same_work_resu
 
     snakemake(workdir, "--cores", "2", "--until", "pretrain", "--forcerun", "pretrain")  # nothing changed
     log = (workdir / "logs/pretrain" / f"{out.name}.log").read_text()
+    assert "resuming from" in log and "another training" not in log
+    assert len(list(out.glob("stale-*"))) == 1
+    # The same shards rebuilt (their index.json has a new updated_at, as after an upgrade's rerun): resumed too.
+    index = workdir / "Data/shards" / hashes["shards"] / "train/index.json"
+    written = load_json(index)["updated_at"]
+    snakemake(workdir, "--cores", "2", "--until", "pretrain", "--forcerun", "shards")
+    log = (workdir / "logs/pretrain" / f"{out.name}.log").read_text()
+    assert load_json(index)["updated_at"] != written
     assert "resuming from" in log and "another training" not in log
     assert len(list(out.glob("stale-*"))) == 1
 

@@ -27,6 +27,7 @@ A training stage renders a litgpt config, then calls `run(config_path, litgpt_co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -168,7 +169,7 @@ def set_aside_stale_work(out_dir: Path, files: dict[str, Path]) -> Path | None:
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise StageError(f"{missing[0]}: missing (run the stage that makes it)")
-    fingerprint = {name: file_sha256(path) for name, path in files.items()}
+    fingerprint = {name: work_digest(path) for name, path in files.items()}
     recorded_path = out_dir / FINGERPRINT
     recorded = json.loads(recorded_path.read_text(encoding="utf-8")) if recorded_path.is_file() else None
     work = training_work(out_dir)
@@ -187,6 +188,23 @@ def set_aside_stale_work(out_dir: Path, files: dict[str, Path]) -> Path | None:
     if recorded != fingerprint:
         write_json(recorded_path, fingerprint)
     return aside
+
+
+LITDATA_INDEX = "index.json"
+
+
+def work_digest(path: Path) -> str:
+    """What a fingerprinted file says of the training: its sha256; for litdata's index, the index without the
+    time it was written (`updated_at`) and each chunk's sha256, so that shards rebuilt from the same data (a
+    rerun of the shards job after an upgrade, --forcerun) resume the training, and any other data does not."""
+    if path.name != LITDATA_INDEX:
+        return file_sha256(path)
+    index = json.loads(path.read_text(encoding="utf-8"))
+    index.pop("updated_at", None)
+    chunks = {chunk["filename"]: file_sha256(path.parent / chunk["filename"])
+              if (path.parent / chunk["filename"]).is_file() else None for chunk in index.get("chunks", [])}
+    canonical = json.dumps({"index": index, "chunks": chunks}, sort_keys=True).encode()
+    return "litdata:" + hashlib.sha256(canonical).hexdigest()
 
 
 def older_than(sources: list[Path], work: list[Path]) -> bool:
