@@ -586,8 +586,9 @@ def test_a_too_long_prompt_stops_before_training(tmp_path):
     assert result.returncode != 0
     out = workdir / "results/pretrain" / stage_hashes(config)["pretrain"]
     assert not (out / "progress.log").exists() and not list(out.glob("step-*"))
-    log = next((workdir / "logs/sample_prompts").iterdir()).read_text()
-    assert log.startswith("error: sample.prompts[0]: ") and "model_config.block_size is 64" in log
+    log = next((workdir / "logs/sample_prompts").iterdir()).read_text().splitlines()
+    assert log[0].startswith("record: ")  # the stage protocol's first line: the settings it ran with
+    assert log[-1].startswith("error: sample.prompts[0]: ") and "model_config.block_size is 64" in log[-1]
     # With the tokenizer built, the plan itself refuses it, before any job.
     dry = snakemake(workdir, "--dry-run", check=False)
     assert dry.returncode != 0 and "sample.prompts[0]: " in dry.stderr + dry.stdout
