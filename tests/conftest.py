@@ -210,17 +210,8 @@ def pytest_xdist_make_scheduler(config, log):
     return GroupScheduling(config, log)
 
 
-FIXTURE_REASONS = (NO_CHATGLM3, NO_REAL_STORIES)
-
-
 def pytest_collection_modifyitems(config, items):
-    """Each test that skips without the fixtures is marked `fixtures` (CI runs the suite with an empty fixtures
-    folder, as a user's fresh clone has, then `-m fixtures` with them: .ci/run).
-
-    The Slurm group first: it mostly waits for the cluster, and the other worker meanwhile runs
+    """The Slurm group first: it mostly waits for the cluster, and the other worker meanwhile runs
     the rest, slow modules first, so that no long module starts last."""
-    for item in items:
-        if any(mark.kwargs.get("reason") in FIXTURE_REASONS for mark in item.iter_markers("skipif")):
-            item.add_marker(pytest.mark.fixtures)
     slow_groups = {xdist_group(item.nodeid) for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: (xdist_group(item.nodeid) != "slurm", xdist_group(item.nodeid) not in slow_groups))
