@@ -166,8 +166,6 @@ def run(config_path: Path, srun_args: str | None = None) -> int:
     the shards are checked against their list first, and a finished training lists its files."""
     litgpt_config = yaml.safe_load(config_path.read_text())
     require_intact("shards", Path(litgpt_config["data"]["init_args"]["data_path"]))
-    if litgpt_config.get("initial_checkpoint_dir"):
-        require_intact("pretrain", Path(litgpt_config["initial_checkpoint_dir"]).parent)
     returncode = training_runner.run(config_path, "pretrain", fingerprint_files(config_path, litgpt_config), srun_args,
                                      strategy(config_path))
     if returncode == 0:

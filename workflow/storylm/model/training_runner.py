@@ -27,7 +27,6 @@ A training stage renders a litgpt config, then calls `run(config_path, litgpt_co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -41,9 +40,10 @@ from pathlib import Path
 
 import yaml
 
+from storylm.io.contents import digest
 from storylm.io.entry import StageError, atomic_path, write_json
 from storylm.io.environment import ENVIRONMENT
-from storylm.io.filehash import file_sha256
+from storylm.io.filehash import HashCache
 from storylm.io.progress import Progress
 from storylm.io.stagelock import note, stage_lock
 from storylm.model.litgpt_train import SAVING_PREFIX, STOP_EXIT, STOPPED, STRATEGY_ENV, read_plan
@@ -169,7 +169,8 @@ def set_aside_stale_work(out_dir: Path, files: dict[str, Path]) -> Path | None:
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise StageError(f"{missing[0]}: missing (run the stage that makes it)")
-    fingerprint = {name: work_digest(path) for name, path in files.items()}
+    with HashCache() as cache:  # the shards' chunks were just hashed by their integrity check: cache hits
+        fingerprint = {name: work_digest(path, cache) for name, path in files.items()}
     recorded_path = out_dir / FINGERPRINT
     recorded = json.loads(recorded_path.read_text(encoding="utf-8")) if recorded_path.is_file() else None
     work = training_work(out_dir)
@@ -193,18 +194,17 @@ def set_aside_stale_work(out_dir: Path, files: dict[str, Path]) -> Path | None:
 LITDATA_INDEX = "index.json"
 
 
-def work_digest(path: Path) -> str:
+def work_digest(path: Path, cache: HashCache) -> str:
     """What a fingerprinted file says of the training: its sha256; for litdata's index, the index without the
     time it was written (`updated_at`) and each chunk's sha256, so that shards rebuilt from the same data (a
     rerun of the shards job after an upgrade, --forcerun) resume the training, and any other data does not."""
     if path.name != LITDATA_INDEX:
-        return file_sha256(path)
+        return cache.sha256(path)
     index = json.loads(path.read_text(encoding="utf-8"))
     index.pop("updated_at", None)
-    chunks = {chunk["filename"]: file_sha256(path.parent / chunk["filename"])
+    chunks = {chunk["filename"]: cache.sha256(path.parent / chunk["filename"])
               if (path.parent / chunk["filename"]).is_file() else None for chunk in index.get("chunks", [])}
-    canonical = json.dumps({"index": index, "chunks": chunks}, sort_keys=True).encode()
-    return "litdata:" + hashlib.sha256(canonical).hexdigest()
+    return "litdata:" + digest({"index": index, "chunks": chunks})
 
 
 def older_than(sources: list[Path], work: list[Path]) -> bool:

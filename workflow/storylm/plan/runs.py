@@ -235,9 +235,11 @@ def check_continuation(name: str, runs: dict[str, dict], seeds: dict[str, list[i
     key where the model or the tokenizer would not fit (a continued model keeps its shape and its vocabulary)."""
     upstream = runs[name][stages.CONTINUE_KEY]
     for section in SHARED_WHEN_CONTINUED:
-        for key, value in differences(runs[upstream][section], runs[name][section], f"{section}.").items():
-            theirs = differences(runs[name][section], runs[upstream][section], f"{section}.").get(key)
-            raise RunError(f"runs.{name}.{key}: {value!r}, but run {upstream!r}, which it continues, has {theirs!r}:"
+        ours = differences(runs[upstream][section], runs[name][section], f"{section}.")
+        if ours:
+            key = next(iter(ours))
+            theirs = differences(runs[name][section], runs[upstream][section], f"{section}.")[key]
+            raise RunError(f"runs.{name}.{key}: {ours[key]!r}, but run {upstream!r}, which it continues, has {theirs!r}:"
                            f" a continued training keeps its model's {section.replace('_', ' ')}")
     if seed in seeds[upstream]:
         return seed
